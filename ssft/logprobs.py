@@ -1,0 +1,98 @@
+"""Per-token negative log-likelihood: the one helper the matching cost and the loss share.
+
+Both the cost matrix (``ssft.matching``) and the training loss (``ssft.losses``) call
+``sequence_nll``, so the quantity that decides the assignment is exactly the one that is
+then minimised; they cannot drift apart.
+
+Memory: the full-vocabulary float32 log-softmax of every position is never built. The
+backbone's last hidden states are gathered at the supervised positions only, and the
+output projection + cross-entropy run over chunks of ``chunk_tokens`` of them, in float32
+per chunk. With gradients on, each chunk is recomputed in backward (activation
+checkpointing) so only one chunk's logits are alive at a time. Models whose logits are
+post-processed after the output projection (soft-capping, logit scaling) fall back to the
+model's own ``logits``, still converted to float32 chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ssft.sequences import IGNORE_INDEX, PaddedBatch
+
+DEFAULT_CHUNK_TOKENS = 4096
+
+
+def _has_plain_head(model: torch.nn.Module) -> bool:
+    """True when logits are exactly ``lm_head(last_hidden_state)``."""
+    config = getattr(model, "config", None)
+    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(config, attr, None) not in (None, 1, 1.0):
+            return False
+    backbone = getattr(model, "base_model", None)
+    return (
+        backbone is not None and backbone is not model and model.get_output_embeddings() is not None
+    )
+
+
+def _chunk_nll(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor):
+    logits = F.linear(hidden, weight, bias).float()
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _logits_chunk_nll(logits: torch.Tensor, targets: torch.Tensor):
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def token_nll(
+    model: torch.nn.Module, batch: PaddedBatch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> torch.Tensor:
+    """NLL of every supervised label, float32 [B, T]; 0 where ``labels == IGNORE_INDEX``.
+
+    Entry ``[b, t]`` is ``-log p(labels[b, t] | input_ids[b, :t])``.
+    """
+    targets = batch.labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    selected_targets = targets[mask]
+    if _has_plain_head(model):
+        hidden = model.base_model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state
+        head = model.get_output_embeddings()
+        selected = hidden[:, :-1][mask]  # [K, H]: only positions that predict a label
+        pieces = []
+        for start in range(0, selected.shape[0], chunk_tokens):
+            args = (
+                selected[start : start + chunk_tokens],
+                head.weight,
+                head.bias,
+                selected_targets[start : start + chunk_tokens],
+            )
+            if torch.is_grad_enabled():
+                pieces.append(checkpoint(_chunk_nll, *args, use_reentrant=False))
+            else:
+                pieces.append(_chunk_nll(*args))
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        selected = logits[:, :-1][mask]
+        pieces = [
+            _logits_chunk_nll(
+                selected[start : start + chunk_tokens],
+                selected_targets[start : start + chunk_tokens],
+            )
+            for start in range(0, selected.shape[0], chunk_tokens)
+        ]
+    nll = torch.zeros(batch.labels.shape, dtype=torch.float32, device=batch.labels.device)
+    if pieces:
+        nll[:, 1:][mask] = torch.cat(pieces)
+    return nll
+
+
+def sequence_nll(
+    model: torch.nn.Module, batch: PaddedBatch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence NLL sum and supervised-token count, both float32 [B], on the batch's device."""
+    nll = token_nll(model, batch, chunk_tokens)
+    counts = (batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1).to(torch.float32)
+    return nll.sum(dim=1), counts

@@ -1,0 +1,62 @@
+"""The SSFT loss: next-token cross-entropy on the matched (prompt, tag, trace) sequences only.
+
+After matching, question b contributes exactly its M_b sequences ``[x ; tag sigma(j) ; r(j)]``,
+laid out along the batch dimension question by question, traces in stored order::
+
+    row 0   q0 | <think3> | trace 0 of q0 | EOT
+    row 1   q0 | <think1> | trace 1 of q0 | EOT
+    row 2   q1 | <think2> | trace 0 of q1 | EOT
+    ...
+
+The N - M unmatched (tag, trace) pairs are never forwarded with gradient: an unused tag
+gets no gradient from that question through its input embedding.
+
+Normalisation ("token mean over the global batch"): every micro-batch returns its local
+NLL SUM and its supervised-token COUNT; the training loop all-reduces the counts of the
+whole optimizer step once and backpropagates ``local_sum / global_count``. Gradients then
+equal those of one big batch whatever the micro-batching, accumulation or world size (so
+1 x 8 and 8 x 1 accumulation agree), and every supervised token weighs the same: long
+traces count in proportion to their length, as in ordinary SFT. Per-sequence means would
+instead let a 20-token trace weigh as much as a 2,000-token one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ssft.logprobs import DEFAULT_CHUNK_TOKENS, sequence_nll
+from ssft.sequences import PaddedBatch, TokenizedQuestion, build_sequence
+
+
+def matched_sequences(
+    questions: Sequence[TokenizedQuestion],
+    assignments: Sequence[np.ndarray],
+    tag_ids: Sequence[int],
+    *,
+    tag_loss: bool = False,
+) -> list[tuple[list[int], list[int]]]:
+    """``(input_ids, labels)`` of every matched sequence, question-major (see diagram)."""
+    if len(questions) != len(assignments):
+        raise ValueError(f"{len(questions)} questions but {len(assignments)} assignments")
+    out = []
+    for q, tags in zip(questions, assignments, strict=True):
+        assert len(tags) == q.num_traces, (
+            f"{q.question_id}: {len(tags)} tags, {q.num_traces} traces"
+        )
+        for trace, tag in zip(q.trace_ids, tags, strict=True):
+            out.append(build_sequence(q.prompt_ids, tag_ids[int(tag)], trace, tag_loss=tag_loss))
+    return out
+
+
+def nll_sum_and_count(
+    model: torch.nn.Module, batch: PaddedBatch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scalar NLL sum over the batch's supervised tokens (with grad) and their count.
+
+    Both stay on the device; no host sync. Divide by the GLOBAL count (see module doc).
+    """
+    sums, counts = sequence_nll(model, batch, chunk_tokens)
+    return sums.sum(), counts.sum()

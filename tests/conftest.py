@@ -1,0 +1,67 @@
+"""Shared fixtures: a locally built character tokenizer and tiny random-weight models."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ssft.forking_tokens import add_forking_tokens
+from ssft.models import build_char_tokenizer, build_random_model
+from ssft.sequences import TokenizedQuestion, end_of_turn_id, format_prompt, tokenize_trace
+
+TRACES = {
+    "q-add": (
+        "12 + 34 = ?",
+        ["2+4=6; 1+3=4; \\boxed{46}", "12+30=42; 42+4=46 \\boxed{46}", "34+12=46"],
+    ),
+    "q-mul": ("7 * 8 = ?", ["7*8=56 \\boxed{56}", "8+8+8+8+8+8+8=56", "70-14=56", "\\boxed{56}"]),
+    "q-one": ("9 - 4 = ?", ["9-4=5"]),
+}
+
+
+def tiny_model_config(tie: bool = True) -> SimpleNamespace:
+    return SimpleNamespace(
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        dtype="float32",
+    )
+
+
+@pytest.fixture
+def tokenizer():
+    return build_char_tokenizer()
+
+
+def make_model_and_tags(num_tags: int = 4, tie: bool = True, seed: int = 0):
+    """A tiny Llama with the forking tokens added; float32 on CPU."""
+    tok = build_char_tokenizer()
+    model = build_random_model(tiny_model_config(tie), len(tok), tok, seed=seed)
+    tags = add_forking_tokens(tok, model, num_tags=num_tags, seed=seed)
+    return model, tok, tags
+
+
+def make_questions(tok, which=("q-add", "q-mul", "q-one")) -> list[TokenizedQuestion]:
+    eot = end_of_turn_id(tok)
+    out = []
+    for qid in which:
+        prompt, traces = TRACES[qid]
+        out.append(
+            TokenizedQuestion(
+                question_id=qid,
+                prompt_ids=format_prompt(tok, prompt),
+                trace_ids=tuple(tokenize_trace(tok, t, eot) for t in traces),
+            )
+        )
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
