@@ -1,0 +1,280 @@
+"""Typed experiment config, layered preset -> YAML -> key=value, and its command line.
+
+The schema (one dataclass per concern, each field's help written once) lives in
+``ssft.config_schema`` and is re-exported here; import everything from ``ssft.config``.
+A run's config is built in three layers, each overriding the one before:
+
+1. a preset, a function in ``ssft/presets.py``: ``base`` (the dataclass defaults) unless the
+   YAML file has a top-level ``preset: <name>``;
+2. the YAML file, with the same nested sections (``model:``, ``data:``, ``forking:``, ...);
+3. dotted ``key=value`` overrides, e.g. ``train.lr=3e-4``; top-level fields have no dot
+   (``method=sft_mixed``). Values are parsed as YAML, except that string fields keep the raw
+   text (``name=007`` stays ``"007"``); ``null``/``none`` gives None for optional fields.
+
+For example, from any entry script that calls ``parse_cli(sys.argv[1:])``::
+
+    python workflows/<entry>.py --config workflows/configs/tiny_cpu.yaml \\
+        forking.num_tags=6 matching.prefix_tokens=null train.lr=1e-3 name=tiny-n6
+
+and ``--help`` lists every field with its type, default and meaning. Unknown keys (with the
+closest valid one suggested), wrong types and invalid values raise ``ConfigError`` naming the
+dotted key, the value, the rule and the fix. A bare ``ExperimentConfig()`` is consistent but
+names no model; every loader here also runs ``validate()``, which requires one.
+
+Only the standard library and PyYAML are imported, so Ray workers rebuild the config from its
+dict (``config_from_dict``) in milliseconds.
+"""
+
+import argparse
+import dataclasses
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssft.config_checks import (
+    ConfigError,
+    field_types,
+    fmt,
+    is_str_like,
+    split_optional,
+    type_name,
+    unknown_key,
+)
+from ssft.config_schema import (
+    DataConfig,
+    DType,
+    ExperimentConfig,
+    ForkingConfig,
+    LRSchedule,
+    MatchingConfig,
+    MatchingCost,
+    Method,
+    ModelConfig,
+    ModelInit,
+    Overlong,
+    TooManyTraces,
+    TrainConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "DType",
+    "DataConfig",
+    "ExperimentConfig",
+    "ForkingConfig",
+    "LRSchedule",
+    "MatchingConfig",
+    "MatchingCost",
+    "Method",
+    "ModelConfig",
+    "ModelInit",
+    "Overlong",
+    "TooManyTraces",
+    "TrainConfig",
+    "config_from_dict",
+    "config_help",
+    "config_to_dict",
+    "config_to_yaml",
+    "flatten_config",
+    "load_config",
+    "parse_cli",
+]
+
+# Section name -> its dataclass ("model" -> ModelConfig), in declaration order.
+_SECTIONS: dict[str, type] = {
+    name: tp for name, tp in field_types(ExperimentConfig).items() if dataclasses.is_dataclass(tp)
+}
+
+
+def _leaf_types() -> dict[str, Any]:
+    """Every settable dotted key -> its annotation, in declaration order."""
+    out: dict[str, Any] = {}
+    for name, tp in field_types(ExperimentConfig).items():
+        if name in _SECTIONS:
+            out.update({f"{name}.{leaf}": t for leaf, t in field_types(tp).items()})
+        else:
+            out[name] = tp
+    return out
+
+
+def _known_keys() -> list[str]:
+    return [*_leaf_types(), *_SECTIONS]
+
+
+def _merge(into: dict[str, Any], update: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Deep-merge ``update`` into the full config dict ``into``; unknown keys raise."""
+    for name, value in update.items():
+        key = f"{prefix}{name}"
+        if not isinstance(name, str) or name not in into:
+            raise unknown_key(str(key), source, _known_keys())
+        if isinstance(into[name], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{key}={fmt(value)} in {source}: {key} is a section, so it takes a mapping of "
+                    f"its fields, e.g. '{key}: {{{next(iter(into[name]))}: ...}}'."
+                )
+            _merge(into[name], value, source, f"{key}.")
+        else:
+            into[name] = value
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Nested plain dict (sections as sub-dicts); ``config_from_dict`` inverts it."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: Mapping[str, Any], source: str = "config dict") -> ExperimentConfig:
+    """Strictly build and fully validate a config from a nested dict (missing keys = defaults).
+
+    The same checks as ``load_config``: unknown keys, types, values, cross-field rules, and a
+    model must be named. Ray workers use this to rebuild the driver's config.
+    """
+    full = config_to_dict(ExperimentConfig())
+    _merge(full, d, source)
+    sections = {name: cls(**full.pop(name)) for name, cls in _SECTIONS.items()}
+    return ExperimentConfig(**full, **sections).validate()
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The whole config as YAML; ``load_config`` on it gives back an equal config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def flatten_config(cfg: ExperimentConfig) -> dict[str, str | int | float | bool | None]:
+    """``{"train.lr": 1e-05, "method": "ssft", ...}``: one entry per field, for MLflow params."""
+    flat: dict[str, Any] = {}
+    for name, value in config_to_dict(cfg).items():
+        if name in _SECTIONS:
+            flat.update({f"{name}.{leaf}": v for leaf, v in value.items()})
+        else:
+            flat[name] = value
+    return flat
+
+
+def _parse_override(item: str, d: dict[str, Any]) -> None:
+    """Apply one ``section.field=value`` override to the full config dict ``d`` in place."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(
+            f"override {item!r} is not key=value: write a dotted key, '=' and a value, e.g. "
+            "train.lr=3e-4 or data.max_traces_per_question=null."
+        )
+    if key == "preset":
+        raise ConfigError(
+            f"override {item!r}: the preset is chosen by a top-level 'preset: <name>' line in "
+            "the YAML file (it is the bottom layer), not by an override."
+        )
+    source = f"override {item!r}"
+    if key in _SECTIONS:
+        example = f"{key}.{next(iter(d[key]))}=..."
+        raise ConfigError(f"{source}: {key} is a section; set one field, e.g. {example}")
+    types = _leaf_types()
+    if key not in types:
+        raise unknown_key(key, source, _known_keys())
+    tp = types[key]
+    _, optional = split_optional(tp)
+    if optional and raw.strip().lower() in ("null", "none", "~"):
+        value: Any = None
+    elif is_str_like(tp):
+        value = raw  # keep strings verbatim: name=007 stays "007", not the int 7
+    else:
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "unparsable"
+            msg = f"{key}={raw!r} ({source}): not a valid YAML value ({problem})"
+            raise ConfigError(f"{msg}. Expected {type_name(tp)}.") from None
+    section, _, leaf = key.rpartition(".")
+    (d[section] if section else d)[leaf] = value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found (cwd-relative path).") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(
+            f"config file {str(path)!r} must be a mapping of sections (model:, data:, ...), "
+            f"got {type(loaded).__name__}."
+        )
+    return dict(loaded)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Preset (``preset:`` in the file, else ``base``) -> YAML file -> ``key=value`` overrides.
+
+    Returns a fully validated config; raises ``ConfigError`` on any unknown key, wrong type,
+    invalid value or inconsistent combination.
+    """
+    from ssft.presets import base, get_preset  # presets import this module: import lazily
+
+    file_values: dict[str, Any] = {}
+    start = base
+    if path is not None:
+        file_values = _read_yaml(Path(path))
+        if "preset" in file_values:
+            preset = file_values.pop("preset")
+            if not isinstance(preset, str):
+                raise ConfigError(f"preset={fmt(preset)} in {str(path)!r}: must be a preset name.")
+            start = get_preset(preset)
+    d = config_to_dict(start())
+    _merge(d, file_values, f"config file {str(path)!r}")
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of key=value strings, got {overrides!r}.")
+    for item in overrides:
+        _parse_override(item, d)
+    return config_from_dict(d)
+
+
+def config_help() -> str:
+    """Every field: dotted key, type, default and help text (what ``--help`` prints)."""
+    wrap = textwrap.TextWrapper(width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    lines = ["Config fields (YAML sections, or key=value overrides):"]
+    defaults = flatten_config(ExperimentConfig())
+    current = ""
+    for key, tp in _leaf_types().items():
+        section, _, leaf = key.rpartition(".")
+        if section != current:
+            current = section
+            lines += ["", f"{section}: {_SECTIONS[section].__doc__}"]
+        cls = _SECTIONS[section] if section else ExperimentConfig
+        field = next(f for f in dataclasses.fields(cls) if f.name == leaf)
+        lines.append(f"  {key}: {type_name(tp)} = {fmt(defaults[key])}")
+        lines += wrap.wrap(field.metadata["help"])
+    return "\n".join(lines) + "\n"
+
+
+def parse_cli(argv: Sequence[str]) -> ExperimentConfig:
+    """``[--config PATH] [key=value ...]`` (``argv`` without the program name).
+
+    ``--help``/``-h`` prints ``config_help()`` and exits with status 0.
+    """
+    parser = argparse.ArgumentParser(
+        add_help=False,
+        allow_abbrev=False,
+        usage="%(prog)s [--config PATH] [key=value ...]",
+        description="Settings come from a preset, then the YAML file, then key=value overrides.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="YAML config file (may name a preset).")
+    parser.add_argument("-h", "--help", action="store_true", help="List every config field.")
+    args, rest = parser.parse_known_args(list(argv))
+    if args.help:
+        print(parser.format_help())
+        print(config_help(), end="")
+        raise SystemExit(0)
+    for item in rest:
+        if item.startswith("-"):
+            raise ConfigError(
+                f"unknown option {item!r}: the options are --config PATH and --help; settings "
+                "are key=value overrides without dashes, e.g. train.lr=3e-4."
+            )
+    return load_config(args.config, rest)

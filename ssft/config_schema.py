@@ -1,0 +1,302 @@
+"""The experiment config schema: one dataclass per concern, each field documented once.
+
+Each field's help text lives in ``metadata["help"]``; ``ssft.config.config_help()`` prints it.
+Per-field rules run in each section's ``validate()`` (also on construction); cross-field
+rules run in ``ExperimentConfig.validate()``. Loading, overrides and the CLI are in
+``ssft.config``, which re-exports everything here: import from there.
+"""
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Self
+
+from ssft.config_checks import (
+    ConfigError,
+    Section,
+    check_types,
+    formats,
+    invalid,
+    non_empty,
+    non_negative,
+    positive,
+)
+
+Method = Literal["ssft", "sft_mixed", "random", "single"]
+ModelInit = Literal["pretrained", "random"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+TooManyTraces = Literal["error", "keep_most_distinct"]
+Overlong = Literal["error", "drop"]
+MatchingCost = Literal["mean_nll", "sum_nll"]
+LRSchedule = Literal["cosine", "linear", "constant"]
+
+
+@dataclass
+class ModelConfig(Section):
+    """The network: a pretrained checkpoint, or a small random Llama-style model."""
+
+    SECTION: ClassVar[str] = "model"
+
+    # fmt: off
+    name_or_path: str | None = field(default=None, metadata={"help": (
+        "Hugging Face hub id or local directory of the checkpoint to fine-tune. Required when "
+        "model.init is 'pretrained'; ignored when it is 'random'.")})
+    init: ModelInit = field(default="pretrained", metadata={"help": (
+        "'pretrained' loads model.name_or_path; 'random' builds a small Llama-style model with "
+        "random weights, sized by the fields below (tests, CPU demos, from-scratch runs).")})
+    tokenizer: str | None = field(default=None, metadata={"help": (
+        "Tokenizer hub id or path. null = the same as model.name_or_path; 'char' = the built-in "
+        "character tokenizer (printable ASCII, one token per character; init='random' only).")})
+    dtype: DType = field(default="auto", metadata={"help": (
+        "Parameter dtype. 'auto' keeps the checkpoint's dtype (float32 for random models).")})
+    trust_remote_code: bool = field(default=False, metadata={"help": (
+        "Allow the checkpoint to run its own modelling/tokenizer code from the hub. Leave false "
+        "unless you trust the repository.")})
+    hidden_size: int = field(default=64, metadata={"help": (
+        "init='random' only: width of the residual stream. Must be divisible by model.num_heads.")})
+    num_layers: int = field(default=2, metadata={"help": (
+        "init='random' only: number of transformer blocks.")})
+    num_heads: int = field(default=4, metadata={"help": (
+        "init='random' only: attention heads per block (also key/value heads: no grouping).")})
+    intermediate_size: int = field(default=128, metadata={"help": (
+        "init='random' only: hidden width of each block's gated MLP.")})
+    tie_word_embeddings: bool = field(default=True, metadata={"help": (
+        "init='random' only: share the input embedding matrix with the output head.")})
+    max_position_embeddings: int = field(default=1024, metadata={"help": (
+        "init='random' only: longest sequence the model supports, in tokens. Must be >= "
+        "data.max_seq_len.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        non_empty(self, "name_or_path", "tokenizer")
+        sizes = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+        positive(self, *sizes, "max_position_embeddings")
+        head_dim, rem = divmod(self.hidden_size, self.num_heads)
+        if rem or head_dim % 2:
+            rule = f"must be model.num_heads={self.num_heads} times an even head size (rotary "
+            rule += "embeddings rotate pairs of dimensions)"
+            fix = f"Set model.hidden_size={self.num_heads * 2 * max(1, round(head_dim / 2))} "
+            fix += "or change model.num_heads."
+            raise invalid("model.hidden_size", self.hidden_size, rule, fix)
+
+
+@dataclass
+class DataConfig(Section):
+    """Trace-set files and how each (prompt, tag, trace) becomes one token sequence."""
+
+    SECTION: ClassVar[str] = "data"
+
+    # fmt: off
+    train_path: str | None = field(default=None, metadata={"help": (
+        "Trace-set Parquet file to train on (one row per question with its list of traces). "
+        "null = none given; training entry points require it.")})
+    eval_path: str | None = field(default=None, metadata={"help": (
+        "Trace-set Parquet file for held-out evaluation. null = no evaluation set.")})
+    max_seq_len: int = field(default=1024, metadata={"help": (
+        "Longest training sequence, in tokens: prompt + tag + trace + end-of-turn.")})
+    max_traces_per_question: int | None = field(default=None, metadata={"help": (
+        "Cap M on the traces kept per question, for every method: above it, the M most mutually "
+        "distinct traces are kept and the rest counted as dropped. null = keep all.")})
+    too_many_traces: TooManyTraces = field(default="error", metadata={"help": (
+        "What to do when a question has more traces than forking tokens (M > N) under methods "
+        "that give each trace its own tag: 'error' stops, naming the question; "
+        "'keep_most_distinct' keeps the N most mutually distinct traces and counts the rest.")})
+    overlong: Overlong = field(default="drop", metadata={"help": (
+        "Traces whose sequence exceeds data.max_seq_len: 'error' stops; 'drop' skips them and "
+        "reports the count. Never truncated: a truncated trace loses its end-of-turn token.")})
+    use_chat_template: bool = field(default=True, metadata={"help": (
+        "Format the prompt with the tokenizer's chat template when it has one; false (or no "
+        "template) uses data.prompt_template.")})
+    prompt_template: str = field(default="Question: {prompt}\nAnswer: ", metadata={"help": (
+        "Plain-text prompt format used without a chat template; must contain {prompt}. The "
+        "forking tag follows it directly.")})
+    end_of_turn_token: str | None = field(default=None, metadata={"help": (
+        "Token that ends every trace (it is supervised, so generation learns to stop). "
+        "null = tokenizer.eos_token.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        non_empty(self, "train_path", "eval_path", "end_of_turn_token")
+        positive(self, "max_seq_len")
+        m = self.max_traces_per_question
+        if m is not None and not m >= 1:
+            rule = "must be a positive number of traces or null (keep all)"
+            fix = "Set data.max_traces_per_question=4, or remove it."
+            raise invalid("data.max_traces_per_question", m, rule, fix)
+        formats(self, "prompt_template", "Question: {prompt}\nAnswer: ", prompt="")
+
+
+@dataclass
+class ForkingConfig(Section):
+    """The global forking tokens: how many, how they are spelled, how they are initialised."""
+
+    SECTION: ClassVar[str] = "forking"
+
+    # fmt: off
+    num_tags: int = field(default=6, metadata={"help": (
+        "N, the number of global forking tokens <think1>..<thinkN> added to the vocabulary. "
+        "Methods ssft and random need N >= traces per question.")})
+    tag_format: str = field(default="<think{i}>", metadata={"help": (
+        "Spelling of forking token i (1-based); must contain {i}.")})
+    shared_tag: str = field(default="<think>", metadata={"help": (
+        "The single tag every trace trains under in methods sft_mixed and single. Must differ "
+        "from every forking token.")})
+    tag_loss: bool = field(default=False, metadata={"help": (
+        "Also supervise the tag token itself, so the model learns p(tag | prompt) (for tag "
+        "selection and GFPO). Default false: the loss covers the trace and end-of-turn only.")})
+    init_noise: float = field(default=0.02, metadata={"help": (
+        "New tag embeddings start at the mean of the existing rows plus Gaussian noise with this "
+        "std, relative to the per-dimension std of the existing rows. 0 = identical rows.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        positive(self, "num_tags")
+        formats(self, "tag_format", "<think{i}>", i=1)
+        non_empty(self, "shared_tag")
+        non_negative(self, "init_noise")
+
+
+@dataclass
+class MatchingConfig(Section):
+    """The no-grad cost matrix C[tag, trace] that the Hungarian matching minimises (ssft only)."""
+
+    SECTION: ClassVar[str] = "matching"
+
+    # fmt: off
+    cost: MatchingCost = field(default="mean_nll", metadata={"help": (
+        "Cost of trace j under tag i: 'mean_nll' = per-token mean negative log-likelihood (the "
+        "paper's length-normalised cost); 'sum_nll' = summed over the scored tokens.")})
+    prefix_tokens: int | None = field(default=None, metadata={"help": (
+        "L: score only the first L tokens of each trace. null = the whole trace plus its "
+        "end-of-turn token. Short prefixes are cheaper but may split modes by their openings.")})
+    cost_batch_size: int = field(default=32, metadata={"help": (
+        "Sequences per no-grad forward pass when building cost matrices (memory, not results).")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        if self.prefix_tokens is not None and not self.prefix_tokens >= 1:
+            rule = "must be a positive number of tokens or null (score the whole trace)"
+            fix = "Set matching.prefix_tokens=256, or remove it."
+            raise invalid("matching.prefix_tokens", self.prefix_tokens, rule, fix)
+        positive(self, "cost_batch_size")
+
+
+@dataclass
+class TrainConfig(Section):
+    """Optimisation: batch sizes in questions and sequences, schedule, clipping, cadence."""
+
+    SECTION: ClassVar[str] = "train"
+
+    # fmt: off
+    epochs: int = field(default=1, metadata={"help": (
+        "Passes over the training questions.")})
+    questions_per_step: int = field(default=8, metadata={"help": (
+        "Global batch per optimizer step, in questions, summed over all workers. A question's "
+        "traces always stay together in one step.")})
+    micro_batch_sequences: int = field(default=8, metadata={"help": (
+        "Sequences (one trace each) per forward/backward pass on one worker; bounds memory.")})
+    grad_accum_steps: int = field(default=1, metadata={"help": (
+        "Micro-batches whose gradients are accumulated before each optimizer step.")})
+    lr: float = field(default=1e-5, metadata={"help": (
+        "Peak learning rate (AdamW), reached after warmup.")})
+    lr_schedule: LRSchedule = field(default="cosine", metadata={"help": (
+        "Decay after warmup: 'cosine' and 'linear' go to 0 at the last step; 'constant' holds.")})
+    warmup_steps: int = field(default=0, metadata={"help": (
+        "Optimizer steps of linear warmup from 0 to train.lr. 0 = no warmup.")})
+    weight_decay: float = field(default=0.0, metadata={"help": (
+        "AdamW decoupled weight decay. 0 = none.")})
+    max_grad_norm: float = field(default=1.0, metadata={"help": (
+        "Clip the global gradient L2 norm to this value before each step. 0 = no clipping.")})
+    checkpoint_every: int = field(default=0, metadata={"help": (
+        "Save a checkpoint every this many optimizer steps. 0 = only at the end.")})
+    log_every: int = field(default=1, metadata={"help": (
+        "Log metrics every this many optimizer steps.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        positive(self, "epochs", "questions_per_step", "micro_batch_sequences")
+        positive(self, "grad_accum_steps", "log_every")
+        if not 0 < self.lr < float("inf"):
+            raise invalid("train.lr", self.lr, "must be a finite number > 0", "Set train.lr=1e-5.")
+        non_negative(self, "warmup_steps", "weight_decay", "max_grad_norm", "checkpoint_every")
+
+
+@dataclass
+class ExperimentConfig(Section):
+    """One run: which method, on which model and data, with which tags, matching and training."""
+
+    # fmt: off
+    name: str = field(default="ssft", metadata={"help": (
+        "Run name; keep it stable across retries, since Ray and MLflow runs are named after it.")})
+    method: Method = field(default="ssft", metadata={"help": (
+        "'ssft' = Hungarian matching of each question's traces to distinct forking tokens; "
+        "'sft_mixed' = every trace under forking.shared_tag; 'random' = distinct random tags per "
+        "trace, re-drawn each epoch; 'single' = one trace per question under the shared tag.")})
+    seed: int = field(default=0, metadata={"help": (
+        "Seed for model init, data order and random tag draws; in [0, 2**32).")})
+    # Sections: their help is the class docstring.
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    forking: ForkingConfig = field(default_factory=ForkingConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # fmt: on
+
+    def __post_init__(self) -> None:
+        self.validate(require_model=False)
+
+    def validate(self, *, require_model: bool = True) -> Self:
+        """Re-check every section (fields may have been assigned since), then cross-field rules.
+
+        ``require_model=False`` skips only "init='pretrained' needs model.name_or_path", so that
+        the bare defaults (``presets.base()``) can be built and then completed.
+        """
+        check_types(self)
+        for section in (self.model, self.data, self.forking, self.matching, self.train):
+            section.validate()
+        non_empty(self, "name")
+        if not 0 <= self.seed < 2**32:
+            raise invalid("seed", self.seed, "must be in [0, 2**32)", "Set seed=0.")
+        _check_cross_fields(self, require_model)
+        return self
+
+
+def _check_cross_fields(cfg: ExperimentConfig, require_model: bool) -> None:
+    model, data, forking = cfg.model, cfg.data, cfg.forking
+    if require_model and model.init == "pretrained" and model.name_or_path is None:
+        raise ConfigError(
+            "model.name_or_path=null with model.init='pretrained': a pretrained model needs a "
+            "hub id or local directory. Set model.name_or_path (e.g. Qwen/Qwen2.5-0.5B-Instruct), "
+            "or use a random model: model.init=random model.tokenizer=char."
+        )
+    if model.tokenizer == "char" and model.init != "random":
+        raise ConfigError(
+            f"model.tokenizer='char' with model.init={model.init!r}: the built-in character "
+            "tokenizer only fits a randomly initialised model (a checkpoint has its own "
+            "vocabulary). Set model.tokenizer=null to use the checkpoint's, or model.init=random."
+        )
+    if model.init == "random" and model.tokenizer is None:
+        raise ConfigError(
+            "model.tokenizer=null with model.init='random': a random model has no checkpoint to "
+            "take a tokenizer from. Set model.tokenizer (e.g. model.tokenizer=char for the "
+            "built-in character tokenizer, or a tokenizer's hub id or path)."
+        )
+    if model.init == "random" and model.max_position_embeddings < data.max_seq_len:
+        raise ConfigError(
+            f"model.max_position_embeddings={model.max_position_embeddings} but "
+            f"data.max_seq_len={data.max_seq_len}: the random model cannot place tokens past its "
+            f"last position. Raise model.max_position_embeddings to {data.max_seq_len} or lower "
+            "data.max_seq_len."
+        )
+    m, n = data.max_traces_per_question, forking.num_tags
+    if cfg.method in ("ssft", "random") and data.too_many_traces == "error" and m and m > n:
+        raise ConfigError(
+            f"data.max_traces_per_question={m} but forking.num_tags={n}: method {cfg.method!r} "
+            f"gives each trace a distinct tag. Raise forking.num_tags to {m}, lower "
+            "data.max_traces_per_question, or set data.too_many_traces=keep_most_distinct."
+        )
+    for i in range(1, n + 1):
+        if forking.tag_format.format(i=i) == forking.shared_tag:
+            raise ConfigError(
+                f"forking.tag_format={forking.tag_format!r} gives {forking.shared_tag!r} for "
+                f"i={i}, the same as forking.shared_tag: the shared tag must differ from every "
+                "forking token. Change forking.shared_tag (e.g. '<think>') or forking.tag_format."
+            )

@@ -1,0 +1,371 @@
+"""The typed config: defaults, layering, strict keys and types, cross-field rules, CLI."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssft.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    MatchingConfig,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_help,
+    config_to_dict,
+    config_to_yaml,
+    flatten_config,
+    load_config,
+    parse_cli,
+)
+from ssft.presets import PRESETS, base, get_preset, tiny_cpu
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_YAML = REPO / "workflows" / "configs" / "tiny_cpu.yaml"
+
+
+def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error(fn, *args, **kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+def tiny(*overrides: str) -> ExperimentConfig:
+    return load_config(TINY_YAML, overrides)
+
+
+# --- defaults and presets -------------------------------------------------------------------
+
+
+def test_defaults_are_valid_and_match_the_documented_values():
+    cfg = ExperimentConfig()
+    assert (cfg.name, cfg.method, cfg.seed) == ("ssft", "ssft", 0)
+    assert cfg.model.init == "pretrained" and cfg.model.name_or_path is None
+    assert cfg.data.max_seq_len == 1024 and cfg.data.overlong == "drop"
+    assert cfg.forking.num_tags == 6 and cfg.forking.tag_format == "<think{i}>"
+    assert cfg.matching.cost == "mean_nll" and cfg.matching.prefix_tokens is None
+    assert cfg.train.lr == 1e-5 and cfg.train.lr_schedule == "cosine"
+    for section in (ModelConfig, DataConfig, MatchingConfig, TrainConfig):
+        section().validate()
+    # Complete once a model is named.
+    cfg.model.name_or_path = "some/model"
+    assert cfg.validate() is cfg
+
+
+def test_bare_defaults_name_no_model_so_full_validation_asks_for_one():
+    msg = error(ExperimentConfig().validate)
+    assert "model.name_or_path=null" in msg and "model.init='pretrained'" in msg
+    assert "model.init=random model.tokenizer=char" in msg
+
+
+def test_presets_derive_and_tiny_cpu_has_the_promised_values():
+    assert base() == ExperimentConfig()
+    cfg = tiny_cpu()
+    assert cfg.name == "tiny-cpu"
+    assert (cfg.model.init, cfg.model.tokenizer) == ("random", "char")
+    m = cfg.model
+    assert (m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size) == (64, 2, 4, 128)
+    assert m.max_position_embeddings == 512 and cfg.data.max_seq_len == 256
+    assert cfg.forking.num_tags == 4
+    assert cfg.train.lr == 3e-3 and cfg.train.questions_per_step == 8
+    assert set(PRESETS) == {"base", "tiny_cpu"} and get_preset("tiny_cpu") is tiny_cpu
+
+
+def test_unknown_preset_lists_valid_names(tmp_path):
+    assert "base, tiny_cpu" in error(get_preset, "tiny")
+    msg = error(load_config, write(tmp_path, "preset: tiny\n"))
+    assert "preset='tiny'" in msg and "tiny_cpu" in msg
+
+
+def test_shipped_yaml_loads_to_the_tiny_cpu_preset():
+    assert load_config(TINY_YAML) == tiny_cpu()
+
+
+# --- layering ---------------------------------------------------------------------------------
+
+
+def test_layering_preset_then_yaml_then_overrides(tmp_path):
+    path = write(tmp_path, "preset: tiny_cpu\ntrain:\n  lr: 0.01\n  epochs: 3\nname: from-yaml\n")
+    cfg = load_config(path, ["train.lr=0.02", "method=sft_mixed"])
+    assert cfg.train.lr == 0.02  # override beats YAML
+    assert cfg.train.epochs == 3  # YAML beats preset
+    assert cfg.name == "from-yaml"
+    assert cfg.method == "sft_mixed"
+    assert cfg.model.tokenizer == "char" and cfg.forking.num_tags == 4  # preset kept
+    # Later overrides win over earlier ones.
+    assert load_config(path, ["train.lr=0.5", "train.lr=0.25"]).train.lr == 0.25
+
+
+def test_yaml_without_preset_starts_from_the_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "model:\n  name_or_path: org/model\n"))
+    assert cfg.model.name_or_path == "org/model" and cfg.forking.num_tags == 6
+
+
+def test_no_file_only_overrides():
+    cfg = load_config(None, ["model.name_or_path=org/m", "forking.num_tags=3"])
+    assert cfg.model.name_or_path == "org/m" and cfg.forking.num_tags == 3
+
+
+def test_empty_yaml_file_is_the_preset(tmp_path):
+    path = write(tmp_path, "# nothing\n")
+    assert load_config(path, ["model.name_or_path=m"]) == load_config(
+        None, ["model.name_or_path=m"]
+    )
+
+
+# --- unknown keys -----------------------------------------------------------------------------
+
+
+def test_unknown_key_in_yaml_names_path_file_and_suggestion(tmp_path):
+    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\ntrain:\n  lrr: 0.1\n", "x.yaml"))
+    assert "'train.lrr'" in msg and "x.yaml" in msg and "'train.lr'" in msg
+    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\nmodle:\n  init: random\n"))
+    assert "'modle'" in msg and "'model'" in msg
+
+
+def test_unknown_key_in_override_names_it_and_suggests():
+    msg = error(tiny, "train.lrr=0.1")
+    assert "'train.lrr'" in msg and "override 'train.lrr=0.1'" in msg and "'train.lr'" in msg
+    assert "'train.lr'" in error(tiny, "model.lr=0.1")  # right field, wrong section
+    assert "'train.lr'" in error(tiny, "lr=0.1")
+    assert "'model.init'" in error(tiny, "modle.init=random")
+    msg = error(tiny, "train.foo=1")  # nothing close: list the section's keys
+    assert "train.epochs" in msg and "train.log_every" in msg
+
+
+def test_config_from_dict_is_strict():
+    msg = error(config_from_dict, {"train": {"lr": 0.1, "bogus": 1}})
+    assert "'train.bogus'" in msg
+    msg = error(config_from_dict, {"train": 5})
+    assert "train=5" in msg and "section" in msg
+    assert "'preset'" in error(config_from_dict, {"preset": "tiny_cpu"})
+
+
+def test_malformed_and_misplaced_overrides():
+    msg = error(tiny, "train.lr")
+    assert "'train.lr'" in msg and "key=value" in msg and "train.lr=3e-4" in msg
+    assert "section" in error(tiny, "train=3")
+    assert "preset:" in error(tiny, "preset=base")
+    assert "not a valid YAML value" in error(tiny, "train.lr=[1")
+
+
+# --- types and choices ------------------------------------------------------------------------
+
+
+def test_type_errors_name_field_and_expected_type(tmp_path):
+    msg = error(tiny, "train.epochs=abc")
+    assert "train.epochs='abc'" in msg and "expected an integer" in msg and "got str" in msg
+    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\ntrain:\n  epochs: abc\n"))
+    assert "train.epochs='abc'" in msg
+    assert "expected an integer" in error(tiny, "train.epochs=1.5")
+    assert "expected an integer" in error(tiny, "train.epochs=true")  # bools are not ints
+    msg = error(tiny, "model.trust_remote_code=1")  # nor ints bools
+    assert "model.trust_remote_code=1" in msg and "expected true or false" in msg
+    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\nname: 7\n"))
+    assert "name=7" in msg and "expected a string" in msg and "Quote" in msg
+    with pytest.raises(ConfigError, match=r"train.lr='fast'.*expected a number"):
+        TrainConfig(lr="fast")
+
+
+def test_float_fields_accept_ints_and_yaml_exponent_strings(tmp_path):
+    cfg = load_config(write(tmp_path, "preset: tiny_cpu\ntrain:\n  lr: 1e-4\n  max_grad_norm: 2\n"))
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)  # PyYAML: "1e-4" is a str
+    assert cfg.train.max_grad_norm == 2.0 and isinstance(cfg.train.max_grad_norm, float)
+    assert tiny("train.lr=2e-3").train.lr == 2e-3
+
+
+def test_literal_errors_list_the_choices():
+    msg = error(tiny, "method=foo")
+    assert "method='foo'" in msg
+    assert all(c in msg for c in ("'ssft'", "'sft_mixed'", "'random'", "'single'"))
+    assert "Did you mean model.dtype=bfloat16" in error(tiny, "model.dtype=bf16")
+    assert "'keep_most_distinct'" in error(tiny, "data.too_many_traces=drop")
+
+
+def test_optional_null_override_and_raw_strings():
+    cfg = tiny("matching.prefix_tokens=64", "data.end_of_turn_token=<|end|>")
+    assert cfg.matching.prefix_tokens == 64 and cfg.data.end_of_turn_token == "<|end|>"
+    cfg = load_config(TINY_YAML, ["matching.prefix_tokens=64", "matching.prefix_tokens=null"])
+    assert cfg.matching.prefix_tokens is None
+    assert tiny("data.end_of_turn_token=None").data.end_of_turn_token is None
+    assert tiny("name=007").name == "007"  # str fields keep the raw text, not the int 7
+    assert tiny("name=true").name == "true"
+    assert tiny("data.prompt_template=Q: {prompt} A:").data.prompt_template == "Q: {prompt} A:"
+
+
+# --- per-field rules --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "matching.prefix_tokens=0",
+            "matching.prefix_tokens=0: must be a positive number of "
+            "tokens or null (score the whole trace). Set matching.prefix_tokens=256, or remove it.",
+        ),
+        ("data.max_traces_per_question=0", "data.max_traces_per_question=0: must be a positive"),
+        ("train.epochs=0", "train.epochs=0: must be a positive integer"),
+        ("train.micro_batch_sequences=-2", "train.micro_batch_sequences=-2"),
+        ("forking.num_tags=0", "forking.num_tags=0"),
+        ("train.lr=0", "train.lr=0.0: must be a finite number > 0"),
+        ("train.lr=-1e-3", "train.lr=-0.001"),
+        ("train.lr=.nan", "train.lr=nan"),
+        ("train.warmup_steps=-1", "train.warmup_steps=-1: must be >= 0"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm=-1.0"),
+        ("forking.init_noise=-0.1", "forking.init_noise=-0.1"),
+        ("seed=-1", "seed=-1: must be in [0, 2**32)"),
+        ("name=", "name='': must not be empty"),
+        ("model.tokenizer=", "model.tokenizer=''"),
+        ("forking.tag_format=<t>", "forking.tag_format='<t>': must contain {i}"),
+        ("data.prompt_template=Q:", "data.prompt_template='Q:': must contain {prompt}"),
+        ("data.prompt_template={prompt} {x}", "is not a valid str.format template"),
+        ("model.hidden_size=63", "model.hidden_size=63: must be model.num_heads=4 times"),
+    ],
+)
+def test_field_rules(override, expected):
+    assert expected in error(tiny, override)
+
+
+# --- cross-field rules ------------------------------------------------------------------------
+
+
+def test_pretrained_needs_a_model_path():
+    msg = error(load_config, None, ["model.init=pretrained"])
+    assert "model.name_or_path=null" in msg and "Set model.name_or_path" in msg
+
+
+def test_char_tokenizer_only_with_random_init():
+    msg = error(tiny, "model.init=pretrained", "model.name_or_path=org/m")
+    assert "model.tokenizer='char'" in msg and "model.init='pretrained'" in msg
+    assert "model.tokenizer=null" in msg
+
+
+def test_random_init_needs_a_tokenizer():
+    msg = error(tiny, "model.tokenizer=null")
+    assert "model.tokenizer=null with model.init='random'" in msg
+    assert "model.tokenizer=char" in msg
+
+
+def test_random_model_must_cover_max_seq_len():
+    msg = error(tiny, "data.max_seq_len=1024")
+    assert "model.max_position_embeddings=512" in msg and "data.max_seq_len=1024" in msg
+
+
+@pytest.mark.parametrize("method", ["ssft", "random"])
+def test_more_traces_than_tags_is_an_error_for_injective_methods(method):
+    msg = error(
+        load_config,
+        None,
+        ["model.name_or_path=m", f"method={method}", "data.max_traces_per_question=7"],
+    )
+    assert msg == (
+        f"data.max_traces_per_question=7 but forking.num_tags=6: method '{method}' gives each "
+        "trace a distinct tag. Raise forking.num_tags to 7, lower data.max_traces_per_question, "
+        "or set data.too_many_traces=keep_most_distinct."
+    )
+
+
+def test_more_traces_than_tags_is_fine_otherwise():
+    assert tiny("data.max_traces_per_question=7", "method=sft_mixed").method == "sft_mixed"
+    assert tiny("data.max_traces_per_question=7", "method=single").method == "single"
+    cfg = tiny("data.max_traces_per_question=7", "data.too_many_traces=keep_most_distinct")
+    assert cfg.data.max_traces_per_question == 7
+    assert tiny("data.max_traces_per_question=4").data.max_traces_per_question == 4  # M == N
+
+
+def test_forking_token_equal_to_shared_tag_is_an_error():
+    msg = error(tiny, "forking.shared_tag=<think3>")
+    assert "forking.tag_format='<think{i}>'" in msg and "'<think3>'" in msg and "i=3" in msg
+    assert "forking.shared_tag" in msg
+    assert tiny("forking.shared_tag=<think5>").forking.shared_tag == "<think5>"  # only N=4 tags
+
+
+def test_validate_rechecks_fields_assigned_after_construction():
+    cfg = tiny_cpu()
+    cfg.train.epochs = "2"
+    assert "train.epochs='2'" in error(cfg.validate)
+    cfg = tiny_cpu()
+    cfg.forking.num_tags = 2
+    cfg.data.max_traces_per_question = 3
+    assert "forking.num_tags=2" in error(cfg.validate)
+
+
+# --- serialisation ----------------------------------------------------------------------------
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = tiny("name=007", "train.lr=1e-4", "matching.prefix_tokens=32", "method=random")
+    cfg.data.prompt_template = "Q: {prompt}\n{{not a field}}\nA: "
+    cfg = cfg.validate()
+    assert load_config(write(tmp_path, config_to_yaml(cfg))) == cfg
+
+
+def test_dict_round_trip_and_dict_is_plain():
+    cfg = tiny("seed=3", "forking.tag_loss=true")
+    d = config_to_dict(cfg)
+    assert d["train"]["lr"] == 3e-3 and d["forking"]["tag_loss"] is True
+    assert config_from_dict(d) == cfg
+    assert config_from_dict({"model": {"name_or_path": "m"}}).model.name_or_path == "m"
+
+
+def test_flatten_has_one_dotted_key_per_field():
+    flat = flatten_config(tiny_cpu())
+    expected = {"name", "method", "seed"} | {
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(ExperimentConfig)
+        if dataclasses.is_dataclass(section.type)
+        for f in dataclasses.fields(section.type)
+    }
+    assert set(flat) == expected and len(flat) == 42
+    assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
+    assert flat["matching.prefix_tokens"] is None
+    assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def test_parse_cli_config_and_overrides():
+    cfg = parse_cli(["--config", str(TINY_YAML), "train.lr=0.5", "forking.num_tags=5"])
+    assert cfg.train.lr == 0.5 and cfg.forking.num_tags == 5 and cfg.name == "tiny-cpu"
+    assert parse_cli([f"--config={TINY_YAML}"]) == tiny_cpu()
+    assert parse_cli(["model.name_or_path=org/m"]).model.name_or_path == "org/m"
+
+
+def test_parse_cli_rejects_unknown_options():
+    msg = error(parse_cli, ["--config", str(TINY_YAML), "--lr", "3"])
+    assert "'--lr'" in msg and "key=value" in msg
+
+
+def test_help_exits_zero_and_lists_every_field(capsys):
+    for flag in ("--help", "-h"):
+        with pytest.raises(SystemExit) as info:
+            parse_cli([flag])
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert "--config" in out
+        for key in flatten_config(tiny_cpu()):
+            assert f"  {key}: " in out, key
+    text = config_help()
+    assert "matching.prefix_tokens: int | null = null" in text
+    assert "method: {ssft|sft_mixed|random|single} = 'ssft'" in text
+
+
+def test_config_module_imports_no_heavy_dependencies():
+    code = (
+        "import sys, ssft.config, ssft.presets\n"
+        "heavy = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
