@@ -11,6 +11,10 @@ A run's config is built in three layers, each overriding the one before:
    (``method=sft_mixed``). Values are parsed as YAML, except that string fields keep the raw
    text (``name=007`` stays ``"007"``); ``null``/``none`` gives None for optional fields.
 
+``build.teachers`` is a list of sections: a YAML list replaces it whole; an override sets one
+field of one teacher, by index or name (``build.teachers.0.temperature=1.0``,
+``build.teachers.strategy:round.error_rate=0.2``); see ``ssft.config_lists``.
+
 For example, from any entry script that calls ``parse_cli(sys.argv[1:])``::
 
     python workflows/<entry>.py --config workflows/configs/tiny_cpu.yaml \\
@@ -34,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from ssft.config_build import BuildConfig, QuestionSource, Split, TeacherConfig, TeacherKind
 from ssft.config_checks import (
     ConfigError,
     field_types,
@@ -43,6 +48,7 @@ from ssft.config_checks import (
     type_name,
     unknown_key,
 )
+from ssft.config_lists import LISTS, build_entries, check_entries, entry_keys, resolve_override
 from ssft.config_schema import (
     DataConfig,
     DType,
@@ -60,6 +66,7 @@ from ssft.config_schema import (
 )
 
 __all__ = [
+    "BuildConfig",
     "ConfigError",
     "DType",
     "DataConfig",
@@ -72,6 +79,10 @@ __all__ = [
     "ModelConfig",
     "ModelInit",
     "Overlong",
+    "QuestionSource",
+    "Split",
+    "TeacherConfig",
+    "TeacherKind",
     "TooManyTraces",
     "TrainConfig",
     "config_from_dict",
@@ -101,7 +112,7 @@ def _leaf_types() -> dict[str, Any]:
 
 
 def _known_keys() -> list[str]:
-    return [*_leaf_types(), *_SECTIONS]
+    return [*_leaf_types(), *(k for key in LISTS for k in entry_keys(key)), *_SECTIONS]
 
 
 def _merge(into: dict[str, Any], update: Mapping[str, Any], source: str, prefix: str = "") -> None:
@@ -110,7 +121,9 @@ def _merge(into: dict[str, Any], update: Mapping[str, Any], source: str, prefix:
         key = f"{prefix}{name}"
         if not isinstance(name, str) or name not in into:
             raise unknown_key(str(key), source, _known_keys())
-        if isinstance(into[name], dict):
+        if key in LISTS:
+            into[name] = check_entries(key, value, source)
+        elif isinstance(into[name], dict):
             if not isinstance(value, Mapping):
                 raise ConfigError(
                     f"{key}={fmt(value)} in {source}: {key} is a section, so it takes a mapping of "
@@ -134,7 +147,13 @@ def config_from_dict(d: Mapping[str, Any], source: str = "config dict") -> Exper
     """
     full = config_to_dict(ExperimentConfig())
     _merge(full, d, source)
-    sections = {name: cls(**full.pop(name)) for name, cls in _SECTIONS.items()}
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = full.pop(name)
+        for leaf in values:
+            if f"{name}.{leaf}" in LISTS:
+                values[leaf] = build_entries(f"{name}.{leaf}", values[leaf])
+        sections[name] = cls(**values)
     return ExperimentConfig(**full, **sections).validate()
 
 
@@ -144,18 +163,41 @@ def config_to_yaml(cfg: ExperimentConfig) -> str:
 
 
 def flatten_config(cfg: ExperimentConfig) -> dict[str, str | int | float | bool | None]:
-    """``{"train.lr": 1e-05, "method": "ssft", ...}``: one entry per field, for MLflow params."""
+    """``{"train.lr": 1e-05, "method": "ssft", ...}``: one entry per field, for MLflow params.
+
+    List entries are numbered: ``build.teachers.0.name``, ``build.teachers.0.kind``, ...
+    """
     flat: dict[str, Any] = {}
-    for name, value in config_to_dict(cfg).items():
-        if name in _SECTIONS:
-            flat.update({f"{name}.{leaf}": v for leaf, v in value.items()})
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict | list):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for name, v in items:
+                add(f"{prefix}{name}.", v)
         else:
-            flat[name] = value
+            flat[prefix[:-1]] = value
+
+    add("", config_to_dict(cfg))
     return flat
 
 
+def _parse_value(key: str, raw: str, tp: Any, source: str) -> Any:
+    """Override text -> value: YAML, except raw text for strings and null for optionals."""
+    _, optional = split_optional(tp)
+    if optional and raw.strip().lower() in ("null", "none", "~"):
+        return None
+    if is_str_like(tp):
+        return raw  # keep strings verbatim: name=007 stays "007", not the int 7
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or "unparsable"
+        msg = f"{key}={raw!r} ({source}): not a valid YAML value ({problem})"
+        raise ConfigError(f"{msg}. Expected {type_name(tp)}.") from None
+
+
 def _parse_override(item: str, d: dict[str, Any]) -> None:
-    """Apply one ``section.field=value`` override to the full config dict ``d`` in place."""
+    """Apply one ``section.field=value`` (or list entry field) override to ``d`` in place."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -172,24 +214,21 @@ def _parse_override(item: str, d: dict[str, Any]) -> None:
     if key in _SECTIONS:
         example = f"{key}.{next(iter(d[key]))}=..."
         raise ConfigError(f"{source}: {key} is a section; set one field, e.g. {example}")
+    if key in LISTS:
+        raise ConfigError(
+            f"override '{key}=...': {key} is a list; set one field of one entry, e.g. "
+            f"{key}.0.name=... or {key}.<name>.<field>=..., or replace the list in a YAML file."
+        )
+    if target := resolve_override(key, d):
+        # The messages leave the value out: a mistyped field may be holding a secret.
+        shown, entry, leaf, tp = target
+        entry[leaf] = _parse_value(shown, raw, tp, f"override '{shown}=...'")
+        return
     types = _leaf_types()
     if key not in types:
         raise unknown_key(key, source, _known_keys())
-    tp = types[key]
-    _, optional = split_optional(tp)
-    if optional and raw.strip().lower() in ("null", "none", "~"):
-        value: Any = None
-    elif is_str_like(tp):
-        value = raw  # keep strings verbatim: name=007 stays "007", not the int 7
-    else:
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            problem = getattr(err, "problem", None) or "unparsable"
-            msg = f"{key}={raw!r} ({source}): not a valid YAML value ({problem})"
-            raise ConfigError(f"{msg}. Expected {type_name(tp)}.") from None
     section, _, leaf = key.rpartition(".")
-    (d[section] if section else d)[leaf] = value
+    (d[section] if section else d)[leaf] = _parse_value(key, raw, types[key], source)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -236,20 +275,35 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def config_help() -> str:
-    """Every field: dotted key, type, default and help text (what ``--help`` prints)."""
+    """Every field: dotted key, type, default and help text (what ``--help`` prints).
+
+    A list's entry fields are listed once, as ``build.teachers[i].<field>``.
+    """
     wrap = textwrap.TextWrapper(width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
     lines = ["Config fields (YAML sections, or key=value overrides):"]
-    defaults = flatten_config(ExperimentConfig())
+    defaults = config_to_dict(ExperimentConfig())
+
+    def add(key: str, tp: Any, field: dataclasses.Field, default: str) -> None:
+        lines.append(f"  {key}: {type_name(tp)}{default}")
+        lines.extend(wrap.wrap(field.metadata["help"]))
+
     current = ""
     for key, tp in _leaf_types().items():
         section, _, leaf = key.rpartition(".")
         if section != current:
             current = section
             lines += ["", f"{section}: {_SECTIONS[section].__doc__}"]
-        cls = _SECTIONS[section] if section else ExperimentConfig
-        field = next(f for f in dataclasses.fields(cls) if f.name == leaf)
-        lines.append(f"  {key}: {type_name(tp)} = {fmt(defaults[key])}")
-        lines += wrap.wrap(field.metadata["help"])
+        value = defaults[section][leaf] if section else defaults[leaf]
+        fields = {f.name: f for f in dataclasses.fields(_SECTIONS.get(section, ExperimentConfig))}
+        if key not in LISTS:
+            add(key, tp, fields[leaf], f" = {fmt(value)}")
+            continue
+        add(key, tp, fields[leaf], " = [" + ", ".join(e["name"] for e in value) + "]")
+        entry_cls = LISTS[key]
+        lines.append(f"  {key}[i]: {entry_cls.__doc__}")
+        for entry_key, f in zip(entry_keys(key), dataclasses.fields(entry_cls), strict=True):
+            default = " (required)" if f.default is dataclasses.MISSING else f" = {fmt(f.default)}"
+            add(entry_key, field_types(entry_cls)[f.name], f, default)
     return "\n".join(lines) + "\n"
 
 

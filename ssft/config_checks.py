@@ -4,11 +4,12 @@ Nothing here knows the fields of a particular config; ``ssft.config_schema`` dec
 and ``ssft.config`` loads them. Standard library only.
 """
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Literal, Self, Union, get_args, get_origin, get_type_hints
 
 
@@ -52,6 +53,14 @@ def split_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def list_item(tp: Any) -> type | None:
+    """``list[SomeSection]`` -> ``SomeSection``; anything else -> None."""
+    args = get_args(tp)
+    if get_origin(tp) is list and len(args) == 1 and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
 def is_str_like(tp: Any) -> bool:
     """Fields whose override values are kept as raw strings: str and Literal of strings."""
     inner, _ = split_optional(tp)
@@ -63,6 +72,8 @@ def type_name(tp: Any) -> str:
     inner, optional = split_optional(tp)
     if get_origin(inner) is Literal:
         name = "{" + "|".join(get_args(inner)) + "}"
+    elif item := list_item(inner):
+        name = f"list[{item.__name__}]"
     else:
         name = getattr(inner, "__name__", str(inner))
     return f"{name} | null" if optional else name
@@ -88,6 +99,18 @@ def coerce(key: str, value: Any, tp: Any, default: Any) -> Any:
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
         hint = f"Did you mean {key}={close[0]}?" if close else f"Set e.g. {key}={choices[0]}."
         raise ConfigError(f"{key}={fmt(value)}: must be one of {listed}. {hint}")
+    if item := list_item(inner):
+        if isinstance(value, list) and all(isinstance(v, item) for v in value):
+            return value
+        got = type(value).__name__
+        if isinstance(value, list):
+            got = "a list holding " + next(
+                type(v).__name__ for v in value if not isinstance(v, item)
+            )
+        raise ConfigError(
+            f"{key}: expected a list of {item.__name__}, got {got}. Pass {item.__name__} objects "
+            "(or build the whole config with config_from_dict, which takes mappings)."
+        )
     if inner is float and isinstance(value, str):
         try:
             value = float(value)
@@ -144,6 +167,20 @@ def unknown_key(key: str, source: str, known: Iterable[str]) -> ConfigError:
     else:
         hint = "Run with --help to list every key."
     return ConfigError(f"unknown config key {key!r} in {source}. {hint}")
+
+
+@contextlib.contextmanager
+def item_errors(list_key: str, index: int) -> Iterator[None]:
+    """Make ``ConfigError``s raised in the block name entry ``index`` of list ``list_key``.
+
+    An entry's dataclass has ``SECTION = "<list_key>[i]"``, so its own messages read
+    ``build.teachers[i].temperature=...``; raised in ``item_errors("build.teachers", 2)``
+    they read ``build.teachers[2].temperature=...``.
+    """
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(str(err).replace(f"{list_key}[i]", f"{list_key}[{index}]")) from None
 
 
 class Section:

@@ -2,13 +2,15 @@
 
 Each field's help text lives in ``metadata["help"]``; ``ssft.config.config_help()`` prints it.
 Per-field rules run in each section's ``validate()`` (also on construction); cross-field
-rules run in ``ExperimentConfig.validate()``. Loading, overrides and the CLI are in
+rules run in ``ExperimentConfig.validate()``. The build stage's section (``BuildConfig``, with
+its list of ``TeacherConfig``) lives in ``ssft.config_build``. Loading, overrides and the CLI are in
 ``ssft.config``, which re-exports everything here: import from there.
 """
 
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Self
 
+from ssft.config_build import BuildConfig, DType
 from ssft.config_checks import (
     ConfigError,
     Section,
@@ -22,7 +24,6 @@ from ssft.config_checks import (
 
 Method = Literal["ssft", "sft_mixed", "random", "single"]
 ModelInit = Literal["pretrained", "random"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
 TooManyTraces = Literal["error", "keep_most_distinct"]
 Overlong = Literal["error", "drop"]
 MatchingCost = Literal["mean_nll", "sum_nll"]
@@ -221,7 +222,7 @@ class TrainConfig(Section):
 
 @dataclass
 class ExperimentConfig(Section):
-    """One run: which method, on which model and data, with which tags, matching and training."""
+    """One run: method, model, data, tags, matching, training, and how its traces are built."""
 
     # fmt: off
     name: str = field(default="ssft", metadata={"help": (
@@ -238,6 +239,7 @@ class ExperimentConfig(Section):
     forking: ForkingConfig = field(default_factory=ForkingConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
     # fmt: on
 
     def __post_init__(self) -> None:
@@ -250,7 +252,7 @@ class ExperimentConfig(Section):
         the bare defaults (``presets.base()``) can be built and then completed.
         """
         check_types(self)
-        for section in (self.model, self.data, self.forking, self.matching, self.train):
+        for section in (self.model, self.data, self.forking, self.matching, self.train, self.build):
             section.validate()
         non_empty(self, "name")
         if not 0 <= self.seed < 2**32:

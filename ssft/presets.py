@@ -34,6 +34,9 @@ def tiny_cpu() -> ExperimentConfig:
     # A from-scratch model needs a far larger step than fine-tuning a pretrained one.
     cfg.train.lr = 3e-3
     cfg.train.questions_per_step = 8
+    # Traces come from the four rule-based strategy teachers (the default): no model, seconds.
+    cfg.build.questions = "known_modes"
+    cfg.build.num_questions = 64
     return cfg.validate()
 
 

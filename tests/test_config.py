@@ -1,18 +1,22 @@
 """The typed config: defaults, layering, strict keys and types, cross-field rules, CLI."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ssft import known_modes
 from ssft.config import (
+    BuildConfig,
     ConfigError,
     DataConfig,
     ExperimentConfig,
     MatchingConfig,
     ModelConfig,
+    TeacherConfig,
     TrainConfig,
     config_from_dict,
     config_help,
@@ -326,11 +330,268 @@ def test_flatten_has_one_dotted_key_per_field():
         for section in dataclasses.fields(ExperimentConfig)
         if dataclasses.is_dataclass(section.type)
         for f in dataclasses.fields(section.type)
+        if f.name != "teachers"
     }
-    assert set(flat) == expected and len(flat) == 42
+    teacher_fields = [f.name for f in dataclasses.fields(TeacherConfig)]
+    expected |= {f"build.teachers.{i}.{f}" for i in range(4) for f in teacher_fields}
+    assert set(flat) == expected and len(flat) == 42 + 12 + 4 * 19
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())
+
+
+# --- build stage: the list of teachers -------------------------------------------------------
+
+TEACHERS_YAML = """\
+preset: tiny_cpu
+build:
+  num_questions: 16
+  teachers:
+    - name: smollm2
+      kind: hf
+      model: HuggingFaceTB/SmolLM2-135M-Instruct
+      temperature: 1.0
+    - name: served
+      kind: openai
+      base_url: http://127.0.0.1:8000/v1
+      model: qwen
+      api_key_env: OPENAI_API_KEY
+    - {name: "strategy:round", kind: strategy, strategy: round, error_rate: 0.2}
+"""
+
+
+def test_default_teachers_are_the_four_strategy_solvers():
+    build = ExperimentConfig().build
+    assert [t.name for t in build.teachers] == [
+        "strategy:column",
+        "strategy:split",
+        "strategy:round",
+        "strategy:count_on",
+    ]
+    for t, strategy in zip(build.teachers, known_modes.STRATEGIES, strict=True):
+        assert (t.kind, t.strategy, t.samples_per_question, t.error_rate) == (
+            "strategy",
+            strategy,
+            1,
+            0.1,
+        )
+    assert BuildConfig().validate() == build
+    assert BuildConfig().teachers is not BuildConfig().teachers  # no shared mutable default
+    assert tiny_cpu().build == build and tiny_cpu().build.num_questions == 64
+
+
+def test_build_copies_of_known_modes_constants_are_in_sync():
+    from ssft import config_build
+
+    assert config_build.STRATEGIES == known_modes.STRATEGIES
+    assert config_build.KNOWN_MODES_DIGITS == (known_modes.MIN_DIGITS, known_modes.MAX_DIGITS)
+
+
+def test_yaml_list_of_teachers_replaces_the_default_list(tmp_path):
+    cfg = load_config(write(tmp_path, TEACHERS_YAML))
+    assert [t.name for t in cfg.build.teachers] == ["smollm2", "served", "strategy:round"]
+    hf, served, rnd = cfg.build.teachers
+    assert hf.kind == "hf" and hf.temperature == 1.0 and hf.samples_per_question == 4
+    assert served.api_key_env == "OPENAI_API_KEY" and served.base_url.endswith("/v1")
+    assert rnd.error_rate == 0.2 and rnd.samples_per_question == 4  # entry defaults, not preset's
+    assert cfg.build.num_questions == 16
+
+
+def test_unknown_teacher_key_names_the_index_and_suggests(tmp_path):
+    text = TEACHERS_YAML.replace("      model: qwen\n", "      model: qwen\n      temprature: 1\n")
+    msg = error(load_config, write(tmp_path, text, "t.yaml"))
+    assert "'build.teachers[1].temprature'" in msg and "t.yaml" in msg
+    assert "'build.teachers[1].temperature'" in msg
+
+
+def test_malformed_teacher_lists(tmp_path):
+    msg = error(config_from_dict, {"build": {"teachers": {"name": "x"}}})
+    assert "build.teachers is a list" in msg
+    msg = error(config_from_dict, {"build": {"teachers": ["strategy:column"]}})
+    assert "build.teachers[0]='strategy:column'" in msg and "mapping" in msg
+    msg = error(config_from_dict, {"build": {"teachers": [{"name": "a"}]}})
+    assert "build.teachers[0].kind is missing" in msg
+    msg = error(config_from_dict, {"build": {"teachers": []}})
+    assert "build.teachers=[]: the build needs at least one teacher" in msg
+    msg = error(BuildConfig, teachers=[{"name": "a", "kind": "hf"}])
+    assert "build.teachers: expected a list of TeacherConfig, got a list holding dict" in msg
+
+
+def test_duplicate_teacher_names():
+    teachers = [{"name": "a", "kind": "strategy", "strategy": s} for s in ("round", "split")]
+    msg = error(config_from_dict, {"build": {"teachers": teachers}})
+    assert "build.teachers[1].name='a'" in msg and "build.teachers[0]" in msg
+    assert "unique" in msg
+
+
+@pytest.mark.parametrize(
+    ("teacher", "expected"),
+    [
+        ({"kind": "hf"}, "build.teachers[1].model=null: a teacher of kind 'hf' needs it"),
+        ({"kind": "vllm"}, "build.teachers[1].model=null: a teacher of kind 'vllm' needs it"),
+        ({"kind": "openai", "model": "m"}, "build.teachers[1].base_url=null: a teacher of kind"),
+        ({"kind": "openai", "base_url": "http://h/v1"}, "build.teachers[1].model=null"),
+        ({"kind": "openai", "model": "m", "base_url": "h:8000"}, "must start with http://"),
+        ({"kind": "replay"}, "build.teachers[1].replay_path=null: a teacher of kind 'replay'"),
+        ({"kind": "strategy"}, "build.teachers[1].strategy=null: a teacher of kind 'strategy'"),
+        ({"kind": "strategy", "strategy": "carry"}, "build.teachers[1].strategy='carry': must"),
+        ({"kind": "mystery"}, "build.teachers[1].kind='mystery': must be one of 'hf'"),
+        ({"kind": "hf", "model": ""}, "build.teachers[1].model='': must not be empty"),
+    ],
+)
+def test_per_kind_required_fields(teacher, expected):
+    teachers = [
+        {"name": "ok", "kind": "replay", "replay_path": "r.jsonl"},
+        {"name": "t", **teacher},
+    ]
+    assert expected in error(config_from_dict, {"build": {"teachers": teachers}})
+
+
+def test_each_kind_validates_with_its_required_fields():
+    teachers = [
+        TeacherConfig(name="a", kind="hf", model="m"),
+        TeacherConfig(name="b", kind="vllm", model="m"),
+        TeacherConfig(name="c", kind="openai", model="m", base_url="https://api.example/v1"),
+        TeacherConfig(name="d", kind="replay", replay_path="traces.parquet"),
+        TeacherConfig(name="e", kind="strategy", strategy="count_on"),
+    ]
+    assert [t.name for t in BuildConfig(teachers=teachers).teachers] == list("abcde")
+    # Standalone, an entry's messages name it build.teachers[i].
+    assert "build.teachers[i].model=null" in error(TeacherConfig, name="x", kind="hf")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("build.teachers.0.error_rate=1.5", "build.teachers[0].error_rate=1.5: must be in [0, 1]"),
+        ("build.teachers.1.error_rate=-0.1", "build.teachers[1].error_rate=-0.1"),
+        ("build.teachers.0.temperature=0", "build.teachers[0].temperature=0.0: must be > 0"),
+        ("build.teachers.0.top_p=0", "build.teachers[0].top_p=0.0: must be in (0, 1]"),
+        ("build.teachers.0.top_p=1.5", "build.teachers[0].top_p=1.5"),
+        ("build.teachers.2.samples_per_question=0", "build.teachers[2].samples_per_question=0"),
+        ("build.teachers.0.max_new_tokens=0", "build.teachers[0].max_new_tokens=0: must be a"),
+        ("build.teachers.0.batch_size=-1", "build.teachers[0].batch_size=-1"),
+        ("build.teachers.0.max_retries=-1", "build.teachers[0].max_retries=-1: must be >= 0"),
+        ("build.teachers.0.request_timeout_s=0", "build.teachers[0].request_timeout_s=0.0"),
+        ("build.teachers.3.name=7", "build.teachers[3].name='7': must not be a bare number"),
+        ("build.teachers.0.dtype=bf16", "Did you mean build.teachers[0].dtype=bfloat16"),
+        ("build.near_duplicate_threshold=0", "build.near_duplicate_threshold=0.0: must be in (0"),
+        ("build.near_duplicate_threshold=1.01", "build.near_duplicate_threshold=1.01"),
+        ("build.questions=jsonl", "build.questions_path=null: build.questions='jsonl' needs it"),
+        ("build.num_questions=null", "build.num_questions=null: build.questions='known_modes'"),
+        ("build.num_questions=0", "build.num_questions=0: must be a positive integer or null"),
+        ("build.questions_per_shard=0", "build.questions_per_shard=0"),
+        ("build.max_traces_per_question=0", "build.max_traces_per_question=0"),
+        ("build.digits=1", "build.digits=1: must be in [2, 6]"),
+    ],
+)
+def test_build_field_rules(override, expected):
+    assert expected in error(tiny, override)
+
+
+def test_build_boundaries_that_are_allowed():
+    cfg = tiny(
+        "build.near_duplicate_threshold=1.0",
+        "build.teachers.0.error_rate=0",
+        "build.teachers.1.error_rate=1",
+        "build.teachers.0.top_p=1",
+        "build.teachers.0.max_retries=0",
+        "build.max_task_retries=0",
+        "build.questions=jsonl",
+        "build.questions_path=q.jsonl",
+        "build.num_questions=null",
+    )
+    assert cfg.build.num_questions is None and cfg.build.teachers[1].error_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["sk-proj-abcdef0123456789abcdef", "x" * 65, "my key", "Bearer abc.def"],
+)
+def test_api_key_env_value_that_is_not_a_name_errors_without_echoing_it(tmp_path, secret):
+    key_like = secret.startswith("sk-") or len(secret) > 64
+    for msg in (
+        error(tiny, f"build.teachers.0.api_key_env={secret}"),
+        error(tiny, f"build.teachers.strategy:split.api_key_env={secret}"),
+        error(load_config, write(tmp_path, TEACHERS_YAML.replace("OPENAI_API_KEY", secret))),
+    ):
+        assert secret not in msg and "api_key_env=<hidden" in msg
+        assert "Put the key in the environment" in msg and "api_key_env=OPENAI_API_KEY" in msg
+        assert ("looks like an API key" in msg) is key_like
+    assert tiny("build.teachers.0.api_key_env=_MY_KEY2").build.teachers[0].api_key_env == "_MY_KEY2"
+
+
+def test_unknown_teacher_field_in_override_does_not_echo_the_value():
+    msg = error(tiny, "build.teachers.0.api_key=sk-secret-value")
+    assert "sk-secret" not in msg
+    assert "'build.teachers[0].api_key'" in msg and "'build.teachers[0].api_key_env'" in msg
+
+
+def test_overrides_address_a_teacher_by_index_or_by_name():
+    cfg = tiny(
+        "build.teachers.0.temperature=1.0",
+        "build.teachers[1].top_p=0.5",
+        "build.teachers.strategy:round.error_rate=0.2",
+        "build.teachers[strategy:count_on].samples_per_question=3",
+        "build.teachers.3.system_prompt=null",
+    )
+    column, split, rnd, count_on = cfg.build.teachers
+    assert column.temperature == 1.0 and split.top_p == 0.5 and rnd.error_rate == 0.2
+    assert count_on.samples_per_question == 3 and count_on.system_prompt is None
+    # A renamed teacher is found by its new name; names with dots work too.
+    cfg = tiny("build.teachers.0.name=qwen2.5", "build.teachers.qwen2.5.error_rate=0")
+    assert cfg.build.teachers[0].error_rate == 0.0
+    assert cfg.build.teachers[1:] == tiny_cpu().build.teachers[1:]
+
+
+def test_override_by_name_in_a_yaml_list(tmp_path):
+    cfg = load_config(write(tmp_path, TEACHERS_YAML), ["build.teachers.served.max_retries=5"])
+    assert cfg.build.teachers[1].max_retries == 5
+
+
+def test_bad_teacher_overrides():
+    msg = error(tiny, "build.teachers.strategy:carry.error_rate=0.2")
+    assert "no entry of build.teachers is named 'strategy:carry'" in msg
+    assert "[0] 'strategy:column'" in msg and "[3] 'strategy:count_on'" in msg
+    msg = error(tiny, "build.teachers.7.error_rate=0.2")
+    assert "build.teachers has no entry 7; it has 4" in msg and "'strategy:round'" in msg
+    msg = error(tiny, "build.teachers.0.temprature=1.0")
+    assert "'build.teachers[0].temprature'" in msg and "'build.teachers[0].temperature'" in msg
+    assert "is a list" in error(tiny, "build.teachers=[]")
+    assert "set one field of one entry" in error(tiny, "build.teachers.0=x")
+    assert "expected a number" in error(tiny, "build.teachers.0.temperature=hot")
+    # A teacher's field addressed without the list is suggested with it.
+    assert "'build.teachers[i].error_rate'" in error(tiny, "error_rate=0.2")
+
+
+def test_round_trip_with_teacher_lists(tmp_path):
+    cfg = load_config(write(tmp_path, TEACHERS_YAML), ["build.teachers.0.system_prompt=null"])
+    assert load_config(write(tmp_path, config_to_yaml(cfg), "out.yaml")) == cfg
+    d = config_to_dict(cfg)
+    assert d["build"]["teachers"][1]["api_key_env"] == "OPENAI_API_KEY"
+    assert isinstance(d["build"]["teachers"][0], dict) and config_from_dict(d) == cfg
+    # The dict is a copy: editing it leaves the config alone.
+    d["build"]["teachers"][0]["temperature"] = 0.1
+    assert cfg.build.teachers[0].temperature == 1.0
+
+
+def test_flatten_numbers_the_teachers(tmp_path):
+    flat = flatten_config(load_config(write(tmp_path, TEACHERS_YAML)))
+    assert flat["build.teachers.0.name"] == "smollm2" and flat["build.teachers.2.error_rate"] == 0.2
+    assert flat["build.teachers.1.api_key_env"] == "OPENAI_API_KEY"
+    assert "build.teachers.3.name" not in flat and "build.teachers" not in flat
+    assert flat["build.num_questions"] == 16
+
+
+def test_validate_rechecks_teachers_assigned_by_hand():
+    cfg = tiny_cpu()
+    cfg.build.teachers[2].error_rate = 2.0
+    assert "build.teachers[2].error_rate=2.0" in error(cfg.validate)
+    cfg = tiny_cpu()
+    cfg.build.teachers.append(
+        TeacherConfig(name="strategy:split", kind="strategy", strategy="split")
+    )
+    assert "build.teachers[4].name='strategy:split'" in error(cfg.validate)
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -356,7 +617,9 @@ def test_help_exits_zero_and_lists_every_field(capsys):
         out = capsys.readouterr().out
         assert "--config" in out
         for key in flatten_config(tiny_cpu()):
+            key = re.sub(r"^build\.teachers\.\d+\.", "build.teachers[i].", key)
             assert f"  {key}: " in out, key
+        assert out.count("  build.teachers[i].temperature: float = 0.7\n") == 1
     text = config_help()
     assert "matching.prefix_tokens: int | null = null" in text
     assert "method: {ssft|sft_mixed|random|single} = 'ssft'" in text
