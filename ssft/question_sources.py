@@ -1,0 +1,162 @@
+"""Where the building stage's questions come from: ``load_questions(build_cfg)``.
+
+Reads ``build_cfg.questions`` (the source), ``questions_path``, ``split``, ``num_questions``,
+``question_seed``, ``digits`` and ``reasoning_gym_task`` (``ssft.config_build.BuildConfig``;
+any object with these attributes works). Every source is deterministic: the same config
+gives the same questions, in the same order, with the same ids.
+
+Sources:
+
+- ``known_modes``: additions from ``ssft.known_modes``. Its stream of questions (one per
+  ``(question_seed, digits)``) is cut at a FIXED point: the first ``KNOWN_MODES_TEST_SIZE``
+  questions are the test split, everything after is train. ``split="test"`` takes the first
+  ``num_questions`` of the test block (so at most ``KNOWN_MODES_TEST_SIZE``); ``"train"``
+  takes ``make_splits(n_train=num_questions, n_test=KNOWN_MODES_TEST_SIZE)``'s train part.
+  Because the cut does not move with ``num_questions``, a train build and a test build with
+  the same seed and digits never share a question, whatever their sizes. 128 is the shipped
+  ``datasets/known_modes`` split (seed 0, digits 2): those files are what this source
+  returns for ``num_questions`` 512 (train) and 128 (test).
+- ``jsonl``: ``questions_path``, one JSON object per line with string fields question_id,
+  prompt, gold_answer and source (other keys are ignored; blank lines are skipped). The whole
+  file is checked before ``num_questions`` keeps its first questions, so a bad file fails
+  whatever the cap; errors name the file, line and field. ``split`` and the seed are unused.
+- ``reasoning_gym``: ``reasoning_gym.create_dataset(task, size=num_questions, seed=...)``.
+  Train uses ``question_seed``, test ``question_seed + REASONING_GYM_TEST_SEED_OFFSET``.
+  reasoning-gym draws item i from ``Random(seed + i)``, so the two splits use disjoint random
+  streams while ``num_questions <= REASONING_GYM_TEST_SEED_OFFSET``. Caveats: a train build
+  with seed s + offset repeats test seed s; and tasks with small answer spaces can generate
+  the same text from different streams.
+- ``champ``: ``ssft.teachers.replay.champ_questions()`` (imported lazily), first
+  ``num_questions`` of them. ``split`` and the seed are unused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from ssft.teachers.base import Question
+
+SOURCES = ("known_modes", "jsonl", "reasoning_gym", "champ")
+SPLITS = ("train", "test")
+KNOWN_MODES_TEST_SIZE = 128
+REASONING_GYM_TEST_SEED_OFFSET = 1_000_003
+_FIELDS = ("question_id", "prompt", "gold_answer", "source")
+
+
+def load_questions(build_cfg: Any) -> list[Question]:
+    """The questions ``build_cfg`` names, in source order (see the module docstring)."""
+    source, n = build_cfg.questions, build_cfg.num_questions
+    if source not in SOURCES:
+        raise ValueError(f"build.questions={source!r}: unknown source; choose one of {SOURCES}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"build.num_questions={n!r}: must be an int >= 1, or None for all")
+    if source == "jsonl":
+        if not build_cfg.questions_path:
+            raise ValueError("build.questions='jsonl' needs build.questions_path, a JSONL file")
+        return read_questions_jsonl(build_cfg.questions_path)[:n]
+    if source == "champ":
+        from ssft.teachers.replay import champ_questions
+
+        return list(champ_questions())[:n]
+    if n is None:
+        raise ValueError(
+            f"build.questions={source!r} generates questions, so build.num_questions must be "
+            "a number; set e.g. build.num_questions=64"
+        )
+    if build_cfg.split not in SPLITS:
+        raise ValueError(f"build.split={build_cfg.split!r}: choose one of {SPLITS}")
+    if source == "known_modes":
+        return _known_modes(build_cfg.split, n, build_cfg.question_seed, build_cfg.digits)
+    return _reasoning_gym(build_cfg.reasoning_gym_task, build_cfg.split, n, build_cfg.question_seed)
+
+
+def _known_modes(split: str, n: int, seed: int, digits: int) -> list[Question]:
+    from ssft import known_modes
+
+    if split == "test" and n > KNOWN_MODES_TEST_SIZE:
+        raise ValueError(
+            f"build.num_questions={n} with split='test': the known-modes test split is the "
+            f"stream's first {KNOWN_MODES_TEST_SIZE} questions (fixed, so train and test never "
+            f"overlap); set build.num_questions <= {KNOWN_MODES_TEST_SIZE}"
+        )
+    n_train = n if split == "train" else 0
+    train, test = known_modes.make_splits(n_train, KNOWN_MODES_TEST_SIZE, seed=seed, digits=digits)
+    chosen = train if split == "train" else test[:n]
+    return [Question(q.question_id, q.prompt, q.gold_answer, q.source) for q in chosen]
+
+
+def _reasoning_gym(task: str, split: str, n: int, seed: int) -> list[Question]:
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    if task not in DATASETS:
+        near = difflib.get_close_matches(task, list(DATASETS), n=3)
+        hint = f"did you mean {near}?" if near else f"valid tasks include {sorted(DATASETS)[:8]}"
+        raise ValueError(f"build.reasoning_gym_task={task!r} is not a reasoning-gym task; {hint}")
+    if split == "test":
+        seed += REASONING_GYM_TEST_SEED_OFFSET
+    dataset = reasoning_gym.create_dataset(task, size=n, seed=seed)
+    questions = []
+    for i, item in enumerate(dataset):
+        gold = str(item["answer"])
+        if not gold.strip():
+            raise ValueError(f"reasoning-gym task {task!r} seed {seed} item {i}: empty answer")
+        qid = f"rg-{task}-s{seed}-{i:05d}"
+        questions.append(Question(qid, item["question"], gold, f"reasoning_gym/{task}"))
+    return questions
+
+
+def read_questions_jsonl(path: str | Path) -> list[Question]:
+    """All questions of a JSONL file; ValueError names the file, line (from 1) and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"questions file {str(path)!r} does not exist or is not a file")
+    questions: list[Question] = []
+    line_of: dict[str, int] = {}
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{where}: byte {exc.start} is not valid UTF-8 ({exc.reason}); save the "
+                    "file as UTF-8"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip())  # columns count from the line's start
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); each line must "
+                    "be one JSON object"
+                ) from None
+            if not isinstance(row, dict):
+                got = type(row).__name__
+                raise ValueError(f"{where}: a JSON {got}, expected an object with {_FIELDS}")
+            for name in _FIELDS:
+                if name not in row:
+                    raise ValueError(
+                        f"{where}: field {name!r} is missing; every line needs {', '.join(_FIELDS)}"
+                    )
+                value = row[name]
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(
+                        f"{where}: field {name!r} is {value!r:.60}; expected a non-empty string "
+                        '(write numbers as strings, e.g. "46")'
+                    )
+            qid = row["question_id"]
+            if qid in line_of:
+                raise ValueError(
+                    f"{where}: field 'question_id' value {qid!r} repeats line {line_of[qid]}; "
+                    "question ids must be unique within a file"
+                )
+            line_of[qid] = lineno
+            questions.append(Question(*(row[name] for name in _FIELDS)))
+    if not questions:
+        raise ValueError(f"questions file {str(path)!r} holds no questions")
+    return questions
