@@ -1,0 +1,184 @@
+"""The ``replay`` teacher: reading Parquet/JSONL answer files, and the CHAMP transcripts."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ssft.teachers.base import Question, build_teacher
+from ssft.teachers.replay import (
+    champ_gold_answer,
+    champ_questions,
+    champ_replay_rows,
+    read_replay_rows,
+    write_champ_replay,
+)
+
+ROWS = [
+    {"question_id": "a", "teacher": "gpt", "text": "a1", "num_tokens": 3},
+    {"question_id": "b", "teacher": "gpt", "text": "b1", "num_tokens": None},
+    {"question_id": "a", "teacher": "palm", "text": "a2", "num_tokens": 5},
+    {"question_id": "a", "teacher": "gpt", "text": "a3", "num_tokens": 4},
+    {"question_id": "a", "teacher": "palm", "text": "a4", "num_tokens": 1},
+    {"question_id": "c", "teacher": "gpt", "text": "c1", "num_tokens": 2},
+]
+QUESTIONS = [Question(q, f"prompt {q}", "1", "test") for q in ("c", "a", "missing", "b")]
+
+
+def write_jsonl(path, rows, raw_lines=()):
+    lines = [json.dumps(r) for r in rows] + list(raw_lines)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_parquet(path, rows):
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def make_teacher(path, name="old"):
+    return build_teacher(SimpleNamespace(name=name, kind="replay", replay_path=str(path)))
+
+
+@pytest.fixture(params=["jsonl", "parquet"])
+def replay_file(request, tmp_path):
+    if request.param == "jsonl":
+        return write_jsonl(tmp_path / "r.jsonl", ROWS)
+    return write_parquet(tmp_path / "r.parquet", ROWS)
+
+
+def test_grouping_order_and_naming(replay_file):
+    samples = make_teacher(replay_file).generate(QUESTIONS, num_samples=10, seed=0)
+    assert [(s.question_id, s.text) for s in samples] == [
+        ("c", "c1"), ("a", "a1"), ("a", "a2"), ("a", "a3"), ("a", "a4"), ("b", "b1"),
+    ]  # fmt: skip
+    assert samples[1].teacher == "old:gpt" and samples[2].teacher == "old:palm"
+    assert [s.num_tokens for s in samples] == [2, 3, 5, 4, 1, None]
+
+
+def test_subset_is_deterministic_by_seed(replay_file):
+    teacher = make_teacher(replay_file)
+    qa = [QUESTIONS[1]]
+    picks = {s: tuple(x.text for x in teacher.generate(qa, 2, seed=s)) for s in range(20)}
+    assert all(len(p) == 2 and list(p) == sorted(p) for p in picks.values())  # file order kept
+    assert picks[3] == tuple(x.text for x in teacher.generate(qa, 2, seed=3))
+    assert len(set(picks.values())) > 1  # the seed matters
+    # The choice for one question does not depend on the rest of the batch.
+    batch = teacher.generate(QUESTIONS, 2, seed=3)
+    assert tuple(s.text for s in batch if s.question_id == "a") == picks[3]
+    assert teacher.generate(qa, 0, seed=0) == []
+
+
+def test_jsonl_skips_blank_lines_and_ignores_extra_fields(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('\n{"question_id": "a", "teacher": "t", "text": "x", "extra": 1}\n\n')
+    assert read_replay_rows(path) == [
+        {"question_id": "a", "teacher": "t", "text": "x", "num_tokens": None}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"question_id": "q", "teacher": "t"}, r"line 2: missing field\(s\) \['text'\]"),
+        ({"question_id": "q", "teacher": "t", "text": None}, r"line 2, field 'text'"),
+        ({"question_id": "q", "teacher": "t", "text": "  "}, r"line 2, field 'text'"),
+        ({"question_id": "", "teacher": "t", "text": "x"}, r"line 2, field 'question_id'"),
+        ({"question_id": "q", "teacher": "t", "text": "x", "num_tokens": -1}, "num_tokens"),
+    ],
+)
+def test_jsonl_bad_rows_name_file_line_and_field(tmp_path, bad, match):
+    path = write_jsonl(tmp_path / "bad.jsonl", [ROWS[0], bad])
+    with pytest.raises(ValueError, match=match) as info:
+        make_teacher(path)
+    assert "bad.jsonl" in str(info.value)
+
+
+def test_jsonl_invalid_json_and_utf8(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", ROWS[:2], raw_lines=["{not json"])
+    with pytest.raises(ValueError, match="line 3: invalid JSON"):
+        read_replay_rows(path)
+    raw = (json.dumps(ROWS[0]) + "\n").encode() + b'{"question_id": "\xff\xfe"}\n'
+    (tmp_path / "latin.jsonl").write_bytes(raw)
+    with pytest.raises(ValueError, match=r"latin.jsonl.*line 2: not valid UTF-8"):
+        read_replay_rows(tmp_path / "latin.jsonl")
+
+
+def test_parquet_bad_input(tmp_path):
+    no_text = write_parquet(tmp_path / "no_text.parquet", [{"question_id": "q", "teacher": "t"}])
+    with pytest.raises(ValueError, match=r"no_text.parquet.*missing column\(s\) \['text'\]"):
+        read_replay_rows(no_text)
+    rows = [dict(ROWS[0]), dict(ROWS[1], text=None)]
+    null_text = write_parquet(tmp_path / "null.parquet", rows)
+    with pytest.raises(ValueError, match=r"null.parquet.*row 1, field 'text'"):
+        read_replay_rows(null_text)
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="not a readable Parquet file"):
+        read_replay_rows(tmp_path / "junk.parquet")
+
+
+def test_missing_file_and_path(tmp_path):
+    with pytest.raises(ValueError, match=r"nope.jsonl.*does not exist"):
+        make_teacher(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="unknown suffix"):
+        read_replay_rows(write_jsonl(tmp_path / "r.txt", ROWS))
+    with pytest.raises(ValueError, match="needs replay_path"):
+        build_teacher(SimpleNamespace(name="x", kind="replay", replay_path=None))
+
+
+# -- CHAMP -----------------------------------------------------------------------------------
+
+
+def test_champ_gold_answer_format():
+    from math_verify import parse, verify
+
+    assert champ_gold_answer("239") == "239"
+    assert champ_gold_answer("@@C(10, 5)@@, or equivalently @@252@@") == (
+        "$C(10, 5)$, or equivalently $252$"
+    )
+    assert champ_gold_answer("@@5/14@@, or approximately 35.7%") == "$5/14$"
+    assert champ_gold_answer("100 (i.e., all numbers)") == "100"
+    for gold, answer in [
+        ("@@C(10, 5)@@, or equivalently @@252@@", "\\boxed{252}"),
+        ("@@5/14@@, or approximately 35.7%", "so the answer is $\\frac{5}{14}$"),
+        ("@@2^(n-1)@@", "\\boxed{2^{n-1}}"),
+        ("@@x=2, y=1@@", "$x=2, y=1$"),
+    ]:
+        assert verify(parse(champ_gold_answer(gold)), parse(answer)), gold
+
+
+def test_champ_questions_and_rows(tmp_path):
+    start = time.perf_counter()
+    questions = champ_questions()
+    assert len(questions) == 270
+    assert len({q.question_id for q in questions}) == 270
+    assert all(
+        q.prompt.strip() and q.gold_answer.strip() and q.source == "champ" for q in questions
+    )
+
+    from math_verify import parse
+
+    parsed = sum(bool(parse(q.gold_answer)) for q in questions)
+    assert parsed >= 200, parsed  # the rest are prose answers ("No", "It is not possible")
+
+    rows = champ_replay_rows()
+    assert len(rows) > 10_000
+    assert {r["teacher"] for r in rows} == {"GPT-3.5", "GPT-4", "GPT-4 Turbo", "PaLM 2 Medium"}
+    assert {r["question_id"] for r in rows} <= {q.question_id for q in questions}
+    assert not {"1/3 Soln", "2/3 Soln"} & {r["variant"] for r in rows}
+    assert len(champ_replay_rows(exclude_variants=())) > len(rows)
+
+    path = write_champ_replay(tmp_path / "champ" / "replay.parquet")
+    assert [p.name for p in path.parent.iterdir()] == ["replay.parquet"]  # no temp file left
+    teacher = make_teacher(path, name="champ")
+    samples = teacher.generate(questions[:3], num_samples=4, seed=0)
+    assert [s.question_id for s in samples] == [
+        q.question_id for q in questions[:3] for _ in "1234"
+    ]
+    assert all(s.teacher.startswith("champ:") for s in samples)
+    assert time.perf_counter() - start < 60

@@ -1,0 +1,55 @@
+from types import SimpleNamespace
+
+import pytest
+
+from ssft import known_modes
+from ssft.teachers import Question, build_teacher
+
+
+def cfg(strategy, error_rate=0.0, name=None):
+    return SimpleNamespace(
+        name=name or f"strategy:{strategy}",
+        kind="strategy",
+        strategy=strategy,
+        error_rate=error_rate,
+    )
+
+
+QUESTIONS = [
+    Question(q.question_id, q.prompt, q.gold_answer, q.source)
+    for q in known_modes.make_questions(20, seed=0)
+]
+
+
+@pytest.mark.parametrize("strategy", known_modes.STRATEGIES)
+def test_each_strategy_teacher_is_correct_and_classifiable(strategy):
+    samples = build_teacher(cfg(strategy)).generate(QUESTIONS, num_samples=2, seed=0)
+    assert [s.question_id for s in samples] == [q.question_id for q in QUESTIONS for _ in range(2)]
+    for s, q in zip(samples, [q for q in QUESTIONS for _ in range(2)], strict=True):
+        assert s.teacher == f"strategy:{strategy}"
+        assert known_modes.parse_answer(s.text) == q.gold_answer
+        assert known_modes.classify(s.text) == strategy
+
+
+def test_error_rate_slips_deterministically():
+    teacher = build_teacher(cfg("column", error_rate=0.5))
+    a = teacher.generate(QUESTIONS, 4, seed=1)
+    assert a == teacher.generate(QUESTIONS, 4, seed=1)
+    wrong = sum(
+        known_modes.parse_answer(s.text) != q.gold_answer
+        for s, q in zip(a, [q for q in QUESTIONS for _ in range(4)], strict=True)
+    )
+    assert 20 <= wrong <= 60  # about half of 80
+    assert a != teacher.generate(QUESTIONS, 4, seed=2)
+
+
+def test_bad_strategy_and_bad_prompt_are_clear_errors():
+    with pytest.raises(ValueError, match="not one of"):
+        build_teacher(cfg("guess"))
+    with pytest.raises(ValueError, match="q-x"):
+        build_teacher(cfg("split")).generate([Question("q-x", "What is 2+2?", "4", "t")], 1, 0)
+
+
+def test_unknown_kind_lists_kinds():
+    with pytest.raises(ValueError, match="valid kinds"):
+        build_teacher(SimpleNamespace(name="t", kind="oracle"))
