@@ -1,0 +1,60 @@
+import logging
+
+import pytest
+from mlflow import MlflowClient
+
+from ssft.tracking import NullTracker, default_tracking_uri, start_run
+
+
+@pytest.fixture
+def uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_run_logs_everything_and_closes(uri, tmp_path, caplog):
+    artifact = tmp_path / "table.txt"
+    artifact.write_text("hello")
+    with start_run("exp", "run-a", tracking_uri=uri, tags={"method": "ssft", "skip": None}) as t:
+        t.log_params({"forking.num_tags": 4, "matching.prefix_tokens": None})
+        t.log_metrics({"loss": 1.5, "tag usage[1]": 3}, step=2)
+        with caplog.at_level(logging.WARNING):
+            t.log_metrics({"tag usage[1]": 4}, step=3)
+        t.log_artifact(artifact, "tables")
+        t.log_text("a: 1\n", "config.yaml")
+    run = MlflowClient(uri).get_run(t.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run-a"
+    assert run.data.params == {"forking.num_tags": "4", "matching.prefix_tokens": "null"}
+    assert run.data.tags["method"] == "ssft" and "skip" not in run.data.tags
+    assert run.data.metrics == {"loss": 1.5, "tag usage_1_": 4.0}
+    history = MlflowClient(uri).get_metric_history(t.run_id, "tag usage_1_")
+    assert [(m.step, m.value) for m in history] == [(2, 3.0), (3, 4.0)]
+    files = {f.path for f in MlflowClient(uri).list_artifacts(t.run_id)}
+    assert files == {"tables", "config.yaml"}
+
+
+def test_failed_block_marks_run_failed_and_child_links_parent(uri):
+    with start_run("exp", "parent", tracking_uri=uri) as parent:
+        with (
+            pytest.raises(RuntimeError),
+            start_run("exp", "child", tracking_uri=uri, parent_run_id=parent.run_id) as child,
+        ):
+            raise RuntimeError("boom")
+    client = MlflowClient(uri)
+    assert client.get_run(child.run_id).info.status == "FAILED"
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+    assert client.get_run(parent.run_id).info.status == "FINISHED"
+
+
+def test_disabled_tracking_is_a_no_op(tmp_path):
+    t = start_run("exp", "r", enabled=False, default_dir=tmp_path)
+    assert isinstance(t, NullTracker) and t.run_id is None
+    with t:
+        t.log_metrics({"x": 1}, step=0)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_default_uri_prefers_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
