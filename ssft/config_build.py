@@ -209,6 +209,9 @@ class BuildConfig(Section):
         "Questions per shard; each shard is one Ray task.")})
     max_task_retries: int = field(default=3, metadata={"help": (
         "Times Ray retries a failed shard task before the build fails. 0 = none.")})
+    gpus_per_task: float = field(default=0.0, metadata={"help": (
+        "GPUs each shard task reserves from Ray (fractions allowed). Set 1 when hf or vllm "
+        "teachers should run on GPU nodes; 0 = CPU only.")})
     teachers: list[TeacherConfig] = field(default_factory=default_teachers, metadata={"help": (
         "The teachers, a YAML list of mappings (one per teacher, each needs name and kind); a "
         "list in a YAML file replaces the preset's whole list. Default: the four known-modes "
@@ -218,7 +221,7 @@ class BuildConfig(Section):
     def _check_values(self) -> None:
         non_empty(self, "questions_path", "reasoning_gym_task", "output_dir")
         positive(self, "max_traces_per_question", "questions_per_shard")
-        non_negative(self, "question_seed", "max_task_retries")
+        non_negative(self, "question_seed", "max_task_retries", "gpus_per_task")
         n = self.num_questions
         if n is not None and not n >= 1:
             fix = "Set build.num_questions=64, or null for all (jsonl, champ)."

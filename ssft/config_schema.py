@@ -27,6 +27,7 @@ ModelInit = Literal["pretrained", "random"]
 TooManyTraces = Literal["error", "keep_most_distinct"]
 Overlong = Literal["error", "drop"]
 MatchingCost = Literal["mean_nll", "sum_nll"]
+Parallelism = Literal["ddp"]
 LRSchedule = Literal["cosine", "linear", "constant"]
 
 
@@ -195,7 +196,9 @@ class TrainConfig(Section):
     micro_batch_sequences: int = field(default=8, metadata={"help": (
         "Sequences (one trace each) per forward/backward pass on one worker; bounds memory.")})
     grad_accum_steps: int = field(default=1, metadata={"help": (
-        "Micro-batches whose gradients are accumulated before each optimizer step.")})
+        "Chunks each step's questions are processed in, one after another (cost pass, then "
+        "forward/backward), gradients accumulated; bounds the memory of the cost pass. The "
+        "global batch stays train.questions_per_step.")})
     lr: float = field(default=1e-5, metadata={"help": (
         "Peak learning rate (AdamW), reached after warmup.")})
     lr_schedule: LRSchedule = field(default="cosine", metadata={"help": (
@@ -210,10 +213,33 @@ class TrainConfig(Section):
         "Save a checkpoint every this many optimizer steps. 0 = only at the end.")})
     log_every: int = field(default=1, metadata={"help": (
         "Log metrics every this many optimizer steps.")})
+    num_workers: int = field(default=1, metadata={"help": (
+        "Ray Train workers (processes), one GPU each when train.use_gpu is true.")})
+    use_gpu: bool = field(default=False, metadata={"help": (
+        "Train on GPUs (NCCL, bf16 autocast) instead of CPUs (gloo, float32).")})
+    parallelism: Parallelism = field(default="ddp", metadata={"help": (
+        "How workers share the model: 'ddp' replicates it on every worker (the only strategy "
+        "so far; sharded FSDP is planned with the performance work).")})
+    output_dir: str = field(default="runs/train", metadata={"help": (
+        "Checkpoints go to <output_dir>/<name>/ (Ray Train storage) and the final model to "
+        "<output_dir>/<name>/final_model. Rerunning with the same name resumes.")})
+    max_failures: int = field(default=0, metadata={"help": (
+        "Times Ray Train restarts the workers from the last checkpoint after a worker dies. "
+        "-1 = unlimited.")})
+    keep_checkpoints: int = field(default=2, metadata={"help": (
+        "Most recent checkpoints kept on disk.")})
     # fmt: on
 
     def _check_values(self) -> None:
         positive(self, "epochs", "questions_per_step", "micro_batch_sequences")
+        positive(self, "num_workers", "keep_checkpoints")
+        if self.max_failures < -1:
+            raise invalid(
+                "train.max_failures",
+                self.max_failures,
+                "must be -1 or more",
+                "Set train.max_failures=0 (no restarts) or -1 (unlimited).",
+            )
         positive(self, "grad_accum_steps", "log_every")
         if not 0 < self.lr < float("inf"):
             raise invalid("train.lr", self.lr, "must be a finite number > 0", "Set train.lr=1e-5.")

@@ -65,3 +65,22 @@ def make_questions(tok, which=("q-add", "q-mul", "q-one")) -> list[TokenizedQues
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One embedded Ray for the session (``address="local"``: never a stray cluster).
+
+    ``SSFT_FAULT_DIR`` is set before Ray starts so every worker inherits it: tests drop a
+    ``crash-shard-<i>`` file there to make that shard's worker die once.
+    """
+    import os
+
+    import ray
+
+    fault_dir = tmp_path_factory.mktemp("faults")
+    os.environ["SSFT_FAULT_DIR"] = str(fault_dir)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield fault_dir
+    ray.shutdown()

@@ -1,0 +1,178 @@
+"""Building trace sets, one shard of questions at a time (the Ray-free half of the stage).
+
+A shard is a slice of the questions. For it, every teacher samples every question, each
+sample is graded against the gold answer (math-verify, gold first), and ``select_traces``
+keeps at most M distinct correct traces per question, preferring distinct teachers. A
+shard's result is committed by two files in its folder::
+
+    shard-00003.stats.json   per-teacher sample/correct/kept counts, rejected questions
+    shard-00003.parquet      the shard's trace sets (written LAST: its presence = done)
+
+Both are written atomically (temp name, then rename), so a crash leaves either a finished
+shard or nothing under the final names. Sampling is seeded per (seed, shard's questions),
+so a retried shard writes the same content: reruns never duplicate traces, and shards
+already on disk are skipped. ``merge_shards`` concatenates finished shards in order into
+one validated trace-set file.
+
+The build folder's name carries a digest of everything that decides its content (the
+``build`` config minus ``output_dir``, and the seed); a changed config builds elsewhere
+instead of mixing two configurations' shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ssft import known_modes
+from ssft.grading import grade
+from ssft.teachers import Question, build_teacher
+from ssft.trace_selection import rejection_reason, select_traces
+from ssft.trace_set import TraceSet, read_trace_sets, write_trace_sets
+
+
+@dataclass
+class ShardStats:
+    """What one shard (or, summed, a whole build) produced."""
+
+    questions: int = 0
+    questions_with_traces: int = 0
+    traces: int = 0
+    samples_by_teacher: Counter = field(default_factory=Counter)
+    correct_by_teacher: Counter = field(default_factory=Counter)
+    kept_by_teacher: Counter = field(default_factory=Counter)
+    drops: Counter = field(default_factory=Counter)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, other: ShardStats) -> None:
+        for name in ("questions", "questions_with_traces", "traces"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("samples_by_teacher", "correct_by_teacher", "kept_by_teacher", "drops"):
+            getattr(self, name).update(getattr(other, name))
+        self.rejected.extend(other.rejected)
+
+    def to_json(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting them.
+        return {
+            f.name: dict(v)
+            if isinstance(v := getattr(self, f.name), Counter)
+            else list(v)
+            if isinstance(v, list)
+            else v
+            for f in fields(self)
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardStats:
+        counters = ("samples_by_teacher", "correct_by_teacher", "kept_by_teacher", "drops")
+        return cls(**{k: Counter(v) if k in counters else v for k, v in data.items()})
+
+
+def build_key(build_cfg: Any, seed: int) -> str:
+    """Short digest of the content-deciding config (not ``output_dir``)."""
+    data = asdict(build_cfg)
+    data.pop("output_dir", None)
+    blob = json.dumps({"build": data, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def shard_seed(seed: int, questions: Sequence[Question]) -> int:
+    """A seed fixed by the run seed and the shard's questions (stable across retries)."""
+    blob = f"{seed}|" + "|".join(q.question_id for q in questions)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:4], "little")
+
+
+def build_shard(
+    questions: Sequence[Question], build_cfg: Any, seed: int
+) -> tuple[list[TraceSet], ShardStats]:
+    """Sample, grade and select traces for one shard of questions."""
+    classify = known_modes.classify if build_cfg.questions == "known_modes" else None
+    samples_by_question: dict[str, list] = {q.question_id: [] for q in questions}
+    stats = ShardStats(questions=len(questions))
+    gold = {q.question_id: q.gold_answer for q in questions}
+    for teacher_cfg in build_cfg.teachers:
+        teacher = build_teacher(teacher_cfg)
+        try:
+            samples = teacher.generate(
+                questions, teacher_cfg.samples_per_question, shard_seed(seed, questions)
+            )
+        finally:
+            teacher.close()
+        for sample in samples:
+            parsed, correct = grade(gold[sample.question_id], sample.text)
+            stats.samples_by_teacher[teacher_cfg.name] += 1
+            stats.correct_by_teacher[teacher_cfg.name] += int(correct)
+            samples_by_question[sample.question_id].append((sample, parsed, correct))
+    trace_sets = []
+    for q in questions:
+        graded = samples_by_question[q.question_id]
+        trace_set, counts = select_traces(
+            q,
+            graded,
+            max_traces=build_cfg.max_traces_per_question,
+            near_duplicate_threshold=build_cfg.near_duplicate_threshold,
+            classify=classify,
+        )
+        stats.drops.update(counts)
+        if trace_set.traces:
+            stats.questions_with_traces += 1
+            stats.traces += len(trace_set.traces)
+            trace_sets.append(trace_set)
+            stats.kept_by_teacher.update(t.teacher for t in trace_set.traces)
+        else:
+            reason = rejection_reason(counts, len(graded))
+            stats.rejected.append({"question_id": q.question_id, "reason": reason})
+    return trace_sets, stats
+
+
+def shard_paths(build_dir: Path, index: int) -> tuple[Path, Path]:
+    """``(trace-set parquet, stats json)`` of shard ``index``."""
+    shards = build_dir / "shards"
+    return shards / f"shard-{index:05d}.parquet", shards / f"shard-{index:05d}.stats.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON under a temp name in the same folder, fsync, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_shard(build_dir: Path, index: int, sets: list[TraceSet], stats: ShardStats) -> None:
+    """Commit a shard: stats first, trace sets last (the parquet marks it done)."""
+    parquet, stats_path = shard_paths(build_dir, index)
+    write_json_atomic(stats_path, stats.to_json())
+    write_trace_sets(parquet, sets)
+
+
+def finished_shard(build_dir: Path, index: int) -> ShardStats | None:
+    """The stats of a finished shard, or None when it must be (re)built."""
+    parquet, stats_path = shard_paths(build_dir, index)
+    if not (parquet.exists() and stats_path.exists()):
+        return None
+    return ShardStats.from_json(json.loads(stats_path.read_text(encoding="utf-8")))
+
+
+def merge_shards(build_dir: Path, num_shards: int, out_path: Path) -> tuple[list[TraceSet], str]:
+    """Concatenate finished shards in order into ``out_path``; returns (sets, digest)."""
+    sets: list[TraceSet] = []
+    for index in range(num_shards):
+        parquet, _ = shard_paths(build_dir, index)
+        sets.extend(read_trace_sets(parquet))
+    digest = write_trace_sets(out_path, sets)  # validates: a duplicate question id fails here
+    return sets, digest

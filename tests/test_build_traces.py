@@ -1,0 +1,112 @@
+"""The trace-building stage end to end on an embedded Ray, with real MLflow (SQLite)."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from ssft import known_modes
+from ssft.config import parse_cli
+from ssft.models import build_char_tokenizer, build_random_model
+from ssft.trace_set import read_trace_sets
+from tests.conftest import tiny_model_config
+from workflows.build_traces import run
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_build(tmp_path, *extra):
+    return parse_cli(
+        [
+            "--config",
+            "workflows/configs/tiny_cpu.yaml",
+            f"build.output_dir={tmp_path / 'traces'}",
+            "build.num_questions=24",
+            "build.questions_per_shard=8",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_strategy_teachers_end_to_end_then_resume(ray_local, tmp_path, mlflow_uri, capsys):
+    out = run(tiny_build(tmp_path))
+    sets = read_trace_sets(out)
+    summary = json.loads((out.parent / "summary.json").read_text())
+    rejected = json.loads((out.parent / "rejected_questions.json").read_text())
+    assert len(sets) + len(rejected) == 24 == summary["questions"]
+    for s in sets:
+        assert 1 <= len(s.traces) <= 4
+        assert len({t.teacher for t in s.traces}) == len(s.traces)  # distinct teachers first
+        for t in s.traces:
+            assert t.correct and t.parsed_answer == s.gold_answer
+            assert t.mode == t.teacher.removeprefix("strategy:")  # classifier agrees
+            assert known_modes.classify(t.text) == t.mode
+    # Every teacher sampled every question once; slips (error_rate 0.1) were filtered out.
+    assert summary["samples_by_teacher"] == {t: 24 for t in summary["samples_by_teacher"]}
+    assert summary["drops"]["incorrect"] == 96 - summary["traces"] - summary["drops"].get(
+        "duplicate_exact", 0
+    ) - summary["drops"].get("duplicate_near", 0) - summary["drops"].get("over_max", 0)
+
+    client = MlflowClient(mlflow_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "tiny-cpu"]
+    (run_info,) = client.search_runs([experiment.experiment_id])
+    assert run_info.data.tags["dataset_digest"] == summary["digest"]
+    assert run_info.data.metrics["questions"] == 24
+    assert 0.8 < run_info.data.metrics["teacher/strategy:round/accuracy"] <= 1.0
+    assert run_info.data.params["build.num_questions"] == "24"
+    artifacts = {f.path for f in client.list_artifacts(run_info.info.run_id, "traces")}
+    assert "traces/trace_sets.parquet" in artifacts
+    assert [f.path for f in client.list_artifacts(run_info.info.run_id, "plots")] == [
+        "plots/traces_per_question.png"
+    ]
+
+    capsys.readouterr()
+    again = run(tiny_build(tmp_path))
+    assert "resuming: 3 of 3 shards already on disk" in capsys.readouterr().out
+    assert again == out and read_trace_sets(again) == sets
+
+
+def test_crashed_shard_is_retried_without_duplicates_or_gaps(ray_local, tmp_path, mlflow_uri):
+    clean = run(tiny_build(tmp_path / "clean"))
+    request = ray_local / "crash-shard-1"
+    request.write_text("")
+    crashed = run(tiny_build(tmp_path / "crashed"))
+    assert not request.exists()  # the first attempt of shard 1 really died
+    assert (
+        json.loads((crashed.parent / "summary.json").read_text())["digest"]
+        == json.loads((clean.parent / "summary.json").read_text())["digest"]
+    )
+    ids = [s.question_id for s in read_trace_sets(crashed)]
+    assert len(ids) == len(set(ids))
+    assert not list(crashed.parent.glob("**/.*tmp*"))  # no temp file left behind
+
+
+def test_hf_teacher_in_ray_tasks(ray_local, tmp_path, mlflow_uri):
+    """A tiny random-weight model loaded from a directory: it samples, grading rejects."""
+    tok = build_char_tokenizer()
+    model = build_random_model(tiny_model_config(), len(tok), tok)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    config = tmp_path / "build.yaml"
+    config.write_text(
+        "preset: tiny_cpu\n"
+        "build:\n"
+        "  num_questions: 6\n"
+        f"  output_dir: {tmp_path / 'traces'}\n"
+        "  teachers:\n"
+        f"    - {{name: tiny-hf, kind: hf, model: {tmp_path / 'model'}, samples_per_question: 2,"
+        " max_new_tokens: 12, temperature: 1.0}\n"
+        "    - {name: strategy:split, kind: strategy, strategy: split, samples_per_question: 1}\n"
+    )
+    out = run(parse_cli(["--config", str(config)]))
+    summary = json.loads((out.parent / "summary.json").read_text())
+    assert summary["samples_by_teacher"] == {"tiny-hf": 12, "strategy:split": 6}
+    assert summary["correct_by_teacher"].get("tiny-hf", 0) == 0
+    assert {t.teacher for s in read_trace_sets(out) for t in s.traces} == {"strategy:split"}

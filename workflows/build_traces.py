@@ -1,0 +1,140 @@
+"""Build trace sets: every teacher samples every question; keep distinct correct traces.
+
+Locally (embedded Ray, SQLite MLflow under runs/):
+    python -m workflows.build_traces --config workflows/configs/tiny_cpu.yaml
+On a cluster:
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m workflows.build_traces --config workflows/configs/tiny_cpu.yaml
+
+Writes <build.output_dir>/<split>-<key>/trace_sets.parquet (+ rejected_questions.json,
+summary.json), where <key> digests the build config. Rerunning skips finished shards, so a
+crashed build resumes; every shard is a Ray task retried on failure (build.max_task_retries).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+
+from ssft.build_report import log_build_report
+from ssft.config import ExperimentConfig, config_from_dict, config_to_dict, parse_cli
+from ssft.question_sources import load_questions
+from ssft.teachers import Question
+from ssft.trace_building import (
+    ShardStats,
+    build_key,
+    build_shard,
+    finished_shard,
+    merge_shards,
+    write_json_atomic,
+    write_shard,
+)
+from ssft.tracking import git_commit, start_run
+from workflows.ray_runtime import init_ray, ray_job_id
+
+log = logging.getLogger("ssft.build_traces")
+
+
+# [1] One Ray task per shard. It rebuilds the typed config from a plain dict, runs the
+#     Ray-free shard builder and commits the shard atomically; Ray retries it on failure.
+@ray.remote(num_cpus=1)
+def build_shard_task(cfg_dict: dict, questions: list[dict], build_dir: str, index: int) -> dict:
+    cfg = config_from_dict(cfg_dict)
+    _maybe_inject_fault(index)
+    sets, stats = build_shard([Question(**q) for q in questions], cfg.build, cfg.seed)
+    write_shard(Path(build_dir), index, sets, stats)
+    return stats.to_json()
+
+
+def _maybe_inject_fault(index: int) -> None:
+    """Fault-injection hook for tests: if ``$SSFT_FAULT_DIR/crash-shard-<index>`` exists, it
+    is removed and this worker process dies, so Ray's retry of a dead worker runs for real."""
+    fault_dir = os.environ.get("SSFT_FAULT_DIR")
+    request = Path(fault_dir) / f"crash-shard-{index}" if fault_dir else None
+    if request is not None and request.exists():
+        request.unlink()
+        os._exit(1)
+
+
+def run(cfg: ExperimentConfig) -> Path:
+    """Build (or resume) the trace sets of ``cfg``; returns the trace-set Parquet path."""
+    build = cfg.build
+    questions = load_questions(build)
+    build_dir = Path(build.output_dir) / f"{build.split}-{build_key(build, cfg.seed)}"
+    per = build.questions_per_shard
+    shards = [questions[i : i + per] for i in range(0, len(questions), per)]
+    print(
+        f"[build] {len(questions)} questions, {len(build.teachers)} teachers, "
+        f"{len(shards)} shards -> {build_dir}",
+        flush=True,
+    )
+    init_ray()
+    totals, pending = ShardStats(), {}
+    for index, shard in enumerate(shards):
+        done = finished_shard(build_dir, index)
+        if done is not None:
+            totals.add(done)
+            continue
+        # [2] Submit the shards not on disk yet; retries cover crashes and dead workers.
+        ref = build_shard_task.options(
+            max_retries=build.max_task_retries, retry_exceptions=True, num_gpus=build.gpus_per_task
+        ).remote(config_to_dict(cfg), [asdict(q) for q in shard], str(build_dir), index)
+        pending[ref] = index
+    skipped = len(shards) - len(pending)
+    if skipped:
+        print(f"[build] resuming: {skipped} of {len(shards)} shards already on disk", flush=True)
+    start, finished = time.monotonic(), 0
+    # [3] Progress as shards finish, with an ETA from the mean shard time so far.
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        index = pending.pop(ready[0])
+        stats = ShardStats.from_json(ray.get(ready[0]))
+        totals.add(stats)
+        finished += 1
+        elapsed = time.monotonic() - start
+        eta = elapsed / finished * len(pending)
+        print(
+            f"[build] shard {index} done: {stats.traces} traces for {stats.questions} "
+            f"questions | {finished}/{finished + len(pending)} new shards | "
+            f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s",
+            flush=True,
+        )
+    out_path = build_dir / "trace_sets.parquet"
+    sets, digest = merge_shards(build_dir, len(shards), out_path)
+    write_json_atomic(build_dir / "rejected_questions.json", totals.rejected)
+    summary = {"digest": digest, "build_dir": str(build_dir), **totals.to_json()}
+    summary.pop("rejected")
+    summary["rejected_questions"] = len(totals.rejected)
+    write_json_atomic(build_dir / "summary.json", summary)
+    print(
+        f"[build] {totals.traces} traces for {totals.questions_with_traces}/{totals.questions} "
+        f"questions ({len(totals.rejected)} without a correct trace) -> {out_path} [{digest}]",
+        flush=True,
+    )
+    # [4] MLflow: config, dataset digest and counts, per-teacher accuracy/yield, artifacts.
+    tags = {
+        "stage": "build_traces",
+        "dataset_digest": digest,
+        "git_commit": git_commit(),
+        "seed": cfg.seed,
+        "ray_job_id": ray_job_id(),
+    }
+    with start_run(cfg.name, f"build-traces-{build_dir.name}", tags=tags) as tracker:
+        log_build_report(tracker, cfg, sets, totals, build_dir)
+        print(f"[build] MLflow run {tracker.run_id} at {tracker.tracking_uri}", flush=True)
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run(parse_cli(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Connecting to Ray the same way from a laptop and from ``ray job submit``.
+
+Under ``ray job submit`` (or with ``RAY_ADDRESS`` exported) the driver joins that cluster.
+Otherwise Ray starts embedded in this process (``address="local"``), so a stray
+``ray start`` on the machine never captures a laptop run or a test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """``ray.init`` once: the cluster in ``RAY_ADDRESS`` if set, else an embedded local one."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    # The driver's working directory is shipped to local workers via PYTHONPATH, so
+    # `python -m workflows.x` from the repo root finds `ssft` and `workflows` in every worker.
+    runtime_env = None if address else {"env_vars": {"PYTHONPATH": os.getcwd()}}
+    ray.init(
+        address=address or "local",
+        num_cpus=None if address else num_cpus,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        include_dashboard=False if not address else None,
+    )
+
+
+def ray_job_id() -> str | None:
+    """The Ray job id of this driver (a tag on every MLflow run), None outside Ray."""
+    if not ray.is_initialized():
+        return None
+    return os.environ.get("RAY_JOB_SUBMISSION_ID") or ray.get_runtime_context().get_job_id()
