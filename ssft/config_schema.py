@@ -252,7 +252,11 @@ class ExperimentConfig(Section):
 
     # fmt: off
     name: str = field(default="ssft", metadata={"help": (
-        "Run name; keep it stable across retries, since Ray and MLflow runs are named after it.")})
+        "Run name; keep it stable across retries, since Ray and MLflow runs are named after it "
+        "and rerunning the same name resumes.")})
+    experiment: str = field(default="ssft", metadata={"help": (
+        "MLflow experiment that groups the runs to compare (trace builds, trainings, "
+        "evaluations).")})
     method: Method = field(default="ssft", metadata={"help": (
         "'ssft' = Hungarian matching of each question's traces to distinct forking tokens; "
         "'sft_mixed' = every trace under forking.shared_tag; 'random' = distinct random tags per "

@@ -20,6 +20,7 @@ def tiny_cpu() -> ExperimentConfig:
     """A 2-layer, 64-wide random Llama with the character tokenizer: tests and CPU demos."""
     cfg = base()
     cfg.name = "tiny-cpu"
+    cfg.experiment = "tiny-cpu"
     # Random weights and the built-in tokenizer: no download, trains in minutes on a CPU.
     cfg.model.init = "random"
     cfg.model.tokenizer = "char"

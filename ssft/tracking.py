@@ -154,12 +154,15 @@ def start_run(
     default_dir: str | os.PathLike = "runs",
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
+    resume_key: str | None = None,
     enabled: bool = True,
 ) -> NullTracker:
     """Open a run (a child run when ``parent_run_id`` is given); use it as a context manager.
 
-    Fails fast with a clear error when the tracking server cannot be reached, before any
-    compute is spent.
+    ``resume_key``: a run of this experiment tagged ``ssft.run_key=<resume_key>`` that did
+    not finish is reopened instead of creating a new one, so a training resumed after a crash
+    keeps one MLflow run. Fails fast with a clear error when the tracking server cannot be
+    reached, before any compute is spent.
     """
     if not enabled:
         return NullTracker()
@@ -178,7 +181,19 @@ def start_run(
             "the tracking server is running and reachable, or unset MLFLOW_TRACKING_URI to log "
             "to a local SQLite file."
         ) from err
-    all_tags = {"mlflow.parentRunId": parent_run_id, **(tags or {})}
+    all_tags = {"mlflow.parentRunId": parent_run_id, "ssft.run_key": resume_key, **(tags or {})}
+    if resume_key is not None:
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`ssft.run_key` = '{resume_key}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found and found[0].info.status != "FINISHED":
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            log.info("reopening MLflow run %s (%s) to continue it", run_id, resume_key)
+            return MLflowTracker(client, run_id, uri)
     run = client.create_run(
         experiment_id,
         run_name=run_name,

@@ -84,3 +84,19 @@ def ray_local(tmp_path_factory):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield fault_dir
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def known_modes_traces(tmp_path_factory):
+    """A trace-set Parquet of 48 known-modes questions from the four strategy teachers."""
+    from ssft.presets import tiny_cpu
+    from ssft.question_sources import load_questions
+    from ssft.trace_building import build_shard
+    from ssft.trace_set import write_trace_sets
+
+    cfg = tiny_cpu()
+    cfg.build.num_questions = 48
+    sets, _ = build_shard(load_questions(cfg.build), cfg.build, cfg.seed)
+    path = tmp_path_factory.mktemp("traces") / "trace_sets.parquet"
+    write_trace_sets(path, sets)
+    return path

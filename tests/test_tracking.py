@@ -58,3 +58,17 @@ def test_default_uri_prefers_environment(monkeypatch, tmp_path):
     assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5999"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def test_resume_key_reopens_an_unfinished_run(uri):
+    first = start_run("exp", "train-a", tracking_uri=uri, resume_key="train-a")
+    first.log_metrics({"loss": 2.0}, step=1)  # the process dies here: never finished
+    again = start_run("exp", "train-a", tracking_uri=uri, resume_key="train-a")
+    assert again.run_id == first.run_id
+    again.log_metrics({"loss": 1.0}, step=2)
+    again.finish()
+    fresh = start_run("exp", "train-a", tracking_uri=uri, resume_key="train-a")
+    assert fresh.run_id != first.run_id  # a finished run is never reopened
+    fresh.finish()
+    history = MlflowClient(uri).get_metric_history(first.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]

@@ -125,7 +125,7 @@ def run(cfg: ExperimentConfig) -> Path:
         "seed": cfg.seed,
         "ray_job_id": ray_job_id(),
     }
-    with start_run(cfg.name, f"build-traces-{build_dir.name}", tags=tags) as tracker:
+    with start_run(cfg.experiment, f"build-traces-{build_dir.name}", tags=tags) as tracker:
         log_build_report(tracker, cfg, sets, totals, build_dir)
         print(f"[build] MLflow run {tracker.run_id} at {tracker.tracking_uri}", flush=True)
     return out_path

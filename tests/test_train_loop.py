@@ -1,0 +1,103 @@
+"""The training loop without Ray: every method, saved models, accumulation, resuming."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ssft.checkpointing import LocalCheckpoints
+from ssft.config import load_config
+from ssft.sequences import format_prompt
+from ssft.train_loop import TrainContext, train
+
+
+def tiny(path, *overrides):
+    return load_config(
+        "workflows/configs/tiny_cpu.yaml",
+        [f"data.train_path={path}", "train.log_every=100", *overrides],
+    )
+
+
+@pytest.mark.parametrize("method", ["ssft", "sft_mixed", "random", "single"])
+def test_every_method_trains_and_saves_a_loadable_model(method, known_modes_traces, tmp_path):
+    cfg = tiny(known_modes_traces, f"method={method}", "train.epochs=2")
+    result = train(cfg, TrainContext(final_dir=tmp_path / "final"))
+    assert result.steps == 12 and len(result.losses) == 12
+    assert result.losses[-1] < result.losses[0]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "final")
+    tags = json.loads((tmp_path / "final" / "ssft_tags.json").read_text())
+    for tag in [*tags["tags"], tags["shared_tag"]]:
+        assert len(tok.encode(tag, add_special_tokens=False)) == 1
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    table = pq.read_table(tmp_path / "final" / "assignments.parquet").to_pylist()
+    used = {row["tag"] for row in table}
+    if method in ("ssft", "random"):
+        assert tags["pass1_tag"] in tags["tags"] and used <= {1, 2, 3, 4} and len(used) > 1
+        per_question = {}
+        for row in table:
+            per_question.setdefault(row["question_id"], []).append(row["tag"])
+        assert all(len(set(t)) == len(t) for t in per_question.values())  # distinct tags
+    else:
+        assert tags["pass1_tag"] == "<think>" and used == {1}
+    if method == "single":
+        assert len(table) == 48  # one trace per question
+
+
+def test_accumulation_chunks_do_not_change_the_trajectory(known_modes_traces):
+    one = train(
+        tiny(known_modes_traces, "train.grad_accum_steps=1", "train.micro_batch_sequences=32")
+    )
+    many = train(
+        tiny(known_modes_traces, "train.grad_accum_steps=4", "train.micro_batch_sequences=1")
+    )
+    torch.testing.assert_close(
+        torch.tensor(many.losses), torch.tensor(one.losses), rtol=2e-4, atol=1e-5
+    )
+
+
+def test_crash_then_resume_sees_every_batch_once(known_modes_traces, tmp_path):
+    cfg = tiny(known_modes_traces, "train.epochs=2", "train.checkpoint_every=4")
+    reference = train(cfg)
+    checkpoints = LocalCheckpoints(tmp_path / "ckpt", keep=2)
+
+    def crash_at_step_7(step):
+        if step == 7:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, TrainContext(report=checkpoints.report, before_step=crash_at_step_7))
+    latest = checkpoints.latest()
+    assert latest.name == "checkpoint_00000004"
+    resumed = train(cfg, TrainContext(report=checkpoints.report, resume_from=latest))
+    assert resumed.data_log == reference.data_log  # same batches, each exactly once
+    torch.testing.assert_close(
+        torch.tensor(resumed.losses), torch.tensor(reference.losses), rtol=1e-4, atol=1e-6
+    )
+    assert [p.name for p in sorted((tmp_path / "ckpt").iterdir())] == [
+        "checkpoint_00000008",
+        "checkpoint_00000012",
+    ]
+
+
+def test_trained_model_learns_to_stop(known_modes_traces, tmp_path):
+    """After a short run, greedy generation after every tag ends with the end-of-turn token."""
+    cfg = tiny(known_modes_traces, "train.epochs=16", "train.warmup_steps=5")
+    train(cfg, TrainContext(final_dir=tmp_path / "final"))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "final")
+    for tag in ("<think1>", "<think2>", "<think3>", "<think4>"):
+        prompt = [*format_prompt(tok, "37 + 58 = ?"), tok.convert_tokens_to_ids(tag)]
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=80, do_sample=False,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        assert out[0, -1].item() == tok.eos_token_id, tok.decode(out[0, len(prompt) :])
+
+
+def test_missing_train_path_is_a_clear_error():
+    cfg = load_config("workflows/configs/tiny_cpu.yaml")
+    with pytest.raises(ValueError, match=r"data\.train_path is not set"):
+        train(cfg)

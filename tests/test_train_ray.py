@@ -1,0 +1,95 @@
+"""Training under Ray Train (Train V2, gloo on CPU): workers agree, runs resume, MLflow fills."""
+
+import json
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from ray.train import TrainingFailedError
+
+from ssft.config import load_config
+from workflows.train import run
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(path, tmp_path, name, *overrides):
+    return load_config(
+        "workflows/configs/tiny_cpu.yaml",
+        [
+            f"data.train_path={path}", f"name={name}", f"train.output_dir={tmp_path / 'train'}",
+            "train.epochs=2", "train.checkpoint_every=4", "train.log_every=1", *overrides,
+        ],
+    )  # fmt: skip
+
+
+def training_log(final_dir):
+    return json.loads((final_dir / "training_log.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, known_modes_traces, tmp_path_factory):
+    """One uninterrupted single-worker run: the trajectory the others must reproduce."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    final_dir = run(tiny(known_modes_traces, tmp_path, "reference"))
+    mp.undo()
+    return training_log(final_dir), tmp_path
+
+
+def test_two_workers_match_one_worker_and_log_to_mlflow(reference, known_modes_traces, tmp_path):
+    ref_log, ref_dir = reference
+    uri = f"sqlite:///{ref_dir / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        two = training_log(run(tiny(known_modes_traces, tmp_path, "two", "train.num_workers=2")))
+    assert two["data_log"] == ref_log["data_log"] and two["steps"] == 12
+    torch.testing.assert_close(
+        torch.tensor(two["losses"]), torch.tensor(ref_log["losses"]), rtol=1e-4, atol=1e-6
+    )
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("tiny-cpu").experiment_id])}  # fmt: skip
+    assert set(runs) == {"reference", "two"}
+    ref_run = runs["reference"]
+    assert ref_run.info.status == "FINISHED"
+    assert ref_run.data.tags["method"] == "ssft" and ref_run.data.tags["num_tags"] == "4"
+    assert ref_run.data.tags["pass1_tag"].startswith("<think")
+    assert ref_run.data.params["train.lr"] == "0.003"
+    history = client.get_metric_history(ref_run.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 13))
+    assert "matching/entropy" in ref_run.data.metrics
+    paths = {f.path for f in client.list_artifacts(ref_run.info.run_id, "plots")}
+    assert paths == {"plots/tag_by_teacher.png", "plots/tag_by_strategy.png"}
+    final = {f.path for f in client.list_artifacts(ref_run.info.run_id, "final_model")}
+    assert "final_model/model.safetensors" in final and "final_model/ssft_tags.json" in final
+
+
+def test_killed_run_resumes_under_the_same_name(reference, ray_local, known_modes_traces, tmp_path):
+    ref_log, _ = reference
+    cfg = tiny(known_modes_traces, tmp_path, "killed")
+    (ray_local / "crash-train-step-6").write_text("")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        with pytest.raises(TrainingFailedError):
+            run(cfg)  # rank 0 dies at step 6; no restarts allowed (max_failures=0)
+        assert not (ray_local / "crash-train-step-6").exists()
+        resumed = training_log(run(cfg))  # same name: resumes from the step-4 checkpoint
+    assert resumed["data_log"] == ref_log["data_log"]
+    torch.testing.assert_close(
+        torch.tensor(resumed["losses"]), torch.tensor(ref_log["losses"]), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_worker_death_is_survived_with_failure_config(
+    reference, ray_local, known_modes_traces, tmp_path
+):
+    ref_log, _ = reference
+    cfg = tiny(known_modes_traces, tmp_path, "restarted", "train.max_failures=1")
+    (ray_local / "crash-train-step-9").write_text("")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        restarted = training_log(run(cfg))
+    assert not (ray_local / "crash-train-step-9").exists()
+    assert restarted["data_log"] == ref_log["data_log"]

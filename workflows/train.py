@@ -1,0 +1,134 @@
+"""Train SSFT or a baseline with Ray Train (TorchTrainer, DDP, CPU gloo or GPU NCCL).
+
+Locally (embedded Ray, SQLite MLflow under runs/):
+    python -m workflows.train --config workflows/configs/tiny_cpu.yaml \
+        data.train_path=<trace_sets.parquet> method=ssft name=tiny-ssft
+On a cluster:
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m workflows.train --config <yaml> data.train_path=<shared path> name=<run>
+
+Rerunning the same `name` resumes from its last checkpoint (Ray Train storage under
+train.output_dir/<name>); the final model lands in train.output_dir/<name>/final_model.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+from ssft.config import (
+    ExperimentConfig,
+    config_from_dict,
+    config_to_dict,
+    flatten_config,
+    parse_cli,
+)
+from ssft.trace_set import read_trace_sets, trace_set_digest
+from ssft.tracking import NullTracker, default_tracking_uri, git_commit, start_run
+from ssft.train_loop import TrainContext, train
+from ssft.train_report import log_training_artifacts
+from workflows.ray_runtime import init_ray, ray_job_id
+
+
+def _crash_hook(rank: int):
+    """Fault-injection hook for tests: ``$SSFT_FAULT_DIR/crash-train-step-<k>`` makes rank 0
+    die (process exit) when it reaches step k, once."""
+    fault_dir = os.environ.get("SSFT_FAULT_DIR")
+
+    def before_step(step: int) -> None:
+        request = Path(fault_dir or ".") / f"crash-train-step-{step}"
+        if fault_dir and rank == 0 and request.exists():
+            request.unlink()
+            os._exit(1)
+
+    return before_step
+
+
+# [1] The per-worker function: rebuild the typed config, open MLflow on rank 0 only, and run
+#     the Ray-free loop with Ray's rank, device, checkpoint reporting and DDP wrapping.
+def train_worker(config: dict) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    cfg = config_from_dict(config["cfg"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    checkpoint = ray.train.get_checkpoint()
+    tracker = NullTracker()
+    if rank == 0:
+        tracker = start_run(cfg.experiment, cfg.name, tracking_uri=config["tracking_uri"],
+                            tags=config["tags"], resume_key=cfg.name)  # fmt: skip
+        if checkpoint is None:
+            tracker.log_params(flatten_config(cfg))
+
+    def report(metrics: dict, ckpt_dir: Path | None) -> None:
+        # [2] A barrier: every rank reports at the same steps; rank 0 attaches the checkpoint.
+        ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    with tracker, checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory() as d:
+        ctx = TrainContext(
+            rank=rank,
+            world_size=world,
+            device=ray.train.torch.get_device(),
+            tracker=tracker,
+            report=report,
+            resume_from=Path(d) if checkpoint else None,
+            wrap_model=ray.train.torch.prepare_model if world > 1 else None,
+            before_step=_crash_hook(rank),
+            final_dir=Path(config["final_dir"]),
+        )
+        result = train(cfg, ctx)
+        if rank == 0:
+            log_training_artifacts(tracker, cfg, result.matching, result.final_dir)
+            tracker.set_tags({"pass1_tag": result.pass1_tag})
+
+
+def run(cfg: ExperimentConfig) -> Path:
+    """Fit (or resume) the training named ``cfg.name``; returns the final model directory."""
+    init_ray()
+    storage = Path(cfg.train.output_dir).resolve()
+    final_dir = storage / cfg.name / "final_model"
+    digest = trace_set_digest(read_trace_sets(cfg.data.train_path))
+    tags = {"stage": "train", "method": cfg.method, "num_tags": cfg.forking.num_tags,
+            "cost": cfg.matching.cost, "prefix_tokens": cfg.matching.prefix_tokens or "all",
+            "dataset_digest": digest, "git_commit": git_commit(), "seed": cfg.seed,
+            "ray_job_id": ray_job_id()}  # fmt: skip
+    # [3] The driver: a stable run name (cfg.name), so rebuilding the same trainer resumes.
+    trainer = ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "cfg": config_to_dict(cfg),
+            "final_dir": str(final_dir),
+            "tags": tags,
+            "tracking_uri": default_tracking_uri("runs"),
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    print(f"[train] {cfg.name}: finished; final model in {final_dir}", flush=True)
+    print(f"[train] last checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    return final_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    run(parse_cli(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
