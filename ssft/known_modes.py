@@ -273,6 +273,39 @@ def classify(text: str) -> str:
     return matches[0] if len(matches) == 1 else UNKNOWN
 
 
+_LAYOUTS: dict[str, Callable[[list[str]], bool]] = {
+    "column": lambda b: len(b) >= 2 and all(_COLUMN_LINE.fullmatch(x) for x in b),
+    "split": lambda b: (
+        len(b) >= 3
+        and re.fullmatch(r"\d0+\+\d0+=\d+", b[0]) is not None  # starts with the highest place
+        and all(_SUM_LINE.fullmatch(x) for x in b[:-1])
+        and re.fullmatch(r"\d+(?:\+\d+)+=\d+", b[-1]) is not None
+    ),
+    "round": lambda b: (
+        len(b) == 3
+        and all(
+            p.fullmatch(x)
+            for p, x in zip((_ROUND_LINE, _SUM_LINE, _COMPENSATE_LINE), b, strict=True)
+        )
+    ),
+    "count_on": lambda b: len(b) == 1 and _CHAIN_LINE.fullmatch(b[0]) is not None,
+}
+
+
+def classify_layout(text: str) -> str:
+    """The strategy whose LINE LAYOUT the trace follows, ignoring whether its numbers flow.
+
+    Looser than ``classify``: a model that writes a strategy's layout with wrong arithmetic
+    still follows that strategy (the reasoning mode), which is what mode purity measures.
+    Ends with a ``\\boxed{<digits>}`` line; exactly one layout must match, else "unknown".
+    """
+    lines = [line.strip() for line in text.strip().split("\n")]
+    if len(lines) < 2 or _BOXED_LINE.fullmatch(lines[-1]) is None:
+        return UNKNOWN
+    matches = [name for name, ok in _LAYOUTS.items() if ok(lines[:-1])]
+    return matches[0] if len(matches) == 1 else UNKNOWN
+
+
 def sample_trace(q: Question, strategy: str, *, error_rate: float, rng: random.Random) -> str:
     """render(q.a, q.b, strategy), slipping with probability error_rate."""
     if not 0.0 <= error_rate <= 1.0:

@@ -267,3 +267,23 @@ def test_readme_shows_the_real_traces():
     for trace in EXAMPLES_37_58.values():
         assert trace in readme
     assert "python -m ssft.known_modes --out datasets/known_modes" in readme
+
+
+def test_layout_classifier_follows_the_mode_even_with_wrong_numbers():
+    rng = random.Random(0)
+    for a, b in [(37, 58), (12, 34), (99, 11), (45, 67), (123, 456)]:
+        for strategy in known_modes.STRATEGIES:
+            for slip in (False, True):
+                trace = known_modes.render(a, b, strategy, slip=slip, rng=rng)
+                assert known_modes.classify_layout(trace) == strategy
+    # Wrong arithmetic keeps the layout (the strict classifier rejects the broken data flow).
+    broken = "7+8=15 c1\n3+5+1=9\n\\boxed{96}"
+    assert (
+        known_modes.classify_layout(broken) == "column"
+        and known_modes.classify(broken) == "unknown"
+    )
+    assert known_modes.classify_layout("the answer is 95\n\\boxed{95}") == "unknown"
+    assert (
+        known_modes.classify_layout("7+8=15 c1\n58+30=88+7=95\n\\boxed{95}") == "unknown"
+    )  # mixed
+    assert known_modes.classify_layout("") == "unknown"

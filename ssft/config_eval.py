@@ -1,0 +1,67 @@
+"""The evaluation stage's config: ``EvalConfig`` (split from ``ssft.config_schema``).
+
+Defaults follow the paper's released evaluation code: temperature 0.7, top_p 0.95, the tag
+appended after the chat template's generation prompt. Questions come from the same source
+as the trace build (``build.questions`` and its seed/difficulty), from ``eval.split``.
+"""
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ssft.config_build import Split
+from ssft.config_checks import Section, invalid, non_negative, positive
+
+
+@dataclass
+class EvalConfig(Section):
+    """Tag-conditioned sampling and the metrics computed from it."""
+
+    SECTION: ClassVar[str] = "eval"
+
+    # fmt: off
+    model_dir: str | None = field(default=None, metadata={"help": (
+        "A final model directory written by training (it holds ssft_tags.json). None = this "
+        "config's own training output, <train.output_dir>/<name>/final_model.")})
+    split: Split = field(default="test", metadata={"help": (
+        "Which split of build.questions to evaluate on.")})
+    num_questions: int = field(default=64, metadata={"help": (
+        "Questions to evaluate (the first ones of the split).")})
+    samples_per_tag: int = field(default=4, metadata={"help": (
+        "Samples per forking token per question. Shared-tag methods (sft_mixed, single) draw "
+        "num_tags x samples_per_tag samples under their one tag, so every method gets the same "
+        "number of samples.")})
+    temperature: float = field(default=0.7, metadata={"help": (
+        "Sampling temperature (the paper's 0.7). 0 = greedy.")})
+    top_p: float = field(default=0.95, metadata={"help": (
+        "Nucleus sampling mass (the paper's 0.95).")})
+    max_new_tokens: int = field(default=256, metadata={"help": (
+        "Longest answer sampled, in tokens; longer answers are cut and count as unfinished.")})
+    batch_size: int = field(default=32, metadata={"help": (
+        "Questions per generate call (each expands to samples_per_tag rows).")})
+    cons_k: int | None = field(default=None, metadata={"help": (
+        "k of Cons@k (samples spread round-robin over the tags, majority vote). None = all "
+        "samples of a question.")})
+    pass1_tag: str | None = field(default=None, metadata={"help": (
+        "Tag whose samples give Pass@1. None = the one training chose (most distinct traces "
+        "matched), read from the model's ssft_tags.json.")})
+    questions_per_task: int = field(default=16, metadata={"help": (
+        "Questions per Ray evaluation task.")})
+    gpus_per_task: float = field(default=0.0, metadata={"help": (
+        "GPUs each evaluation task reserves from Ray; 0 = CPU.")})
+    output_dir: str = field(default="runs/eval", metadata={"help": (
+        "Samples and metrics go to <output_dir>/<name>/.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        positive(self, "num_questions", "samples_per_tag", "max_new_tokens", "batch_size")
+        positive(self, "questions_per_task")
+        non_negative(self, "temperature", "gpus_per_task")
+        if not 0 < self.top_p <= 1:
+            raise invalid("eval.top_p", self.top_p, "must be in (0, 1]", "Set eval.top_p=0.95.")
+        if self.cons_k is not None and self.cons_k < 1:
+            raise invalid(
+                "eval.cons_k",
+                self.cons_k,
+                "must be >= 1 or null",
+                "Set eval.cons_k=32, or null for all samples.",
+            )

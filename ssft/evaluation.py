@@ -1,0 +1,117 @@
+"""Evaluating a trained model the way the paper does (Ray-free; ``workflows/evaluate.py``
+spreads question shards over Ray tasks).
+
+For each question and each tag the model was trained with, ``samples_per_tag`` samples are
+drawn after ``[prompt ; tag]`` (``ssft.sampling``), graded against the gold answer
+(math-verify, gold first) and, on the known-modes benchmark, classified into a strategy by
+its layout (``known_modes.classify_layout``: the reasoning mode, even with wrong arithmetic;
+the stricter data-flow classifier's verdict is kept as ``strategy_strict``).
+Shared-tag methods sample ``num_tags x samples_per_tag`` times under their one tag, so every
+method is judged on the same number of samples. Metrics come from ``ssft.eval_metrics``.
+
+Cons@N for a shared-tag method: its samples are grouped N at a time (sample j belongs to
+group j // N), which is what "N parallel samples, then a vote" means without forking tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssft import eval_metrics, known_modes
+from ssft.grading import grade
+from ssft.sampling import sample_with_tags
+from ssft.teachers.base import Question
+from ssft.train_report import TAGS_FILE
+
+
+def read_model_tags(model_dir: str | Path) -> dict[str, Any]:
+    """The ``ssft_tags.json`` a training run wrote beside its final model."""
+    path = Path(model_dir) / TAGS_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: {model_dir} is not a final model written by "
+            "workflows.train (those hold ssft_tags.json with the tags and the Pass@1 tag)."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sampling_plan(info: dict[str, Any], samples_per_tag: int) -> tuple[list[str], int]:
+    """``(tags to sample under, samples per tag)`` so that every method gets N x S samples."""
+    tags = list(info["tags"])
+    if info["method"] in ("sft_mixed", "single"):
+        return [info["shared_tag"]], samples_per_tag * len(tags)
+    return tags, samples_per_tag
+
+
+def evaluate_questions(
+    model_dir: str | Path, questions: Sequence[Question], eval_cfg: Any, data_cfg: Any, seed: int
+) -> list[dict[str, Any]]:
+    """Graded sample rows for ``questions`` (one row per question, tag and sample)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = read_model_tags(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
+    rows = sample_with_tags(
+        model, tokenizer, questions, tags, samples_per_tag=per_tag,
+        temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
+        max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, seed=seed,
+        use_chat_template=data_cfg.use_chat_template, prompt_template=data_cfg.prompt_template,
+    )  # fmt: skip
+    gold = {q.question_id: q for q in questions}
+    for row in rows:
+        q = gold[row["question_id"]]
+        row["parsed_answer"], row["correct"] = grade(q.gold_answer, row["text"])
+        is_known_modes = q.source.startswith("known_modes")
+        # The mode a sample follows is its layout; "strict" also needs its numbers to flow.
+        row["strategy"] = known_modes.classify_layout(row["text"]) if is_known_modes else None
+        row["strategy_strict"] = known_modes.classify(row["text"]) if is_known_modes else None
+    return rows
+
+
+def _grouped_for_votes(rows: list[dict], shared_tag: str, n: int) -> tuple[list[dict], list[str]]:
+    """Shared-tag samples relabelled into N pseudo-tags so votes group N samples at a time."""
+    pseudo = [f"{shared_tag}#{i}" for i in range(n)]
+    out = [
+        {**r, "tag": pseudo[r["sample_index"] % n], "sample_index": r["sample_index"] // n}
+        for r in rows
+    ]
+    return out, pseudo
+
+
+def compute_metrics(
+    rows: list[dict[str, Any]], info: dict[str, Any], eval_cfg: Any
+) -> dict[str, float]:
+    """Pass@1 (chosen tag and every tag), Cons@N, Cons@k, pass@k, lengths, mode purity."""
+    tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
+    n_tags = len(info["tags"])
+    total = per_tag * len(tags)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= total} | {total})
+    pass1_tag = eval_cfg.pass1_tag or info["pass1_tag"]
+    metrics = eval_metrics.summarize(rows, tags, pass1_tag, ks)
+    vote_rows, vote_tags = (rows, tags)
+    if len(tags) == 1:  # shared tag: votes over groups of N consecutive samples
+        vote_rows, vote_tags = _grouped_for_votes(rows, tags[0], n_tags)
+    metrics["cons_native"] = eval_metrics.cons_native(vote_rows, vote_tags)
+    if "distinct_strategies" in metrics:
+        metrics["distinct_strategies"] = eval_metrics.distinct_strategies_per_question(
+            vote_rows, vote_tags
+        )
+    for k in ks:
+        metrics[f"cons@{k}"] = eval_metrics.cons_at_k(vote_rows, vote_tags, k)
+    cons_k = eval_cfg.cons_k or total
+    if cons_k > total:
+        raise ValueError(
+            f"eval.cons_k={cons_k} but only {total} samples per question are drawn; raise "
+            "eval.samples_per_tag or lower eval.cons_k."
+        )
+    metrics["cons_k"] = eval_metrics.cons_at_k(vote_rows, vote_tags, cons_k)
+    metrics["num_tags"] = float(n_tags)
+    return metrics

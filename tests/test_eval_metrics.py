@@ -1,0 +1,289 @@
+"""Tests for ssft.eval_metrics: analytic pass@k, votes, Cons@N, per-tag and known-modes tables."""
+
+from __future__ import annotations
+
+import math
+import random
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ssft.eval_metrics import (
+    cons_at_k,
+    cons_native,
+    distinct_strategies_per_question,
+    majority_vote,
+    min_tag_accuracy,
+    mode_purity,
+    pass1,
+    pass_at_k,
+    pass_at_k_table,
+    per_tag,
+    summarize,
+    tag_sort_key,
+    tag_strategy_counts,
+    vote_correct,
+)
+from ssft.grading import grade
+
+T1, T2, T3 = "<think1>", "<think2>", "<think3>"
+TAGS = [T1, T2, T3]
+GOLD = {"q1": "5", "q2": "1/2"}
+# (question, tag) -> [(boxed answer or None, strategy), ...] by sample_index.
+SAMPLES = {
+    ("q1", T1): [("5", "column"), ("7", "column")],
+    ("q1", T2): [("5", "split"), ("7", "unknown")],
+    ("q1", T3): [("7", "round"), ("6", "unknown")],
+    ("q2", T1): [("0.5", "column"), (None, "unknown")],
+    ("q2", T2): [("3", "round"), ("\\frac{1}{2}", "unknown")],
+    ("q2", T3): [("\\frac{1}{2}", "round"), ("4", "unknown")],
+}
+
+
+def make_rows() -> list[dict]:
+    rows = []
+    for (qid, tag), samples in SAMPLES.items():
+        for i, (answer, strategy) in enumerate(samples):
+            text = "no box" if answer is None else f"work\n\\boxed{{{answer}}}"
+            parsed, correct = grade(GOLD[qid], text)
+            rows.append(
+                dict(question_id=qid, tag=tag, sample_index=i, text=text, parsed_answer=parsed,
+                     correct=correct, num_tokens=10 * (i + 1) + len(tag), strategy=strategy)
+            )  # fmt: skip
+    return rows
+
+
+# ---- pass@k ------------------------------------------------------------------------------
+
+
+def exact_pass_at_k(n: int, c: int, k: int) -> float:
+    return float(1 - Fraction(math.comb(n - c, k), math.comb(n, k)))
+
+
+def test_pass_at_k_analytic():
+    for n in range(1, 13):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, n, k) == 1.0
+            assert pass_at_k(n, 0, k) == 0.0
+            for c in range(n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(exact_pass_at_k(n, c, k), abs=1e-12)
+        for c in range(n + 1):
+            assert pass_at_k(n, c, 1) == pytest.approx(c / n, abs=1e-12)
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+
+
+def test_pass_at_k_stable_for_large_n():
+    for c in (0, 1, 3, 50, 150, 199, 200):
+        values = [pass_at_k(200, c, k) for k in (1, 2, 5, 10, 50, 100, 200)]
+        assert values == sorted(values) and all(0.0 <= v <= 1.0 for v in values)
+        for k in (1, 5, 100):
+            assert pass_at_k(200, c, k) == pytest.approx(exact_pass_at_k(200, c, k), rel=1e-10)
+    assert pass_at_k(2000, 1, 1) == pytest.approx(1 / 2000, rel=1e-10)
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(4, 2, 5), (4, 2, 0), (4, 5, 1), (4, -1, 1)])
+def test_pass_at_k_rejects_bad_arguments(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+def test_pass_at_k_table():
+    rows = make_rows()
+    table = pass_at_k_table(rows, [1, 4])  # pooled: q1 n=6 c=2, q2 n=6 c=3
+    assert table.n == 6 and table.n_questions == 2
+    assert table.values[1] == pytest.approx((2 / 6 + 3 / 6) / 2)
+    assert table.values[4] == pytest.approx((14 / 15 + 1.0) / 2)  # q1: 1 - C(4,4)/C(6,4)
+    by_tag = pass_at_k_table(rows, [2], tag=T3)  # q1 c=0, q2 c=1 of n=2
+    assert by_tag.n == 2 and by_tag.values[2] == pytest.approx(0.5)
+    assert pass_at_k_table(pa.Table.from_pylist(rows), [1, 4]) == table
+    with pytest.raises(ValueError, match="only 2 samples under tag"):
+        pass_at_k_table(rows, [3], tag=T1)
+    with pytest.raises(ValueError, match="no sample rows"):
+        pass_at_k_table([], [1])
+    with pytest.raises(ValueError, match="lack columns"):
+        pass_at_k_table([{"question_id": "q1", "tag": T1}], [1])
+
+
+# ---- majority vote -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        (["3", "0.5", "\\frac{1}{2}"], "0.5"),  # equivalent answers form one group of 2
+        (["0.5", "\\frac{1}{2}", "3", "3"], "0.5"),  # 2 vs 2: the earliest group wins
+        (["3", "3", "0.5", "\\frac{1}{2}"], "3"),
+        (["8", "7"], "8"),
+        (["7", "8", "8", "7", " 8 "], "8"),  # stripped strings are equal
+        ([None, None, "4"], "4"),  # missing answers never win ...
+        (["", " ", "2"], "2"),
+        ([None, None], None),  # ... unless all are missing
+        ([], None),
+    ],
+)
+def test_majority_vote(answers, expected):
+    assert majority_vote(answers) == expected
+
+
+def test_vote_correct():
+    assert vote_correct("1/2", ["0.5", "3", "\\frac{1}{2}"])
+    assert not vote_correct("3", ["0.5", "3", "\\frac{1}{2}"])
+    assert not vote_correct("1", [None, None])
+
+
+# ---- Cons@N ------------------------------------------------------------------------------
+
+
+def test_cons_native():
+    # q1 groups [5,5,7] right, [7,7,6] wrong; q2 [0.5,3,1/2] right, [None,1/2,4] tie -> 1/2.
+    assert cons_native(make_rows(), TAGS) == pytest.approx(0.75)
+
+
+def test_cons_at_k_round_robin():
+    rows = make_rows()
+    # slots: T1[0] T2[0] T3[0] T1[1] T2[1] T3[1]
+    assert cons_at_k(rows, TAGS, 4) == 1.0  # q1 [5,5,7,7]: tie -> 5; q2 [0.5,3,1/2,None]
+    assert cons_at_k(rows, TAGS, 6) == 0.5  # q1 [5,5,7,7,7,6] -> 7 wrong; q2 1/2 x3
+    assert cons_at_k(rows, TAGS, 1) == 1.0
+    assert cons_at_k(rows, [T3], 2) == 0.5  # q1 [7,6] -> 7 wrong; q2 [1/2,4] tie -> 1/2
+    with pytest.raises(ValueError, match="needs 3 samples per question under tag '<think1>'"):
+        cons_at_k(rows, TAGS, 7)  # T1 would supply slots 0, 3, 6
+    assert cons_at_k(pa.Table.from_pylist(rows), TAGS, 6) == 0.5
+
+
+# ---- per-tag accuracy and length ---------------------------------------------------------
+
+
+def test_per_tag_and_minimum():
+    rows = make_rows()
+    stats = per_tag(rows)
+    assert list(stats) == TAGS
+    assert [s.accuracy for s in stats.values()] == pytest.approx([0.5, 0.5, 0.25])
+    assert stats[T1].n == 4 and stats[T1].mean_tokens == 23.0 and stats[T1].median_tokens == 23.0
+    assert pass1(rows, T3) == 0.25
+    assert min_tag_accuracy(rows) == 0.25 and min_tag_accuracy(rows, [T1, T2]) == 0.5
+
+
+def test_tag_sort_key_is_natural():
+    tags = ["<think10>", "<think2>", "<think1>"]
+    assert sorted(tags, key=tag_sort_key) == ["<think1>", "<think2>", "<think10>"]
+
+
+# ---- known modes -------------------------------------------------------------------------
+
+
+def test_tag_strategy_counts():
+    tags, strategies, counts = tag_strategy_counts(make_rows())
+    assert tags == TAGS and strategies == ["column", "round", "split", "unknown"]
+    np.testing.assert_array_equal(counts, [[3, 0, 0, 1], [0, 1, 1, 2], [0, 2, 0, 2]])
+
+
+def test_mode_purity():
+    per, mean = mode_purity(make_rows())
+    # "unknown" never dominates; T2: round and split tie, alphabetical order picks round.
+    assert per == {T1: ("column", 0.75), T2: ("round", 0.25), T3: ("round", 0.5)}
+    assert mean == pytest.approx(6 / 12)
+    garbage = [dict(r, strategy="unknown") for r in make_rows()]
+    assert mode_purity(garbage) == (
+        {T1: ("unknown", 0.0), T2: ("unknown", 0.0), T3: ("unknown", 0.0)},
+        0.0,
+    )
+    unclassified = [dict(r, strategy=None) for r in make_rows()]
+    with pytest.raises(ValueError, match="classify"):
+        mode_purity(unclassified)
+
+
+def test_distinct_strategies_per_question():
+    rows = make_rows()
+    # sample 0: q1 column/split/round -> 3; q2 column/round/round -> 2.
+    assert distinct_strategies_per_question(rows, TAGS) == 2.5
+    assert distinct_strategies_per_question(rows, [T2, T3]) == 1.5  # q2: round, round
+    with pytest.raises(ValueError, match="no sample_index 0"):
+        distinct_strategies_per_question([r for r in rows if r["sample_index"]], TAGS)
+
+
+# ---- summarize ---------------------------------------------------------------------------
+
+
+def test_summarize():
+    rows = make_rows()
+    extra = [dict(r, tag="<think9>") for r in rows]  # a tag outside `tags` is dropped
+    out = summarize(rows + extra, TAGS, T1, [1, 4])
+    expected_keys = {"pass1", "tag_accuracy_min", "cons_native", "n_samples", "n_questions"}
+    expected_keys |= {"pass@1", "pass@4", "cons@1", "cons@4", "mode_purity"}
+    expected_keys |= {"unknown_strategy_share"}
+    expected_keys |= {"distinct_strategies"}
+    for t in TAGS:
+        expected_keys |= {f"{m}/{t}" for m in ("pass1", "length_mean", "length_median")}
+        expected_keys |= {f"n_samples/{t}", f"mode_purity/{t}"}
+    assert set(out) == expected_keys
+    assert all(isinstance(v, float) for v in out.values())
+    assert out["pass1"] == 0.5 and out["pass1/<think3>"] == 0.25
+    assert out["tag_accuracy_min"] == 0.25 and out["cons_native"] == 0.75
+    assert out["pass@1"] == pytest.approx(5 / 12) and out["pass@4"] == pytest.approx(29 / 30)
+    assert out["cons@4"] == 1.0 and out["n_samples"] == 6.0 and out["n_questions"] == 2.0
+    assert out["mode_purity"] == pytest.approx(6 / 12)
+    assert (
+        out["unknown_strategy_share"] == pytest.approx(5 / 12) and out["distinct_strategies"] == 2.5
+    )
+    plain = summarize([dict(r, strategy=None) for r in rows], TAGS, T1, [1])
+    assert "mode_purity" not in plain and "distinct_strategies" not in plain
+    with pytest.raises(ValueError, match="pass1_tag"):
+        summarize(rows, TAGS, "<think9>", [1])
+
+
+# ---- agreement with lighteval ------------------------------------------------------------
+# lighteval 0.13.0 (src/lighteval/metrics/metrics_sample.py): PassAtK.pass_at_k is
+#     if n - c < k: return 1.0
+#     return 1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1))
+# and MajAtN.compute votes with `max(all_answers, key=all_answers.count)` over the
+# (normalized) answer strings: exact string groups, ties to the earliest first occurrence.
+# Ported here because lighteval cannot be a dev dependency: it pins latex2sympy2_extended==1.0.6
+# while math-verify 0.9 pins 1.11.0. The test after these runs lighteval itself when importable.
+
+
+def lighteval_pass_at_k(n: int, c: int, k: int) -> float:
+    if n - c < k:
+        return 1.0
+    return 1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1))
+
+
+def random_votes(rng: random.Random) -> list[str]:
+    # Integers written one way each: string groups and math-verify groups coincide.
+    return [str(rng.randint(0, 4)) for _ in range(rng.randint(1, 9))]
+
+
+def test_agrees_with_lighteval_formulas():
+    for n in range(1, 25):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == lighteval_pass_at_k(n, c, k)
+    rng = random.Random(0)
+    for _ in range(200):
+        answers = random_votes(rng)
+        assert majority_vote(answers) == max(answers, key=answers.count)
+
+
+def test_agrees_with_lighteval_itself():
+    metrics = pytest.importorskip("lighteval.metrics.metrics_sample")
+    from lighteval.models.model_output import ModelResponse
+    from lighteval.tasks.requests import Doc
+
+    for n, c, k in [(1, 0, 1), (5, 2, 2), (8, 3, 4), (16, 1, 8), (200, 7, 50), (10, 10, 3)]:
+        preds = ["gold"] * c + ["wrong"] * (n - c)
+        doc = Doc(query="q", choices=["gold"], gold_index=0)
+        theirs = metrics.PassAtK(k=k, n=n).compute(
+            doc=doc, model_response=ModelResponse(text=preds)
+        )
+        assert pass_at_k(n, c, k) == pytest.approx(float(theirs), abs=1e-15)
+    rng = random.Random(1)
+    for _ in range(50):
+        answers = random_votes(rng)
+        maj = metrics.MajAtN(n=len(answers))
+        for gold in sorted(set(answers)):  # maj@n scores 1 exactly for lighteval's winner
+            doc = Doc(query="q", choices=[gold], gold_index=0)
+            theirs = maj.compute(doc=doc, model_response=ModelResponse(text=list(answers)))
+            assert (majority_vote(answers) == gold) == bool(theirs)
+            assert vote_correct(gold, answers) == bool(theirs)

@@ -1,0 +1,94 @@
+"""Evaluation without Ray: tag-conditioned sampling, grading, metrics, outputs."""
+
+import dataclasses
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ssft.comparison import aggregate, load_eval, markdown_table
+from ssft.config import load_config
+from ssft.eval_report import write_eval_outputs
+from ssft.evaluation import compute_metrics, evaluate_questions, read_model_tags
+from ssft.question_sources import load_questions
+from ssft.sampling import sample_with_tags, tag_probabilities
+from ssft.train_loop import TrainContext, train
+
+
+@pytest.fixture(scope="module")
+def trained(known_modes_traces, tmp_path_factory):
+    """A briefly trained ssft model and an sft_mixed one, with their configs."""
+    out = {}
+    for method in ("ssft", "sft_mixed"):
+        cfg = load_config(
+            "workflows/configs/tiny_cpu.yaml",
+            [f"data.train_path={known_modes_traces}", f"method={method}", "train.epochs=4",
+             "train.log_every=100", "eval.num_questions=6", "eval.samples_per_tag=2",
+             "eval.max_new_tokens=48"],
+        )  # fmt: skip
+        final = tmp_path_factory.mktemp(method) / "final"
+        train(cfg, TrainContext(final_dir=final))
+        out[method] = (cfg, final)
+    return out
+
+
+def _questions(cfg):
+    return load_questions(dataclasses.replace(cfg.build, split="test", num_questions=6))
+
+
+def test_samples_are_tag_conditioned_graded_and_classified(trained):
+    cfg, final = trained["ssft"]
+    rows = evaluate_questions(final, _questions(cfg), cfg.eval, cfg.data, seed=0)
+    assert len(rows) == 6 * 4 * 2
+    assert [r["tag"] for r in rows[:8]] == [f"<think{i}>" for i in (1, 1, 2, 2, 3, 3, 4, 4)]
+    for r in rows:
+        assert isinstance(r["correct"], bool) and r["num_tokens"] <= 48
+        assert r["strategy"] in ("column", "split", "round", "count_on", "unknown")
+    again = evaluate_questions(final, _questions(cfg), cfg.eval, cfg.data, seed=0)
+    assert [r["text"] for r in again] == [r["text"] for r in rows]  # seeded
+
+
+def test_shared_tag_methods_draw_the_same_number_of_samples(trained):
+    cfg, final = trained["sft_mixed"]
+    rows = evaluate_questions(final, _questions(cfg), cfg.eval, cfg.data, seed=0)
+    assert {r["tag"] for r in rows} == {"<think>"} and len(rows) == 6 * 4 * 2
+    metrics = compute_metrics(rows, read_model_tags(final), cfg.eval)
+    assert metrics["n_samples"] == 8 and "pass@8" in metrics and "cons_native" in metrics
+
+
+def test_metrics_and_outputs(trained, tmp_path):
+    cfg, final = trained["ssft"]
+    info = read_model_tags(final)
+    rows = evaluate_questions(final, _questions(cfg), cfg.eval, cfg.data, seed=0)
+    metrics = compute_metrics(rows, info, cfg.eval)
+    assert metrics["pass1"] == metrics[f"pass1/{info['pass1_tag']}"]
+    assert metrics["tag_accuracy_min"] <= min(metrics[f"pass1/<think{i}>"] for i in range(1, 5))
+    assert 0 <= metrics["mode_purity"] <= 1 and metrics["num_tags"] == 4
+    assert metrics["pass@1"] <= metrics["pass@8"]
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tok = AutoTokenizer.from_pretrained(final)
+    probs = tag_probabilities(model, tok, _questions(cfg), info["tags"])
+    per_q = {}
+    for p in probs:
+        per_q[p["question_id"]] = per_q.get(p["question_id"], 0.0) + p["p_among_tags"]
+        assert 0 <= p["p_vocab"] <= 1
+    assert all(abs(v - 1) < 1e-5 for v in per_q.values())
+    write_eval_outputs(tmp_path / "a", rows, probs, metrics, info)
+    assert pq.read_table(tmp_path / "a" / "samples.parquet").num_rows == len(rows)
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["metrics"] == metrics
+    write_eval_outputs(tmp_path / "b", rows, probs, {**metrics, "pass1": 0.0}, info)
+    table = markdown_table(aggregate([load_eval(tmp_path / "a"), load_eval(tmp_path / "b")]))
+    assert table.splitlines()[2].startswith("| ssft | 2 |")
+
+
+def test_sampling_rejects_a_model_without_tags(tokenizer, trained):
+    cfg, final = trained["ssft"]
+    model = AutoModelForCausalLM.from_pretrained(final)
+    with pytest.raises(ValueError, match="not a single token"):
+        sample_with_tags(model, tokenizer, _questions(cfg), ["<think1>"], samples_per_tag=1)
+
+
+def test_a_directory_without_tags_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ssft_tags\.json"):
+        read_model_tags(tmp_path)

@@ -1,0 +1,113 @@
+"""Evaluate one trained model: tag-conditioned samples, Pass@1, Cons@k, pass@k, diagnostics.
+
+Locally (embedded Ray, SQLite MLflow under runs/):
+    python -m workflows.evaluate --config workflows/configs/tiny_cpu.yaml name=tiny-ssft
+    python -m workflows.evaluate --config <yaml> eval.model_dir=<final_model dir> name=<label>
+On a cluster:
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m workflows.evaluate --config <yaml> eval.model_dir=<shared path> name=<label>
+
+Questions come from build.questions (eval.split, eval.num_questions); samples and metrics go
+to eval.output_dir/<name>/ and to an MLflow run "eval-<name>".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+
+from ssft.config import (
+    ExperimentConfig,
+    config_from_dict,
+    config_to_dict,
+    flatten_config,
+    parse_cli,
+)
+from ssft.eval_report import log_eval, write_eval_outputs
+from ssft.evaluation import compute_metrics, evaluate_questions, read_model_tags, sampling_plan
+from ssft.question_sources import load_questions
+from ssft.sampling import tag_probabilities
+from ssft.teachers.base import Question
+from ssft.tracking import git_commit, start_run
+from workflows.ray_runtime import init_ray, ray_job_id
+
+
+# [1] One Ray task per shard of questions: load the model, sample under every tag, grade.
+@ray.remote(num_cpus=1)
+def evaluate_shard(cfg_dict: dict, model_dir: str, questions: list[dict]) -> tuple[list, list]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    cfg = config_from_dict(cfg_dict)
+    qs = [Question(**q) for q in questions]
+    rows = evaluate_questions(model_dir, qs, cfg.eval, cfg.data, cfg.seed)
+    info = read_model_tags(model_dir)
+    tags, _ = sampling_plan(info, 1)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    probs = tag_probabilities(model, tok, qs, tags, use_chat_template=cfg.data.use_chat_template,
+                              prompt_template=cfg.data.prompt_template)  # fmt: skip
+    return rows, probs
+
+
+def model_dir_of(cfg: ExperimentConfig) -> Path:
+    if cfg.eval.model_dir:
+        return Path(cfg.eval.model_dir)
+    return Path(cfg.train.output_dir) / cfg.name / "final_model"
+
+
+def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
+    """Evaluate ``cfg``'s model; returns (output folder, metrics)."""
+    model_dir = model_dir_of(cfg).resolve()
+    info = read_model_tags(model_dir)
+    eval_questions = dataclasses.replace(
+        cfg.build, split=cfg.eval.split, num_questions=cfg.eval.num_questions
+    )
+    questions = load_questions(eval_questions)
+    per = cfg.eval.questions_per_task
+    shards = [questions[i : i + per] for i in range(0, len(questions), per)]
+    print(f"[eval] {cfg.name}: {info['method']} model {model_dir}, {len(questions)} "
+          f"{cfg.eval.split} questions, {len(shards)} tasks", flush=True)  # fmt: skip
+    init_ray()
+    # [2] Shards in parallel, retried on failure; results gathered in question order.
+    refs = [
+        evaluate_shard.options(num_gpus=cfg.eval.gpus_per_task, max_retries=2).remote(
+            config_to_dict(cfg), str(model_dir), [asdict(q) for q in shard]
+        )
+        for shard in shards
+    ]
+    rows, prob_rows = [], []
+    for shard_rows, shard_probs in ray.get(refs):
+        rows += shard_rows
+        prob_rows += shard_probs
+    metrics = compute_metrics(rows, info, cfg.eval)
+    out_dir = Path(cfg.eval.output_dir) / cfg.name
+    write_eval_outputs(out_dir, rows, prob_rows, metrics, info)
+    keys = ("pass1", "tag_accuracy_min", "cons_native", "cons_k", "mode_purity",
+            "distinct_strategies")  # fmt: skip
+    shown = " | ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
+    print(f"[eval] {cfg.name}: {shown} -> {out_dir}", flush=True)
+    # [3] MLflow: config, metrics, the sample table, plots.
+    tags = {"stage": "eval", "method": info["method"], "model_dir": str(model_dir),
+            "pass1_tag": cfg.eval.pass1_tag or info["pass1_tag"], "seed": cfg.seed,
+            "git_commit": git_commit(), "ray_job_id": ray_job_id()}  # fmt: skip
+    with start_run(cfg.experiment, f"eval-{cfg.name}", tags=tags) as tracker:
+        tracker.log_params(flatten_config(cfg))
+        log_eval(tracker, out_dir, rows, metrics, f"{cfg.name} ({info['method']})")
+    return out_dir, metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    run(parse_cli(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
