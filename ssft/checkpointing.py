@@ -6,7 +6,11 @@ Layout of one checkpoint directory::
     optimizer.pt        optimizer and LR-scheduler state
     ssft_state.json     step, epoch, the matching statistics, the per-step data log
 
-Rank 0 writes it (under DDP every rank holds the same weights); every rank reads it back.
+Rank 0 writes it; every rank reads it back. Under DDP rank 0's own weights and optimizer
+are the whole state; under FSDP each rank holds shards, so all ranks first gather the full
+state (``ssft.parallel``) and pass it in as ``model_state`` / ``optimizer_state``. Both
+layouts are the same on disk (the optimizer state keyed by parameter index, as
+``Optimizer.state_dict()`` writes it), so a run can resume under either strategy.
 ``LocalCheckpoints`` keeps checkpoints in a folder when no Ray Train is around (torchrun, a
 notebook): each one is written under a temp name and renamed, the newest ``keep`` stay.
 """
@@ -24,17 +28,44 @@ import torch
 MODEL_DIR, OPTIM_FILE, STATE_FILE = "model", "optimizer.pt", "ssft_state.json"
 
 
+def save_model(model, path: str | Path, state_dict: dict[str, Any] | None = None) -> None:
+    """``model.save_pretrained(path)``, with weights from ``state_dict`` when given.
+
+    A gathered state dict holds tied weights under every name (``lm_head.weight`` beside
+    ``model.embed_tokens.weight``) as separate tensors; only the names ``named_parameters``
+    keeps are written, so the files match an ordinary ``save_pretrained``.
+    """
+    if state_dict is None:
+        model.save_pretrained(path)
+        return
+    keep = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    model.save_pretrained(path, state_dict={k: v for k, v in state_dict.items() if k in keep})
+
+
 def save_checkpoint(
-    path: str | Path, *, model, tokenizer, optimizer, scheduler, state: dict[str, Any]
+    path: str | Path,
+    *,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint into ``path`` (which must be empty or absent)."""
+    """Write a checkpoint into ``path`` (which must be empty or absent).
+
+    ``model_state`` / ``optimizer_state``: full (gathered) states to write instead of the
+    local ``model``'s weights and ``optimizer.state_dict()`` (FSDP).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path / MODEL_DIR)
+    save_model(model, path / MODEL_DIR, model_state)
     tokenizer.save_pretrained(path / MODEL_DIR)
+    if optimizer_state is None:
+        optimizer_state = optimizer.state_dict()
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        path / OPTIM_FILE,
+        {"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, path / OPTIM_FILE
     )
     (path / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
     return path

@@ -21,13 +21,15 @@ from ssft.config_checks import (
     non_negative,
     positive,
 )
+from ssft.config_eval import EvalConfig
+from ssft.config_pipeline import PipelineConfig
 
 Method = Literal["ssft", "sft_mixed", "random", "single"]
 ModelInit = Literal["pretrained", "random"]
 TooManyTraces = Literal["error", "keep_most_distinct"]
 Overlong = Literal["error", "drop"]
 MatchingCost = Literal["mean_nll", "sum_nll"]
-Parallelism = Literal["ddp"]
+Parallelism = Literal["ddp", "fsdp"]
 LRSchedule = Literal["cosine", "linear", "constant"]
 
 
@@ -218,8 +220,10 @@ class TrainConfig(Section):
     use_gpu: bool = field(default=False, metadata={"help": (
         "Train on GPUs (NCCL, bf16 autocast) instead of CPUs (gloo, float32).")})
     parallelism: Parallelism = field(default="ddp", metadata={"help": (
-        "How workers share the model: 'ddp' replicates it on every worker (the only strategy "
-        "so far; sharded FSDP is planned with the performance work).")})
+        "With train.num_workers > 1: 'ddp' = a full replica per worker, gradients all-reduced "
+        "once per step; 'fsdp' = parameters, gradients and optimizer state sharded (FSDP2, one "
+        "unit per decoder layer): less memory per worker, more communication (weights gathered "
+        "at every forward, cost passes included). Same results up to float rounding.")})
     output_dir: str = field(default="runs/train", metadata={"help": (
         "Checkpoints go to <output_dir>/<name>/ (Ray Train storage) and the final model to "
         "<output_dir>/<name>/final_model. Rerunning with the same name resumes.")})
@@ -270,6 +274,8 @@ class ExperimentConfig(Section):
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     # fmt: on
 
     def __post_init__(self) -> None:

@@ -25,6 +25,11 @@ built: all sum_b N * M_b sequences of a batch go through few no-grad forwards (l
 micro-batches of ``batch_size``), the per-sequence costs land in one flat device tensor,
 are copied to the host ONCE, and are split into per-question [N, M_b] blocks.
 
+Under sharded data parallelism (FSDP) every forward is a collective, so the training loop
+passes ``forward=`` (the wrapped module) and ``min_forwards=`` (the most forwards any rank
+needs for this chunk, ``cost_forward_count``): a rank with fewer sequences runs dummy
+forwards whose outputs are discarded, so the costs are unchanged.
+
 Policies share one signature and are looked up by name (``get_policy``):
 
 - ``hungarian``: SSFT, the least-cost injective map (needs the cost).
@@ -41,6 +46,7 @@ matrix (an all-equal matrix maps trace j to tag j).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,9 +55,27 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ssft.logprobs import DEFAULT_CHUNK_TOKENS, sequence_nll
-from ssft.sequences import TokenizedQuestion, build_sequence, pad_batch
+from ssft.sequences import IGNORE_INDEX, PaddedBatch, TokenizedQuestion, build_sequence, pad_batch
 
 COST_KINDS = ("mean_nll", "sum_nll")
+
+
+def cost_forward_count(
+    plan_chunk: Sequence[Sequence[int]],
+    questions: Sequence[TokenizedQuestion],
+    num_tags: int,
+    batch_size: int,
+) -> int:
+    """No-grad forwards the busiest rank needs for one chunk of a step plan.
+
+    ``plan_chunk[r]`` lists rank r's question indices; rank r scores ``num_tags * M_b``
+    sequences per question b in ``ceil(total / batch_size)`` forwards. Every rank computes
+    the same number from the plan, so all can pad to it (``cost_matrices(min_forwards=)``).
+    """
+    return max(
+        math.ceil(sum(num_tags * questions[i].num_traces for i in rank) / batch_size)
+        for rank in plan_chunk
+    )
 
 
 @torch.no_grad()
@@ -65,13 +89,21 @@ def cost_matrices(
     prefix_tokens: int | None = None,
     batch_size: int = 32,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    forward: Callable[[PaddedBatch], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    min_forwards: int = 0,
 ) -> list[np.ndarray]:
     """Per question b, the float64 cost block ``C_b`` of shape [N, M_b] (rows tags).
 
     The model is put in eval mode (no dropout) and restored to its previous mode after.
+    ``forward(batch) -> (sums, counts)`` replaces ``sequence_nll(model, batch)`` (e.g. the
+    FSDP-wrapped module, whose forward gathers the sharded weights; ``model`` is then only
+    switched to eval mode). ``min_forwards``: run at least this many forwards, padding with
+    a dummy batch whose result is discarded (every rank must run the same number under FSDP).
     """
     if cost not in COST_KINDS:
         raise ValueError(f"cost={cost!r} is not a cost kind; choose one of {list(COST_KINDS)}.")
+    if forward is None:
+        forward = lambda batch: sequence_nll(model, batch, chunk_tokens)  # noqa: E731
     # Flat layout: question b, then tag i, then trace j (i-major inside a question).
     sequences, sizes = [], []
     for q in questions:
@@ -84,15 +116,21 @@ def cost_matrices(
     device = next(model.parameters()).device
     flat = torch.empty(len(sequences), dtype=torch.float32, device=device)
     order = sorted(range(len(sequences)), key=lambda k: len(sequences[k][0]), reverse=True)
+    starts = range(0, len(order), batch_size)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
+        for start in starts:
             rows = order[start : start + batch_size]
             batch = pad_batch([sequences[k] for k in rows], pad_id).to(device)
-            sums, counts = sequence_nll(model, batch, chunk_tokens)
+            sums, counts = forward(batch)
             values = sums / counts.clamp(min=1) if cost == "mean_nll" else sums
             flat[torch.tensor(rows, device=device)] = values
+        if len(starts) < min_forwards:  # padding: same collectives as the busiest rank
+            tag = tag_ids[0]
+            dummy = pad_batch([([tag, tag], [IGNORE_INDEX, tag])], pad_id).to(device)
+            for _ in range(min_forwards - len(starts)):
+                forward(dummy)
     finally:
         model.train(was_training)
     host = flat.double().cpu().numpy()  # the one device-to-host copy of the matching step

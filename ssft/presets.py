@@ -34,16 +34,51 @@ def tiny_cpu() -> ExperimentConfig:
     cfg.forking.num_tags = 4
     # A from-scratch model needs a far larger step than fine-tuning a pretrained one.
     cfg.train.lr = 3e-3
-    cfg.train.questions_per_step = 8
+    cfg.train.warmup_steps = 10
+    # 256 questions x 6 epochs / 16 per step = 96 steps: the main job's three trainings
+    # finish in well under 10 minutes on 2 CPU cores and the tags already follow modes.
+    cfg.train.questions_per_step = 16
+    cfg.train.epochs = 6
     # Traces come from the four rule-based strategy teachers (the default): no model, seconds.
     cfg.build.questions = "known_modes"
-    cfg.build.num_questions = 64
+    cfg.build.num_questions = 256
+    # Known-modes traces are at most ~45 characters; 64 new tokens leave room to finish.
+    cfg.eval.max_new_tokens = 64
+    cfg.eval.num_questions = 64
+    return cfg.validate()
+
+
+def known_modes_experiment() -> ExperimentConfig:
+    """The mode-collapse experiment on 2 CPU cores: SSFT vs SFT-mixed vs random, 3 seeds."""
+    cfg = tiny_cpu()
+    cfg.name = cfg.experiment = "known-modes"
+    cfg.build.num_questions = 512  # the shipped train split
+    cfg.train.questions_per_step = 32
+    cfg.train.epochs = 10  # 160 steps
+    cfg.eval.num_questions = 128  # the whole shipped test split
+    cfg.pipeline.seeds = "0,1,2"
+    return cfg.validate()
+
+
+def known_modes_gpu() -> ExperimentConfig:
+    """A larger model and budget for the same experiment on one GPU."""
+    cfg = known_modes_experiment()
+    cfg.name = "known-modes-gpu"
+    cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads = 256, 6, 8
+    cfg.model.intermediate_size = 1024
+    cfg.train.use_gpu = True
+    cfg.train.epochs = 40
+    cfg.train.lr = 1e-3
+    cfg.eval.gpus_per_task = 1.0
+    cfg.build.num_questions = 4096
     return cfg.validate()
 
 
 PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "base": base,
     "tiny_cpu": tiny_cpu,
+    "known_modes_experiment": known_modes_experiment,
+    "known_modes_gpu": known_modes_gpu,
 }
 
 

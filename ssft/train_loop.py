@@ -13,60 +13,42 @@ Per optimizer step (see ``ssft.batching`` for who gets which questions)::
 No Ray here: rank, world size, device, reporting, checkpoint reporting and model wrapping
 come in a ``TrainContext``, so the same function runs under Ray Train, torchrun or in a
 notebook. Non-zero ranks get a no-op tracker. Every rank runs the same number of forwards
-and backwards per step (zero-weight padding micro-batches), the cost pass runs on the
-unwrapped model (no collectives), and each micro-batch backpropagates
-``local NLL sum * world_size / global token count`` (DDP averages over ranks), so the
-gradient equals the token mean over the global batch for any worker count.
+and backwards per step (zero-weight padding micro-batches), and each micro-batch
+backpropagates ``local NLL sum * world_size / global token count`` (DDP and FSDP average
+over ranks), so the gradient equals the token mean over the global batch for any worker
+count. Under DDP the cost pass runs on the unwrapped model (no collectives) and rank 0's
+own state is the checkpoint; under FSDP (``ssft.parallel``) the cost pass goes through the
+wrapped module with the same number of forwards on every rank (dummy ones pad), and the
+checkpoints and the final model are gathered collectively, then written by rank 0.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ssft.batching import method_policy, micro_batch_count, plan_step, steps_per_epoch
-from ssft.checkpointing import MODEL_DIR, load_state, save_checkpoint
-from ssft.data_prep import tokenize_trace_sets
-from ssft.forking_tokens import add_forking_tokens
-from ssft.logprobs import sequence_nll
+from ssft.batching import micro_batch_count, plan_step
+from ssft.checkpointing import save_checkpoint
 from ssft.losses import matched_sequences
-from ssft.matching import assign_tags, cost_matrices, get_policy
+from ssft.matching import assign_tags, cost_forward_count, cost_matrices
 from ssft.matching_stats import AssignmentRecord, MatchingTracker, second_best_gap
-from ssft.models import load_model_and_tokenizer
-from ssft.optim import build_optimizer, build_scheduler
-from ssft.sequences import PaddedBatch, build_sequence, pad_batch
-from ssft.trace_set import read_trace_sets
-from ssft.tracking import NullTracker
+from ssft.parallel import clip_grad_norm, full_model_state, full_optimizer_state
+from ssft.sequences import build_sequence, pad_batch
 from ssft.train_report import write_final_model
+from ssft.train_setup import Run, SequenceNLL, TrainContext, load_training_data, setup_run
+
+__all__ = ["SequenceNLL", "TrainContext", "TrainResult", "load_training_data", "train"]
 
 log = logging.getLogger("ssft.train")
-
-
-@dataclass
-class TrainContext:
-    """What the caller (a Ray Train worker, torchrun, a notebook) provides to the loop."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: str | torch.device = "cpu"
-    tracker: NullTracker = field(default_factory=NullTracker)
-    # Called on EVERY rank at checkpoint steps; the directory only on rank 0, else None.
-    report: Callable[[dict[str, Any], Path | None], None] = lambda metrics, ckpt: None
-    resume_from: Path | None = None
-    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
-    before_step: Callable[[int], None] | None = None
-    final_dir: Path | None = None
 
 
 @dataclass
@@ -79,50 +61,6 @@ class TrainResult:
     final_dir: Path | None = None
 
 
-class SequenceNLL(torch.nn.Module):
-    """The model as DDP sees it: ``(input_ids, attention_mask, labels) -> (sums, counts)``."""
-
-    def __init__(self, lm: torch.nn.Module) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids, attention_mask, labels):
-        return sequence_nll(self.lm, PaddedBatch(input_ids, attention_mask, labels))
-
-
-def load_training_data(cfg, tokenizer, path: str | None = None):
-    """Tokenized questions for ``cfg.method`` (``single`` keeps one trace per question)."""
-    path = path or cfg.data.train_path
-    if path is None:
-        raise ValueError("data.train_path is not set: point it at a trace-set Parquet file.")
-    _, shared = method_policy(cfg.method)
-    data = cfg.data
-    return tokenize_trace_sets(
-        read_trace_sets(path),
-        tokenizer,
-        num_tags=cfg.forking.num_tags,
-        injective=not shared,
-        max_seq_len=data.max_seq_len,
-        max_traces_per_question=1 if cfg.method == "single" else data.max_traces_per_question,
-        too_many_traces=data.too_many_traces,
-        overlong=data.overlong,
-        use_chat_template=data.use_chat_template,
-        prompt_template=data.prompt_template,
-        end_of_turn_token=data.end_of_turn_token,
-        source_name=str(path),
-    )
-
-
-def _load_model(cfg, resume_from: Path | None):
-    """The configured model, or the checkpoint's weights and tokenizer when resuming."""
-    if resume_from is None:
-        return load_model_and_tokenizer(cfg.model, seed=cfg.seed)
-    model_cfg = dataclasses.replace(
-        cfg.model, init="pretrained", name_or_path=str(resume_from / MODEL_DIR), tokenizer=None
-    )
-    return load_model_and_tokenizer(model_cfg, seed=cfg.seed)
-
-
 def _gather(obj: Any, world_size: int) -> list[Any]:
     if world_size == 1:
         return [obj]
@@ -131,89 +69,22 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return out
 
 
-@dataclass
-class _Run:
-    """Everything one training run holds between steps (built once by ``_setup``)."""
-
-    cfg: Any
-    ctx: TrainContext
-    device: torch.device
-    model: torch.nn.Module
-    tokenizer: Any
-    tags: Any
-    questions: list
-    policy: Any
-    tag_ids: tuple[int, ...]
-    shared: bool
-    net: SequenceNLL
-    wrapped: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    total_steps: int
-    stats: MatchingTracker
-    start: int = 0
-    losses: list[float] = field(default_factory=list)
-    data_log: list[list] = field(default_factory=list)
-
-    def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    @property
-    def pass1_tag(self) -> str:
-        return self.tags.shared_tag if self.shared else self.tags.tags[self.stats.pass1_tag()]
-
-
-def _setup(cfg, ctx: TrainContext) -> _Run:
-    """Model + tags (before any DDP wrapping), data, optimizer, schedule, resumed state."""
-    torch.manual_seed(cfg.seed)
-    device = torch.device(ctx.device)
-    model, tokenizer = _load_model(cfg, ctx.resume_from)
-    f = cfg.forking
-    tags = add_forking_tokens(
-        tokenizer, model, num_tags=f.num_tags, tag_format=f.tag_format,
-        shared_tag=f.shared_tag, init_noise=f.init_noise, seed=cfg.seed,
-    )  # fmt: skip
-    model.to(device)
-    questions, prep = load_training_data(cfg, tokenizer)
-    if ctx.rank == 0:
-        print(f"[train] {cfg.method}: {prep.summary()}", flush=True)
-    if not questions:
-        raise ValueError(f"no trainable question in {cfg.data.train_path}: {prep.summary()}")
-    policy_name, shared = method_policy(cfg.method)
-    tag_ids = tags.ids_for(shared)
-    net = SequenceNLL(model)
-    tc = cfg.train
-    optimizer = build_optimizer(net, tc.lr, tc.weight_decay)
-    total = tc.epochs * steps_per_epoch(len(questions), tc.questions_per_step)
-    run = _Run(
-        cfg, ctx, device, model, tokenizer, tags, questions, get_policy(policy_name), tag_ids,
-        shared, net, ctx.wrap_model(net) if ctx.wrap_model else net, optimizer,
-        build_scheduler(optimizer, total, tc.warmup_steps, tc.lr_schedule), total,
-        MatchingTracker(len(tag_ids)),
-    )  # fmt: skip
-    if ctx.resume_from is not None:
-        state, optim_state = load_state(ctx.resume_from)
-        optimizer.load_state_dict(optim_state["optimizer"])
-        run.scheduler.load_state_dict(optim_state["scheduler"])
-        run.stats.load_state_dict(state["matching"])
-        run.start, run.data_log, run.losses = state["step"], state["data_log"], state["losses"]
-        print(f"[train] rank {ctx.rank}: resuming at step {run.start}/{total}", flush=True)
-    return run
-
-
-def _train_chunk(run: _Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.Tensor, list]:
+def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.Tensor, list]:
     """Cost -> assign -> matched sequences -> forward/backward for one chunk on this rank."""
     cfg, ctx, mbs = run.cfg, run.ctx, run.cfg.train.micro_batch_sequences
     mine = [run.questions[i] for i in chunk[ctx.rank]]
-    costs = None
-    if run.policy.needs_cost and mine:
+    costs, mc = None, cfg.matching
+    if run.policy.needs_cost and (mine or run.sharded):
+        kwargs: dict[str, Any] = {}
+        if run.sharded:  # every forward is a collective: same count on all ranks
+            kwargs["forward"] = lambda b: run.wrapped(b.input_ids, b.attention_mask, b.labels)
+            n_tags, size = len(run.tag_ids), mc.cost_batch_size
+            kwargs["min_forwards"] = cost_forward_count(chunk, run.questions, n_tags, size)
         with run.autocast():
             costs = cost_matrices(
-                run.model, mine, run.tag_ids, pad_id=run.tokenizer.pad_token_id,
-                cost=cfg.matching.cost, prefix_tokens=cfg.matching.prefix_tokens,
-                batch_size=cfg.matching.cost_batch_size,
+                run.net if run.sharded else run.model, mine, run.tag_ids,
+                pad_id=run.tokenizer.pad_token_id, cost=mc.cost, prefix_tokens=mc.prefix_tokens,
+                batch_size=mc.cost_batch_size, **kwargs,
             )  # fmt: skip
     assigned = assign_tags(
         run.policy, mine, len(run.tag_ids), costs, seed=cfg.seed, epoch=plan.epoch
@@ -230,7 +101,8 @@ def _train_chunk(run: _Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch
         part = seqs[m * mbs : (m + 1) * mbs]
         weight = 1.0 if part else 0.0  # a padding pass: same collectives, zero gradient
         batch = pad_batch(part or [dummy], run.tokenizer.pad_token_id).to(run.device)
-        # Gradients are all-reduced once per step: only the step's last backward syncs.
+        # DDP all-reduces once per step (only the last backward syncs); FSDP has no no_sync
+        # and reduce-scatters every backward (its gradients stay sharded between them).
         syncs = (last_chunk and m == n_micro - 1) or not hasattr(run.wrapped, "no_sync")
         with contextlib.nullcontext() if syncs else run.wrapped.no_sync():
             with run.autocast():
@@ -240,8 +112,17 @@ def _train_chunk(run: _Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch
     return nll, records
 
 
-def _checkpoint(run: _Run, step: int, metrics: dict) -> None:
+def _full_state(run: Run, optimizer: bool = True) -> tuple[dict | None, dict | None]:
+    """FSDP: whole weights (and optimizer state), gathered by every rank, kept on rank 0."""
+    if not run.sharded:
+        return None, None
+    weights = full_model_state(run.net, prefix="lm.")
+    return weights, full_optimizer_state(run.net, run.optimizer) if optimizer else None
+
+
+def _checkpoint(run: Run, step: int, metrics: dict) -> None:
     """Rank 0 writes a checkpoint to a temp dir and reports it; other ranks report metrics."""
+    model_state, optimizer_state = _full_state(run)  # a collective under FSDP
     if run.ctx.rank != 0:
         run.ctx.report(metrics, None)
         return
@@ -252,7 +133,8 @@ def _checkpoint(run: _Run, step: int, metrics: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="ssft-ckpt-") as tmp:
         save_checkpoint(
             tmp, model=run.model, tokenizer=run.tokenizer, optimizer=run.optimizer,
-            scheduler=run.scheduler, state=state,
+            scheduler=run.scheduler, state=state, model_state=model_state,
+            optimizer_state=optimizer_state,
         )  # fmt: skip
         run.ctx.report(metrics, Path(tmp))
 
@@ -260,7 +142,7 @@ def _checkpoint(run: _Run, step: int, metrics: dict) -> None:
 def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.data.train_path``; resumes from ``ctx.resume_from``."""
     ctx = ctx or TrainContext()
-    run = _setup(cfg, ctx)
+    run = setup_run(cfg, ctx)
     tc, q0 = cfg.train, run.questions[0]
     dummy = build_sequence(q0.prompt_ids, run.tag_ids[0], q0.trace_ids[0])
     began = time.perf_counter()
@@ -280,7 +162,11 @@ def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
             )
             nll, records = nll + chunk_nll, records + chunk_records
         max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), max_norm)
+        if run.sharded:  # the optimizer's parameters are the shards (DTensor gradients)
+            params = [p for group in run.optimizer.param_groups for p in group["params"]]
+            grad_norm = clip_grad_norm(params, max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), max_norm)
         if torch.isfinite(grad_norm):  # one host sync per step, on purpose: skip bad updates
             run.optimizer.step()
         else:
@@ -315,11 +201,14 @@ def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
         if (every and (step + 1) % every == 0) or step + 1 == run.total_steps:
             _checkpoint(run, step, metrics)
     final_dir = None
-    if ctx.rank == 0 and ctx.final_dir is not None:
-        log_ = {"steps": run.total_steps, "losses": run.losses, "data_log": run.data_log}
-        final_dir = write_final_model(
-            ctx.final_dir, run.model, run.tokenizer, run.stats, run.tags, run.pass1_tag, cfg, log_
-        )
+    if ctx.final_dir is not None:
+        weights, _ = _full_state(run, optimizer=False)  # a collective under FSDP
+        if ctx.rank == 0:
+            log_ = {"steps": run.total_steps, "losses": run.losses, "data_log": run.data_log}
+            final_dir = write_final_model(
+                ctx.final_dir, run.model, run.tokenizer, run.stats, run.tags, run.pass1_tag,
+                cfg, log_, state_dict=weights,
+            )  # fmt: skip
     return TrainResult(
         run.total_steps, run.losses, run.pass1_tag, run.data_log, run.stats, final_dir
     )

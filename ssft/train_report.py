@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from ssft.checkpointing import save_model
 from ssft.config import config_to_yaml
 from ssft.matching_stats import MatchingTracker, heatmap
 
@@ -24,9 +25,20 @@ LOG_FILE = "training_log.json"
 
 
 def write_final_model(
-    final_dir, model, tokenizer, stats: MatchingTracker, tags, pass1: str, cfg, log: dict
+    final_dir,
+    model,
+    tokenizer,
+    stats: MatchingTracker,
+    tags,
+    pass1: str,
+    cfg,
+    log: dict,
+    state_dict: dict | None = None,
 ):
     """Save the trained model + tokenizer + tag summary to ``final_dir`` atomically.
+
+    ``state_dict``: full weights gathered from a sharded (FSDP) model, written instead of
+    ``model``'s own (see ``ssft.checkpointing.save_model``).
 
     ``log`` (steps, per-step losses, per-step data digests) goes to ``training_log.json``:
     it shows that every batch was trained exactly once, also across resumes.
@@ -35,7 +47,7 @@ def write_final_model(
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
     try:
-        model.save_pretrained(staging)
+        save_model(model, staging, state_dict)
         tokenizer.save_pretrained(staging)
         summary = {
             "method": cfg.method,

@@ -81,8 +81,9 @@ def test_presets_derive_and_tiny_cpu_has_the_promised_values():
     assert (m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size) == (64, 2, 4, 128)
     assert m.max_position_embeddings == 512 and cfg.data.max_seq_len == 256
     assert cfg.forking.num_tags == 4
-    assert cfg.train.lr == 3e-3 and cfg.train.questions_per_step == 8
-    assert set(PRESETS) == {"base", "tiny_cpu"} and get_preset("tiny_cpu") is tiny_cpu
+    assert cfg.train.lr == 3e-3 and cfg.train.questions_per_step == 16
+    assert set(PRESETS) == {"base", "tiny_cpu", "known_modes_experiment", "known_modes_gpu"}
+    assert get_preset("tiny_cpu") is tiny_cpu
 
 
 def test_unknown_preset_lists_valid_names(tmp_path):
@@ -377,7 +378,7 @@ def test_default_teachers_are_the_four_strategy_solvers():
         )
     assert BuildConfig().validate() == build
     assert BuildConfig().teachers is not BuildConfig().teachers  # no shared mutable default
-    assert tiny_cpu().build == build and tiny_cpu().build.num_questions == 64
+    assert tiny_cpu().build == dataclasses.replace(build, num_questions=256)
 
 
 def test_build_copies_of_known_modes_constants_are_in_sync():

@@ -24,6 +24,7 @@ def trained(known_modes_traces, tmp_path_factory):
         cfg = load_config(
             "workflows/configs/tiny_cpu.yaml",
             [f"data.train_path={known_modes_traces}", f"method={method}", "train.epochs=4",
+             "train.questions_per_step=8", "train.warmup_steps=0",
              "train.log_every=100", "eval.num_questions=6", "eval.samples_per_tag=2",
              "eval.max_new_tokens=48"],
         )  # fmt: skip

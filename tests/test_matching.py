@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from ssft.logprobs import sequence_nll
-from ssft.matching import POLICIES, assign_tags, cost_matrices, get_policy, question_rng
+from ssft.matching import (
+    POLICIES,
+    assign_tags,
+    cost_forward_count,
+    cost_matrices,
+    get_policy,
+    question_rng,
+)
 from ssft.sequences import TokenizedQuestion, build_sequence, pad_batch
 from tests.conftest import make_model_and_tags, make_questions
 
@@ -153,3 +160,77 @@ def test_unknown_cost_kind():
     model, tok, tags = make_model_and_tags()
     with pytest.raises(ValueError, match="mean_nll"):
         cost_matrices(model, make_questions(tok), tags.tag_ids, pad_id=0, cost="nll")
+
+
+def _counting(model, calls):
+    """A ``forward=`` for cost_matrices that records each batch and whether eval mode is on."""
+
+    def forward(batch):
+        calls.append((batch.input_ids.shape[0], model.training))
+        return sequence_nll(model, batch)
+
+    return forward
+
+
+@pytest.mark.parametrize("min_forwards", [0, 1, 3, 7])
+def test_min_forwards_pads_with_dummy_forwards_and_keeps_the_costs(min_forwards):
+    model, tok, tags = make_model_and_tags()
+    questions = make_questions(tok)
+    plain = cost_matrices(model, questions, tags.tag_ids, pad_id=0, batch_size=12)
+    calls = []
+    padded = cost_matrices(
+        model, questions, tags.tag_ids, pad_id=0, batch_size=12,
+        forward=_counting(model, calls), min_forwards=min_forwards,
+    )  # fmt: skip
+    natural = -(-4 * 8 // 12)  # 4 tags x 8 traces in batches of 12 -> 3 forwards
+    assert len(calls) == max(natural, min_forwards)
+    assert all(not training for _, training in calls)  # eval mode for padding forwards too
+    assert [n for n, _ in calls[natural:]] == [1] * (len(calls) - natural)  # 1-row dummies
+    assert model.training
+    for a, b in zip(plain, padded, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_rank_without_questions_still_runs_min_forwards():
+    model, _, tags = make_model_and_tags()
+    calls = []
+    costs = cost_matrices(
+        model, [], tags.tag_ids, pad_id=0, forward=_counting(model, calls), min_forwards=2
+    )
+    assert costs == [] and len(calls) == 2
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_forward_callable_gives_the_costs_of_sequence_nll():
+    from ssft.train_setup import SequenceNLL
+
+    model, tok, tags = make_model_and_tags()
+    net, questions = SequenceNLL(model), make_questions(tok)
+    net.train()
+    via_net = cost_matrices(
+        net, questions, tags.tag_ids, pad_id=0, prefix_tokens=4,
+        forward=lambda b: net(b.input_ids, b.attention_mask, b.labels),
+    )  # fmt: skip
+    assert net.training and model.training
+    direct = cost_matrices(model, questions, tags.tag_ids, pad_id=0, prefix_tokens=4)
+    for a, b in zip(via_net, direct, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cost_forward_count_is_what_the_busiest_rank_needs():
+    _, tok, _ = make_model_and_tags()
+    questions = make_questions(tok)  # 3, 4 and 1 traces
+    # 4 tags: rank sizes 4*(3+1)=16 and 4*4=16 sequences; an idle rank needs 0.
+    assert cost_forward_count([(0, 2), (1,)], questions, 4, 5) == 4
+    assert cost_forward_count([(0, 2), (1,), ()], questions, 4, 16) == 1
+    assert cost_forward_count([(2,), ()], questions, 4, 3) == 2
+    assert cost_forward_count([(), ()], questions, 4, 3) == 0
+    # The count is what cost_matrices runs without padding.
+    model, tok, tags = make_model_and_tags()
+    for rank in ((0, 2), (1,)):
+        calls = []
+        mine = [questions[i] for i in rank]
+        cost_matrices(
+            model, mine, tags.tag_ids, pad_id=0, batch_size=5, forward=_counting(model, calls)
+        )
+        assert len(calls) == cost_forward_count([rank], questions, 4, 5)

@@ -16,7 +16,15 @@ from ssft.train_loop import TrainContext, train
 def tiny(path, *overrides):
     return load_config(
         "workflows/configs/tiny_cpu.yaml",
-        [f"data.train_path={path}", "train.log_every=100", *overrides],
+        # The step counts below assume 48 questions, 8 per step, one epoch unless overridden.
+        [
+            f"data.train_path={path}",
+            "train.log_every=100",
+            "train.questions_per_step=8",
+            "train.epochs=1",
+            "train.warmup_steps=0",
+            *overrides,
+        ],
     )
 
 

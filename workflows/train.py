@@ -1,4 +1,4 @@
-"""Train SSFT or a baseline with Ray Train (TorchTrainer, DDP, CPU gloo or GPU NCCL).
+"""Train SSFT or a baseline with Ray Train (TorchTrainer; DDP or FSDP; CPU gloo or GPU NCCL).
 
 Locally (embedded Ray, SQLite MLflow under runs/):
     python -m workflows.train --config workflows/configs/tiny_cpu.yaml \
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import ray.train
@@ -29,6 +30,7 @@ from ssft.config import (
     flatten_config,
     parse_cli,
 )
+from ssft.parallel import wrap_fsdp
 from ssft.trace_set import read_trace_sets, trace_set_digest
 from ssft.tracking import NullTracker, default_tracking_uri, git_commit, start_run
 from ssft.train_loop import TrainContext, train
@@ -38,20 +40,36 @@ from workflows.ray_runtime import init_ray, ray_job_id
 
 def _crash_hook(rank: int):
     """Fault-injection hook for tests: ``$SSFT_FAULT_DIR/crash-train-step-<k>`` makes rank 0
-    die (process exit) when it reaches step k, once."""
+    die (process exit) when it reaches step k, once.
+
+    It dies a few seconds late: Train V2's controller collects reported checkpoints when it
+    polls the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, default 2 s), and a checkpoint
+    reported less than one poll before a worker dies is lost (the rerun then starts from an
+    older checkpoint, or from scratch). Waiting makes "resumes from the last checkpoint"
+    what the tests see.
+    """
     fault_dir = os.environ.get("SSFT_FAULT_DIR")
+    poll_s = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
     def before_step(step: int) -> None:
         request = Path(fault_dir or ".") / f"crash-train-step-{step}"
         if fault_dir and rank == 0 and request.exists():
             request.unlink()
+            time.sleep(2 * poll_s + 1)
             os._exit(1)
 
     return before_step
 
 
+def _wrapper(parallelism: str, world: int):
+    """How workers share the model: DDP replicas (Ray's prepare_model) or FSDP2 shards."""
+    if world == 1:
+        return None
+    return wrap_fsdp if parallelism == "fsdp" else ray.train.torch.prepare_model
+
+
 # [1] The per-worker function: rebuild the typed config, open MLflow on rank 0 only, and run
-#     the Ray-free loop with Ray's rank, device, checkpoint reporting and DDP wrapping.
+#     the Ray-free loop with Ray's rank, device, checkpoint reporting and DDP/FSDP wrapping.
 def train_worker(config: dict) -> None:
     from transformers.utils import logging as hf_logging
 
@@ -80,7 +98,7 @@ def train_worker(config: dict) -> None:
             tracker=tracker,
             report=report,
             resume_from=Path(d) if checkpoint else None,
-            wrap_model=ray.train.torch.prepare_model if world > 1 else None,
+            wrap_model=_wrapper(cfg.train.parallelism, world),
             before_step=_crash_hook(rank),
             final_dir=Path(config["final_dir"]),
         )
@@ -99,7 +117,7 @@ def run(cfg: ExperimentConfig) -> Path:
     tags = {"stage": "train", "method": cfg.method, "num_tags": cfg.forking.num_tags,
             "cost": cfg.matching.cost, "prefix_tokens": cfg.matching.prefix_tokens or "all",
             "dataset_digest": digest, "git_commit": git_commit(), "seed": cfg.seed,
-            "ray_job_id": ray_job_id()}  # fmt: skip
+            "parallelism": cfg.train.parallelism, "ray_job_id": ray_job_id()}  # fmt: skip
     # [3] The driver: a stable run name (cfg.name), so rebuilding the same trainer resumes.
     trainer = ray.train.torch.TorchTrainer(
         train_worker,

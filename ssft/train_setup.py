@@ -1,0 +1,171 @@
+"""What one training run holds between steps, and how it is built (``setup_run``).
+
+Model and tags first (forking tokens are added before any wrapping), then the wrapping the
+caller asks for (``TrainContext.wrap_model``: DDP, FSDP or none), then the optimizer (after
+wrapping: FSDP replaces every parameter with a sharded one), the schedule and, when
+resuming, the optimizer, schedule and matching state of the checkpoint. No Ray here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssft.batching import method_policy, steps_per_epoch
+from ssft.checkpointing import MODEL_DIR, load_state
+from ssft.data_prep import tokenize_trace_sets
+from ssft.forking_tokens import add_forking_tokens
+from ssft.logprobs import sequence_nll
+from ssft.matching import get_policy
+from ssft.matching_stats import MatchingTracker
+from ssft.models import load_model_and_tokenizer
+from ssft.optim import build_optimizer, build_scheduler
+from ssft.parallel import is_sharded, load_full_optimizer_state
+from ssft.sequences import PaddedBatch
+from ssft.trace_set import read_trace_sets
+from ssft.tracking import NullTracker
+
+
+@dataclass
+class TrainContext:
+    """What the caller (a Ray Train worker, torchrun, a notebook) provides to the loop."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str | torch.device = "cpu"
+    tracker: NullTracker = field(default_factory=NullTracker)
+    # Called on EVERY rank at checkpoint steps; the directory only on rank 0, else None.
+    report: Callable[[dict[str, Any], Path | None], None] = lambda metrics, ckpt: None
+    resume_from: Path | None = None
+    # DDP (e.g. ray.train.torch.prepare_model) or FSDP (ssft.parallel.wrap_fsdp); None = as is.
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    before_step: Callable[[int], None] | None = None
+    # Rank 0 writes the final model here; give it to EVERY rank (FSDP gathers collectively).
+    final_dir: Path | None = None
+
+
+class SequenceNLL(torch.nn.Module):
+    """The model as DDP/FSDP sees it: ``(input_ids, attention_mask, labels) -> (sums, counts)``."""
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, labels):
+        return sequence_nll(self.lm, PaddedBatch(input_ids, attention_mask, labels))
+
+
+def load_training_data(cfg, tokenizer, path: str | None = None):
+    """Tokenized questions for ``cfg.method`` (``single`` keeps one trace per question)."""
+    path = path or cfg.data.train_path
+    if path is None:
+        raise ValueError("data.train_path is not set: point it at a trace-set Parquet file.")
+    _, shared = method_policy(cfg.method)
+    data = cfg.data
+    return tokenize_trace_sets(
+        read_trace_sets(path),
+        tokenizer,
+        num_tags=cfg.forking.num_tags,
+        injective=not shared,
+        max_seq_len=data.max_seq_len,
+        max_traces_per_question=1 if cfg.method == "single" else data.max_traces_per_question,
+        too_many_traces=data.too_many_traces,
+        overlong=data.overlong,
+        use_chat_template=data.use_chat_template,
+        prompt_template=data.prompt_template,
+        end_of_turn_token=data.end_of_turn_token,
+        source_name=str(path),
+    )
+
+
+def _load_model(cfg, resume_from: Path | None):
+    """The configured model, or the checkpoint's weights and tokenizer when resuming."""
+    if resume_from is None:
+        return load_model_and_tokenizer(cfg.model, seed=cfg.seed)
+    model_cfg = dataclasses.replace(
+        cfg.model, init="pretrained", name_or_path=str(resume_from / MODEL_DIR), tokenizer=None
+    )
+    return load_model_and_tokenizer(model_cfg, seed=cfg.seed)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds between steps (built once by ``setup_run``)."""
+
+    cfg: Any
+    ctx: TrainContext
+    device: torch.device
+    model: torch.nn.Module
+    tokenizer: Any
+    tags: Any
+    questions: list
+    policy: Any
+    tag_ids: tuple[int, ...]
+    shared: bool
+    net: SequenceNLL
+    wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    total_steps: int
+    stats: MatchingTracker
+    sharded: bool = False  # FSDP: parameters are shards; forwards and saving are collective
+    start: int = 0
+    losses: list[float] = field(default_factory=list)
+    data_log: list[list] = field(default_factory=list)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def pass1_tag(self) -> str:
+        return self.tags.shared_tag if self.shared else self.tags.tags[self.stats.pass1_tag()]
+
+
+def setup_run(cfg, ctx: TrainContext) -> Run:
+    """Model + tags (before any wrapping), data, wrapping, optimizer, schedule, resumed state."""
+    torch.manual_seed(cfg.seed)
+    device = torch.device(ctx.device)
+    model, tokenizer = _load_model(cfg, ctx.resume_from)
+    f = cfg.forking
+    tags = add_forking_tokens(
+        tokenizer, model, num_tags=f.num_tags, tag_format=f.tag_format,
+        shared_tag=f.shared_tag, init_noise=f.init_noise, seed=cfg.seed,
+    )  # fmt: skip
+    model.to(device)
+    questions, prep = load_training_data(cfg, tokenizer)
+    if ctx.rank == 0:
+        print(f"[train] {cfg.method}: {prep.summary()}", flush=True)
+    if not questions:
+        raise ValueError(f"no trainable question in {cfg.data.train_path}: {prep.summary()}")
+    policy_name, shared = method_policy(cfg.method)
+    tag_ids = tags.ids_for(shared)
+    net = SequenceNLL(model)
+    wrapped = ctx.wrap_model(net) if ctx.wrap_model else net
+    tc = cfg.train
+    optimizer = build_optimizer(net, tc.lr, tc.weight_decay)  # after wrapping (FSDP shards)
+    total = tc.epochs * steps_per_epoch(len(questions), tc.questions_per_step)
+    run = Run(
+        cfg, ctx, device, model, tokenizer, tags, questions, get_policy(policy_name), tag_ids,
+        shared, net, wrapped, optimizer,
+        build_scheduler(optimizer, total, tc.warmup_steps, tc.lr_schedule), total,
+        MatchingTracker(len(tag_ids)), sharded=is_sharded(net),
+    )  # fmt: skip
+    if ctx.resume_from is not None:
+        state, optim_state = load_state(ctx.resume_from)
+        if run.sharded:
+            load_full_optimizer_state(net, optimizer, optim_state["optimizer"])
+        else:
+            optimizer.load_state_dict(optim_state["optimizer"])
+        run.scheduler.load_state_dict(optim_state["scheduler"])
+        run.stats.load_state_dict(state["matching"])
+        run.start, run.data_log, run.losses = state["step"], state["data_log"], state["losses"]
+        print(f"[train] rank {ctx.rank}: resuming at step {run.start}/{total}", flush=True)
+    return run

@@ -1,0 +1,265 @@
+"""Ray Tune sweep: SSFT over the number of forking tokens N x the matching cost (cost kind, prefix
+L), with the baselines as extra trials; one MLflow parent run, one child run per trial.
+
+Locally (embedded Ray; MLflow from MLFLOW_TRACKING_URI, else SQLite under runs/; builds the
+trace sets first when data.train_path is null):
+    python -m workflows.sweep --config workflows/configs/sweep_tiny.yaml \
+        --num-tags 2,4,6,8 --costs mean_nll,sum_nll --prefixes none,16 \
+        --baselines sft_mixed,random [--asha] [key=value ...]
+On a cluster (several trials write at once: point MLFLOW_TRACKING_URI at an `mlflow server`,
+e.g. from ops/local_services.sh, never at one SQLite file):
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m workflows.sweep --config workflows/configs/sweep_tiny.yaml \
+        data.train_path=<shared path> --num-tags 2,4,6,8
+
+Each trial is a driver function that builds and fits a TorchTrainer around
+``workflows.train.train_worker``; metrics reach Tune through ``TuneReportCallback`` (one report
+per checkpoint, so set train.checkpoint_every for ASHA to have something to stop on). A crashing
+trial does not stop the others; the parent run records it. Rerunning the same command resumes:
+Tune restores the experiment under <--storage>/<name>/tune (the grid is the saved one, errored
+trials run again), and each trial's TorchTrainer, named after its trial id, resumes from its last
+checkpoint; the MLflow parent and child runs are reopened, not duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from ssft.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    config_to_dict,
+    flatten_config,
+    parse_cli,
+)
+from ssft.sweep_report import (
+    BASELINES,
+    COSTS,
+    apply_variant,
+    grid,
+    open_parent_run,
+    parse_choices,
+    parse_ints,
+    parse_prefixes,
+    report_to_parent,
+    summary_rows,
+)
+from ssft.trace_set import read_trace_sets, trace_set_digest
+from ssft.tracking import default_tracking_uri, git_commit
+from workflows import build_traces
+from workflows.ray_runtime import init_ray, ray_job_id
+from workflows.train import train_worker
+
+# A trial's driver only waits on its TorchTrainer: it reserves some memory and no CPU, so that
+# trials of one 1-CPU worker each fill the CPUs (Tune needs a non-empty resource request).
+DRIVER_RESOURCES = {"cpu": 0, "memory": 256 * 1024**2}
+
+
+@dataclasses.dataclass
+class SweepArgs:
+    num_tags: list[int]
+    costs: list[str]
+    prefixes: list[int | None]
+    baselines: list[str]
+    asha: bool = False
+    max_concurrent: int | None = None
+    storage: str = "runs/sweeps"
+
+
+# [1] The trial: a driver function that builds and fits one TorchTrainer (Train V2 style).
+def train_trial(config: dict, base: dict, shared: dict) -> None:
+    variant = config["variant"]
+    trial_id = tune.get_context().get_trial_id()
+    # Stable across restores (Tune keeps trial ids), so a rerun resumes this Train run.
+    name = f"{shared['sweep']}-{variant['label']}-{trial_id}"
+    cfg = apply_variant(config_from_dict(base), variant, name)
+    tags = {
+        **shared["tags"], "method": cfg.method, "num_tags": cfg.forking.num_tags,
+        "cost": cfg.matching.cost, "prefix_tokens": cfg.matching.prefix_tokens or "all",
+        "sweep.label": variant["label"], "trial_id": trial_id,
+        # The tracker merges these tags over its own: this makes the run a child of the sweep.
+        "mlflow.parentRunId": shared["parent_run_id"],
+    }  # fmt: skip
+    train_dir = Path(shared["train_dir"])
+    trainer = ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "cfg": config_to_dict(cfg),
+            "final_dir": str(train_dir / name / "final_model"),
+            "tags": tags,
+            "tracking_uri": shared["tracking_uri"],
+            "parent_run_id": shared["parent_run_id"],
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(train_dir),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # [2] Every ray.train.report of the workers becomes a Tune result of this trial.
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _absolute(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Tune runs each trial in its own directory: make the paths trials read absolute."""
+    data = cfg.data
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(
+            data,
+            train_path=str(Path(data.train_path).resolve()) if data.train_path else None,
+            eval_path=str(Path(data.eval_path).resolve()) if data.eval_path else None,
+        ),
+    ).validate()
+
+
+def _max_concurrent(cfg: ExperimentConfig, requested: int | None) -> int:
+    """Trials that fit at once: free GPUs (or CPUs) over each trial's workers, at least 1."""
+    if requested:
+        return requested
+    free = ray.available_resources()
+    workers = cfg.train.num_workers
+    if cfg.train.use_gpu:
+        return max(1, int(free.get("GPU", 0) // workers))
+    return max(1, int(free.get("CPU", 1) // workers))
+
+
+def _scheduler(args: SweepArgs, cfg: ExperimentConfig, n_questions: int) -> ASHAScheduler | None:
+    """ASHA on the training loss, one rung unit per report (= per checkpoint)."""
+    if not args.asha:
+        return None
+    steps = cfg.train.epochs * math.ceil(n_questions / cfg.train.questions_per_step)
+    every = cfg.train.checkpoint_every
+    reports = math.ceil(steps / every) if every else 1
+    if reports < 3:
+        print(f"[sweep] --asha: {reports} report(s) per trial leave ASHA nothing to stop; "
+              "lower train.checkpoint_every", flush=True)  # fmt: skip
+    return ASHAScheduler(time_attr="training_iteration", max_t=max(reports, 1), grace_period=1)
+
+
+def _trial_name(trial) -> str:
+    return f"{trial.config['variant']['label']}_{trial.trial_id}"
+
+
+def _tuner(trainable, root: Path, variants: list[dict], tune_config: tune.TuneConfig):
+    """Restore the sweep stored under ``root/tune`` if there is one, else start it."""
+    path = root / "tune"
+    if tune.Tuner.can_restore(str(path)):
+        print(f"[sweep] resuming {path}: the saved grid runs, errored trials again", flush=True)
+        return tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space={"variant": tune.grid_search(variants)},
+        tune_config=tune_config,
+        run_config=tune.RunConfig(name="tune", storage_path=str(root)),
+    )
+
+
+def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
+    """Run (or resume) the sweep named ``cfg.name``; returns one summary row per trial."""
+    init_ray()
+    if cfg.data.train_path is None:
+        traces = build_traces.run(cfg)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_path=str(traces)))
+    cfg = _absolute(cfg)
+    sets = read_trace_sets(cfg.data.train_path)
+    variants = grid(args.num_tags, args.costs, args.prefixes, args.baselines, cfg)
+    for variant in variants:  # every trial's config is valid before anything starts
+        apply_variant(cfg, variant, cfg.name)
+    root = Path(args.storage).resolve() / cfg.name
+    uri = default_tracking_uri("runs")
+    concurrent = _max_concurrent(cfg, args.max_concurrent)
+    if uri.startswith("sqlite") and concurrent > 1:
+        print("[sweep] MLflow is one SQLite file and trials write at once: on 'database is "
+              "locked', use ops/local_services.sh start and its MLFLOW_TRACKING_URI")  # fmt: skip
+    tags = {"dataset_digest": trace_set_digest(sets), "git_commit": git_commit(),
+            "seed": cfg.seed, "ray_job_id": ray_job_id(), "sweep": cfg.name}  # fmt: skip
+    parent, reopened = open_parent_run(cfg, uri, {**tags, "stage": "sweep"})
+    with parent:
+        if not reopened:
+            grid_params = {"num_tags": args.num_tags, "costs": args.costs, "asha": args.asha,
+                           "prefixes": args.prefixes, "baselines": args.baselines}  # fmt: skip
+            parent.log_params({f"sweep.{k}": v for k, v in grid_params.items()})
+            parent.log_params({f"base.{k}": v for k, v in flatten_config(cfg).items()})
+        shared = {
+            "sweep": cfg.name, "parent_run_id": parent.run_id, "tracking_uri": uri,
+            "train_dir": str(root / "train"),
+            "tags": {**tags, "stage": "train", "parallelism": cfg.train.parallelism},
+        }  # fmt: skip
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, base=config_to_dict(cfg), shared=shared),
+            DRIVER_RESOURCES,
+        )
+        tune_config = tune.TuneConfig(
+            metric="loss", mode="min", scheduler=_scheduler(args, cfg, len(sets)),
+            max_concurrent_trials=concurrent, trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        )  # fmt: skip
+        print(f"[sweep] {cfg.name}: {len(variants)} trials, {concurrent} at a time; MLflow "
+              f"parent run {parent.run_id} at {uri}", flush=True)  # fmt: skip
+        results = _tuner(trainable, root, variants, tune_config).fit()
+        rows = summary_rows(results, parent)
+        report_to_parent(parent, rows, root / "summary")
+    return rows
+
+
+def parse_args(argv: list[str]) -> tuple[ExperimentConfig, SweepArgs]:
+    """The grid flags, then ``--config PATH`` and ``key=value`` overrides (``ssft.config``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m workflows.sweep", add_help=False, allow_abbrev=False,
+        usage="%(prog)s [--config PATH] [grid flags] [key=value ...]",
+    )  # fmt: skip
+    add = parser.add_argument
+    add("--num-tags", default="2,4,6,8", help="N values for SSFT trials (default 2,4,6,8).")
+    add("--costs", default="mean_nll,sum_nll", help=f"Matching cost kinds from {COSTS}.")
+    add("--prefixes", default="none,16", help="Prefix lengths L; none = whole trace.")
+    add("--baselines", default="sft_mixed,random",
+        help=f"Extra trials from {BASELINES}, at the config's N ('' = none).")  # fmt: skip
+    add("--asha", action="store_true", help="Stop weak trials early (ASHA on the loss).")
+    add("--max-concurrent", type=int, help="Trials at once (default: from free CPUs/GPUs).")
+    add("--storage", default="runs/sweeps", help="Tune/Train storage (shared on clusters).")
+    add("-h", "--help", action="store_true", help="This help, then every config field.")
+    args, rest = parser.parse_known_args(argv)
+    if args.help:
+        print(parser.format_help())
+        parse_cli(["--help"])
+    sweep = SweepArgs(
+        num_tags=parse_ints(args.num_tags, "--num-tags"),
+        costs=parse_choices(args.costs, "--costs", COSTS),
+        prefixes=parse_prefixes(args.prefixes),
+        baselines=parse_choices(args.baselines, "--baselines", BASELINES, allow_empty=True),
+        asha=args.asha, max_concurrent=args.max_concurrent, storage=args.storage,
+    )  # fmt: skip
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent {args.max_concurrent}: must be 1 or more.")
+    return parse_cli(rest), sweep
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    rows = run(*parse_args(sys.argv[1:] if argv is None else argv))
+    if any(r["status"] == "error" for r in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
