@@ -205,9 +205,12 @@ def loss_vs_n_figure(rows: Sequence[Mapping[str, Any]]):
             if line:
                 xs, ys = zip(*line, strict=True)
                 label = f"ssft {cost}, L={prefix or 'all'}"
-                ax.plot(xs, ys, marker="o", color=f"C{ci}", ls=styles[pi % 4], label=label)
+                style = {"ls": styles[pi % 4], "marker": "osD^"[pi % 4], "color": f"C{ci}"}
+                ax.plot(xs, ys, label=label, **style)
     for bi, row in enumerate(r for r in done if r["method"] != "ssft"):
         ax.axhline(row["final_loss"], color=f"C{bi + 2}", ls="--", lw=1, label=row["label"])
+    if ssft:
+        ax.set_xticks(sorted({r["num_tags"] for r in ssft}))
     ax.set_xlabel("N (forking tokens)")
     ax.set_ylabel("final training loss (per token)")
     ax.set_title("SSFT sweep: final loss vs N")

@@ -15,10 +15,14 @@ from ssft.sweep_report import (
 )
 
 CONFIG = "workflows/configs/sweep_tiny.yaml"
+# 48 questions (the known_modes_traces fixture) / 8 per step = 6 steps, a checkpoint every 2.
+SHORT = ["train.epochs=1", "train.questions_per_step=8", "train.checkpoint_every=2",
+         "train.warmup_steps=0"]  # fmt: skip
 
 
 def test_grid_crosses_n_cost_prefix_and_adds_each_baseline_once():
     base = load_config(CONFIG)
+    n_base = base.forking.num_tags
     variants = grid([2, 4], ["mean_nll", "sum_nll"], [None, 16], ["sft_mixed", "random"], base)
     labels = [v["label"] for v in variants]
     assert len(labels) == 2 * 2 * 2 + 2 and len(set(labels)) == len(labels)
@@ -27,7 +31,7 @@ def test_grid_crosses_n_cost_prefix_and_adds_each_baseline_once():
     cfg = apply_variant(base, variants[3], "trial")
     assert (cfg.name, cfg.method, cfg.forking.num_tags) == ("trial", "ssft", 2)
     assert (cfg.matching.cost, cfg.matching.prefix_tokens) == ("sum_nll", 16)
-    assert base.forking.num_tags == 4  # the base config is left as it was
+    assert base.forking.num_tags == n_base  # the base config is left as it was
 
 
 def test_grid_flags_parse_and_reject_bad_values():
@@ -76,7 +80,7 @@ def test_two_trial_sweep_logs_parent_children_and_summary(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     cfg = load_config(
         CONFIG,
-        [f"data.train_path={known_modes_traces}", "name=sweep-test", "train.checkpoint_every=3"],
+        [f"data.train_path={known_modes_traces}", "name=sweep-test", *SHORT],
     )
     args = SweepArgs(num_tags=[2, 4], costs=["mean_nll"], prefixes=[None], baselines=[],
                      storage=str(tmp_path / "sweeps"))  # fmt: skip
@@ -109,7 +113,7 @@ def test_crashed_trial_is_recorded_and_a_rerun_resumes_it(
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    cfg = load_config(CONFIG, [f"data.train_path={known_modes_traces}", "name=sweep-crash"])
+    cfg = load_config(CONFIG, [f"data.train_path={known_modes_traces}", "name=sweep-crash", *SHORT])
     # One trial at a time, so the first trial (grid order) is the one whose rank 0 dies before
     # step 5, after its step-2 and step-4 checkpoints (train.checkpoint_every=2).
     args = SweepArgs(num_tags=[4], costs=["mean_nll"], prefixes=[None], baselines=["sft_mixed"],
@@ -137,3 +141,17 @@ def test_crashed_trial_is_recorded_and_a_rerun_resumes_it(
     # Resumed from the step-4 checkpoint in the same MLflow run: every step logged once.
     history = client.get_metric_history(crashed_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 7))
+
+
+def test_cli_splits_grid_flags_from_config_overrides():
+    from workflows.sweep import _scheduler, parse_args
+
+    argv = ["--config", CONFIG, "--num-tags", "2,4", "--baselines", "", "--asha", "train.lr=0.01"]
+    cfg, args = parse_args(argv + SHORT)
+    assert (args.num_tags, args.baselines, args.asha) == ([2, 4], [], True)
+    assert args.costs == ["mean_nll", "sum_nll"] and args.prefixes == [None, 16]
+    assert cfg.train.lr == 0.01 and cfg.name == "sweep-tiny"
+    asha = _scheduler(args, cfg, n_questions=48)
+    assert asha is not None and asha._max_t == 3
+    with pytest.raises(ConfigError, match="--max-concurrent"):
+        parse_args(["--max-concurrent", "0"])

@@ -1,6 +1,7 @@
 """Connecting to Ray the same way from a laptop and from ``ray job submit``.
 
-Under ``ray job submit`` (or with ``RAY_ADDRESS`` exported) the driver joins that cluster.
+Under ``ray job submit`` (or with ``RAY_ADDRESS`` exported) the driver joins that cluster
+(a dashboard URL ``http://...:8265``, what ``ray job submit`` takes, means the local cluster).
 Otherwise Ray starts embedded in this process (``address="local"``), so a stray
 ``ray start`` on the machine never captures a laptop run or a test.
 """
@@ -17,6 +18,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        # The dashboard URL `ray job submit` uses; a driver joins that cluster's GCS instead.
+        address = "auto"
     # The driver's working directory is shipped to local workers via PYTHONPATH, so
     # `python -m workflows.x` from the repo root finds `ssft` and `workflows` in every worker.
     runtime_env = None if address else {"env_vars": {"PYTHONPATH": os.getcwd()}}

@@ -80,8 +80,14 @@ def train_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     tracker = NullTracker()
     if rank == 0:
-        tracker = start_run(cfg.experiment, cfg.name, tracking_uri=config["tracking_uri"],
-                            tags=config["tags"], resume_key=cfg.name)  # fmt: skip
+        tracker = start_run(
+            cfg.experiment,
+            cfg.name,
+            tracking_uri=config["tracking_uri"],
+            tags=config["tags"],
+            resume_key=cfg.name,
+            parent_run_id=config.get("parent_run_id"),  # a Tune trial's child run
+        )
         if checkpoint is None:
             tracker.log_params(flatten_config(cfg))
 

@@ -1,0 +1,48 @@
+"""The main job end to end on an embedded Ray: stages run once, then are reused."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from ssft.config import parse_cli
+from workflows.pipeline import run
+
+pytestmark = pytest.mark.slow
+
+
+def small(tmp_path, *extra):
+    return parse_cli([
+        "--config", "workflows/configs/tiny_cpu.yaml",
+        f"build.output_dir={tmp_path / 'traces'}", f"train.output_dir={tmp_path / 'train'}",
+        f"eval.output_dir={tmp_path / 'eval'}", f"pipeline.output_dir={tmp_path / 'cmp'}",
+        "build.num_questions=24", "train.epochs=1", "train.questions_per_step=8",
+        "eval.num_questions=4", "eval.samples_per_tag=1", "pipeline.methods=ssft,sft_mixed",
+        *extra,
+    ])  # fmt: skip
+
+
+def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, monkeypatch, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    table = run(small(tmp_path))
+    assert "| ssft | 1 |" in table and "| sft_mixed | 1 |" in table
+    comparison = json.loads((tmp_path / "cmp" / "tiny-cpu" / "comparison.json").read_text())
+    assert {r["method"] for r in comparison["runs"]} == {"ssft", "sft_mixed"}
+    assert (tmp_path / "cmp" / "tiny-cpu" / "pass_at_k.png").stat().st_size > 0
+    client = MlflowClient(uri)
+    names = {r.info.run_name for r in client.search_runs(
+        [client.get_experiment_by_name("tiny-cpu").experiment_id])}  # fmt: skip
+    assert sum(n.startswith("build-traces-") for n in names) == 1
+    assert sum(n.startswith("eval-") for n in names) == 2
+    assert "compare-tiny-cpu" in names and len(names) == 1 + 2 + 2 + 1  # build, 2 train, ...
+
+    capsys.readouterr()
+    assert run(small(tmp_path)) == table  # nothing changed: every stage reused
+    out = capsys.readouterr().out
+    assert out.count("inputs unchanged, reusing") == 4
+    assert "resuming: 3 of 3 shards already on disk" in out
+
+    run(small(tmp_path, "eval.samples_per_tag=2"))  # only the evaluations depend on this
+    out = capsys.readouterr().out
+    assert out.count("[pipeline] train") == 2 and out.count("[pipeline] eval") == 0
