@@ -112,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _reply(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None):
+        # Count this request as finished BEFORE answering: once the client has the answer it
+        # may send its next request, which must not overlap this one in the count.
+        self._done()
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -126,6 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         srv = self.server
+        self._counted = False
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         auth = self.headers.get("Authorization")
         with srv.lock:
@@ -133,11 +137,17 @@ class _Handler(BaseHTTPRequestHandler):
             number = len(srv.requests)
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        self._counted = True
         try:
             self._answer(srv, body, auth, number)
         finally:
-            with srv.lock:
-                srv.in_flight -= 1
+            self._done()
+
+    def _done(self) -> None:
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.server.lock:
+                self.server.in_flight -= 1
 
     def _answer(self, srv: ChatServer, body: dict[str, Any], auth: str | None, number: int):
         if srv.delay_s:

@@ -41,7 +41,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, monkeyp
     assert run(small(tmp_path)) == table  # nothing changed: every stage reused
     out = capsys.readouterr().out
     assert out.count("inputs unchanged, reusing") == 4
-    assert "resuming: 3 of 3 shards already on disk" in out
+    assert "resuming: 1 of 1 shards already on disk" in out  # 24 questions, 32 per shard
 
     run(small(tmp_path, "eval.samples_per_tag=2"))  # only the evaluations depend on this
     out = capsys.readouterr().out
