@@ -6,7 +6,7 @@ as the trace build (``build.questions`` and its seed/difficulty), from ``eval.sp
 """
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from ssft.config_build import Split
 from ssft.config_checks import Section, invalid, non_negative, positive
@@ -22,6 +22,9 @@ class EvalConfig(Section):
     model_dir: str | None = field(default=None, metadata={"help": (
         "A final model directory written by training (it holds ssft_tags.json). None = this "
         "config's own training output, <train.output_dir>/<name>/final_model.")})
+    backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": (
+        "Sampling engine: 'hf' = transformers generate (CPU or GPU); 'vllm' = vLLM offline "
+        "batch inference (GPU machines with vLLM installed; much faster for large models).")})
     split: Split = field(default="test", metadata={"help": (
         "Which split of build.questions to evaluate on.")})
     num_questions: int = field(default=64, metadata={"help": (

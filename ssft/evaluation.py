@@ -24,7 +24,7 @@ import torch
 
 from ssft import eval_metrics, known_modes
 from ssft.grading import grade
-from ssft.sampling import sample_with_tags
+from ssft.sampling import sample_with_tags, sample_with_tags_vllm
 from ssft.teachers.base import Question
 from ssft.train_report import TAGS_FILE
 
@@ -55,16 +55,21 @@ def evaluate_questions(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info = read_model_tags(model_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
-    rows = sample_with_tags(
-        model, tokenizer, questions, tags, samples_per_tag=per_tag,
-        temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
-        max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, seed=seed,
+    common = dict(
+        samples_per_tag=per_tag, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
+        max_new_tokens=eval_cfg.max_new_tokens, seed=seed,
         use_chat_template=data_cfg.use_chat_template, prompt_template=data_cfg.prompt_template,
     )  # fmt: skip
+    if getattr(eval_cfg, "backend", "hf") == "vllm":
+        rows = sample_with_tags_vllm(str(model_dir), tokenizer, questions, tags, **common)
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+        rows = sample_with_tags(
+            model, tokenizer, questions, tags, batch_size=eval_cfg.batch_size, **common
+        )
     gold = {q.question_id: q for q in questions}
     for row in rows:
         q = gold[row["question_id"]]

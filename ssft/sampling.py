@@ -86,6 +86,64 @@ def sample_with_tags(
     return rows
 
 
+def sample_with_tags_vllm(
+    model_dir: str,
+    tokenizer,
+    questions: Sequence[Question],
+    tags: Sequence[str],
+    *,
+    samples_per_tag: int,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    use_chat_template: bool = True,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+) -> list[dict[str, Any]]:
+    """``sample_with_tags`` on vLLM: the same prompts (token ids, tag appended), same rows.
+
+    One request per (question, tag) with ``n=samples_per_tag`` and a seed from (seed,
+    question, tag), so results do not depend on batching. vLLM is an optional GPU dependency.
+    """
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+    except ImportError as err:
+        raise ImportError(
+            "eval.backend=vllm needs the vLLM package (an optional GPU dependency, installed "
+            "with `pip install vllm==<version>` pinned together with your Ray version); use "
+            "eval.backend=hf meanwhile."
+        ) from err
+    import hashlib
+
+    llm = LLM(model=str(model_dir), seed=seed)
+    prompts, params, keys = [], [], []
+    for q in questions:
+        base = format_prompt(
+            tokenizer,
+            q.prompt,
+            use_chat_template=use_chat_template,
+            prompt_template=prompt_template,
+        )
+        for tag in tags:
+            digest = hashlib.sha256(f"{seed}|{q.question_id}|{tag}".encode()).digest()
+            prompts.append(
+                TokensPrompt(prompt_token_ids=[*base, tokenizer.convert_tokens_to_ids(tag)])
+            )
+            params.append(SamplingParams(
+                n=samples_per_tag, temperature=temperature, top_p=top_p,
+                max_tokens=max_new_tokens, seed=int.from_bytes(digest[:4], "little") & 0x7FFFFFFF,
+            ))  # fmt: skip
+            keys.append((q.question_id, tag))
+    rows = []
+    for (qid, tag), out in zip(keys, llm.generate(prompts, params), strict=True):
+        for k, completion in enumerate(out.outputs):
+            rows.append({"question_id": qid, "tag": tag, "sample_index": k,
+                         "text": completion.text.strip(),
+                         "num_tokens": len(completion.token_ids)})  # fmt: skip
+    return rows
+
+
 @torch.inference_mode()
 def tag_probabilities(
     model,

@@ -93,3 +93,16 @@ def test_sampling_rejects_a_model_without_tags(tokenizer, trained):
 def test_a_directory_without_tags_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ssft_tags\.json"):
         read_model_tags(tmp_path)
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(trained):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is installed here; this test checks the message when it is not")
+    cfg, final = trained["ssft"]
+    eval_cfg = dataclasses.replace(cfg.eval, backend="vllm")
+    with pytest.raises(ImportError, match=r"eval\.backend=hf"):
+        evaluate_questions(final, _questions(cfg), eval_cfg, cfg.data, seed=0)
