@@ -23,6 +23,7 @@ from ssft.config_checks import (
 )
 from ssft.config_eval import EvalConfig
 from ssft.config_pipeline import PipelineConfig
+from ssft.config_sweep import SweepConfig
 
 Method = Literal["ssft", "sft_mixed", "random", "single"]
 ModelInit = Literal["pretrained", "random"]
@@ -276,6 +277,7 @@ class ExperimentConfig(Section):
     build: BuildConfig = field(default_factory=BuildConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     # fmt: on
 
     def __post_init__(self) -> None:

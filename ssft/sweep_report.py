@@ -56,9 +56,9 @@ def parse_ints(text: str, flag: str) -> list[int]:
 def parse_prefixes(text: str) -> list[int | None]:
     """``"none,16"`` -> ``[None, 16]`` (none/null/all = score the whole trace)."""
     whole = ("none", "null", "all")
-    out = [None if t.lower() in whole else parse_ints(t, "--prefixes")[0] for t in _items(text)]
+    out = [None if t.lower() in whole else parse_ints(t, "sweep.prefixes")[0] for t in _items(text)]
     if not out or len(set(out)) != len(out):
-        raise ConfigError(f"--prefixes {text!r}: expected distinct values, e.g. none,16.")
+        raise ConfigError(f"sweep.prefixes={text!r}: expected distinct values, e.g. none,16.")
     return out
 
 

@@ -43,7 +43,7 @@ def test_grid_flags_parse_and_reject_bad_values():
             parse_ints(bad, "--num-tags")
     with pytest.raises(ConfigError, match="mean_nll"):
         parse_choices("mean_nll,l2", "--costs", ("mean_nll", "sum_nll"))
-    with pytest.raises(ConfigError, match="--prefixes"):
+    with pytest.raises(ConfigError, match=r"sweep\.prefixes"):
         parse_prefixes("none,all")
 
 
@@ -143,15 +143,16 @@ def test_crashed_trial_is_recorded_and_a_rerun_resumes_it(
     assert sorted(m.step for m in history) == list(range(1, 7))
 
 
-def test_cli_splits_grid_flags_from_config_overrides():
+def test_cli_reads_the_grid_from_the_sweep_section():
     from workflows.sweep import _scheduler, parse_args
 
-    argv = ["--config", CONFIG, "--num-tags", "2,4", "--baselines", "", "--asha", "train.lr=0.01"]
+    argv = ["--config", CONFIG, "sweep.num_tags=2,4", "sweep.baselines=", "sweep.asha=true",
+            "train.lr=0.01"]  # fmt: skip
     cfg, args = parse_args(argv + SHORT)
     assert (args.num_tags, args.baselines, args.asha) == ([2, 4], [], True)
     assert args.costs == ["mean_nll", "sum_nll"] and args.prefixes == [None, 16]
     assert cfg.train.lr == 0.01 and cfg.name == "sweep-tiny"
     asha = _scheduler(args, cfg, n_questions=48)
     assert asha is not None and asha._max_t == 3
-    with pytest.raises(ConfigError, match="--max-concurrent"):
-        parse_args(["--max-concurrent", "0"])
+    with pytest.raises(ConfigError, match=r"sweep\.max_concurrent_trials"):
+        parse_args(["--config", CONFIG, "sweep.max_concurrent_trials=0"])

@@ -4,26 +4,25 @@ L), with the baselines as extra trials; one MLflow parent run, one child run per
 Locally (embedded Ray; MLflow from MLFLOW_TRACKING_URI, else SQLite under runs/; builds the
 trace sets first when data.train_path is null):
     python -m workflows.sweep --config workflows/configs/sweep_tiny.yaml \
-        --num-tags 2,4,6,8 --costs mean_nll,sum_nll --prefixes none,16 \
-        --baselines sft_mixed,random [--asha] [key=value ...]
+        sweep.num_tags=2,4,6,8 sweep.costs=mean_nll,sum_nll sweep.prefixes=none,16 \
+        sweep.baselines=sft_mixed,random [sweep.asha=true] [key=value ...]
 On a cluster (several trials write at once: point MLFLOW_TRACKING_URI at an `mlflow server`,
 e.g. from ops/local_services.sh, never at one SQLite file):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m workflows.sweep --config workflows/configs/sweep_tiny.yaml \
-        data.train_path=<shared path> --num-tags 2,4,6,8
+        data.train_path=<shared path> sweep.output_dir=<shared path>
 
 Each trial is a driver function that builds and fits a TorchTrainer around
 ``workflows.train.train_worker``; metrics reach Tune through ``TuneReportCallback`` (one report
 per checkpoint, so set train.checkpoint_every for ASHA to have something to stop on). A crashing
 trial does not stop the others; the parent run records it. Rerunning the same command resumes:
-Tune restores the experiment under <--storage>/<name>/tune (the grid is the saved one, errored
-trials run again), and each trial's TorchTrainer, named after its trial id, resumes from its last
-checkpoint; the MLflow parent and child runs are reopened, not duplicated.
+Tune restores the experiment under <sweep.output_dir>/<name>/tune (the grid is the saved one,
+errored trials run again), and each trial's TorchTrainer, named after its trial id, resumes
+from its last checkpoint; the MLflow parent and child runs are reopened, not duplicated.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -37,7 +36,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from ssft.config import (
-    ConfigError,
     ExperimentConfig,
     config_from_dict,
     config_to_dict,
@@ -149,7 +147,7 @@ def _scheduler(args: SweepArgs, cfg: ExperimentConfig, n_questions: int) -> ASHA
     every = cfg.train.checkpoint_every
     reports = math.ceil(steps / every) if every else 1
     if reports < 3:
-        print(f"[sweep] --asha: {reports} report(s) per trial leave ASHA nothing to stop; "
+        print(f"[sweep] sweep.asha: {reports} report(s) per trial leave ASHA nothing to stop; "
               "lower train.checkpoint_every", flush=True)  # fmt: skip
     return ASHAScheduler(time_attr="training_iteration", max_t=max(reports, 1), grace_period=1)
 
@@ -221,35 +219,17 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
 
 
 def parse_args(argv: list[str]) -> tuple[ExperimentConfig, SweepArgs]:
-    """The grid flags, then ``--config PATH`` and ``key=value`` overrides (``ssft.config``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m workflows.sweep", add_help=False, allow_abbrev=False,
-        usage="%(prog)s [--config PATH] [grid flags] [key=value ...]",
-    )  # fmt: skip
-    add = parser.add_argument
-    add("--num-tags", default="2,4,6,8", help="N values for SSFT trials (default 2,4,6,8).")
-    add("--costs", default="mean_nll,sum_nll", help=f"Matching cost kinds from {COSTS}.")
-    add("--prefixes", default="none,16", help="Prefix lengths L; none = whole trace.")
-    add("--baselines", default="sft_mixed,random",
-        help=f"Extra trials from {BASELINES}, at the config's N ('' = none).")  # fmt: skip
-    add("--asha", action="store_true", help="Stop weak trials early (ASHA on the loss).")
-    add("--max-concurrent", type=int, help="Trials at once (default: from free CPUs/GPUs).")
-    add("--storage", default="runs/sweeps", help="Tune/Train storage (shared on clusters).")
-    add("-h", "--help", action="store_true", help="This help, then every config field.")
-    args, rest = parser.parse_known_args(argv)
-    if args.help:
-        print(parser.format_help())
-        parse_cli(["--help"])
+    """``--config PATH`` and ``key=value`` overrides; the grid is the ``sweep`` section."""
+    cfg = parse_cli(argv)
+    sw = cfg.sweep
     sweep = SweepArgs(
-        num_tags=parse_ints(args.num_tags, "--num-tags"),
-        costs=parse_choices(args.costs, "--costs", COSTS),
-        prefixes=parse_prefixes(args.prefixes),
-        baselines=parse_choices(args.baselines, "--baselines", BASELINES, allow_empty=True),
-        asha=args.asha, max_concurrent=args.max_concurrent, storage=args.storage,
+        num_tags=parse_ints(sw.num_tags, "sweep.num_tags"),
+        costs=parse_choices(sw.costs, "sweep.costs", COSTS),
+        prefixes=parse_prefixes(sw.prefixes),
+        baselines=parse_choices(sw.baselines, "sweep.baselines", BASELINES, allow_empty=True),
+        asha=sw.asha, max_concurrent=sw.max_concurrent_trials, storage=sw.output_dir,
     )  # fmt: skip
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent {args.max_concurrent}: must be 1 or more.")
-    return parse_cli(rest), sweep
+    return cfg, sweep
 
 
 def main(argv: list[str] | None = None) -> None:
