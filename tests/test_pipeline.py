@@ -1,6 +1,7 @@
 """The main job end to end on an embedded Ray: stages run once, then are reused."""
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -11,11 +12,16 @@ from workflows.pipeline import run
 pytestmark = pytest.mark.slow
 
 
+CONFIG = Path(__file__).resolve().parents[1] / "workflows" / "configs" / "tiny_cpu.yaml"
+
+
 def small(tmp_path, *extra):
+    # RELATIVE output folders, as a user's defaults are: Ray Train workers run in another
+    # directory, so the drivers must resolve them (the test runs from inside tmp_path).
     return parse_cli([
-        "--config", "workflows/configs/tiny_cpu.yaml",
-        f"build.output_dir={tmp_path / 'traces'}", f"train.output_dir={tmp_path / 'train'}",
-        f"eval.output_dir={tmp_path / 'eval'}", f"pipeline.output_dir={tmp_path / 'cmp'}",
+        "--config", str(CONFIG),
+        "build.output_dir=traces", "train.output_dir=train",
+        "eval.output_dir=eval", "pipeline.output_dir=cmp",
         "build.num_questions=24", "train.epochs=1", "train.questions_per_step=8",
         "eval.num_questions=4", "eval.samples_per_tag=1", "pipeline.methods=ssft,sft_mixed",
         *extra,
@@ -23,6 +29,7 @@ def small(tmp_path, *extra):
 
 
 def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     table = run(small(tmp_path))

@@ -13,6 +13,7 @@ crashed build resumes; every shard is a Ray task retried on failure (build.max_t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -62,11 +63,26 @@ def _maybe_inject_fault(index: int) -> None:
         os._exit(1)
 
 
+def _absolute_teacher_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Local model directories and replay files resolved on the driver, for the workers."""
+    teachers = []
+    for t in cfg.build.teachers:
+        changes = {
+            k: str(Path(v).resolve())
+            for k in ("model", "replay_path")
+            if (v := getattr(t, k)) and Path(v).exists()
+        }
+        teachers.append(dataclasses.replace(t, **changes))
+    return dataclasses.replace(cfg, build=dataclasses.replace(cfg.build, teachers=teachers))
+
+
 def run(cfg: ExperimentConfig) -> Path:
     """Build (or resume) the trace sets of ``cfg``; returns the trace-set Parquet path."""
     build = cfg.build
     questions = load_questions(build)
-    build_dir = Path(build.output_dir) / f"{build.split}-{build_key(build, cfg.seed)}"
+    cfg = _absolute_teacher_paths(cfg)
+    # Absolute: Ray workers (and Ray Train, which changes directory) must find the same place.
+    build_dir = Path(build.output_dir).resolve() / f"{build.split}-{build_key(build, cfg.seed)}"
     per = build.questions_per_shard
     shards = [questions[i : i + per] for i in range(0, len(questions), per)]
     print(

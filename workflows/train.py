@@ -13,6 +13,7 @@ train.output_dir/<name>); the final model lands in train.output_dir/<name>/final
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -114,9 +115,28 @@ def train_worker(config: dict) -> None:
             tracker.set_tags({"pass1_tag": result.pass1_tag})
 
 
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """A copy of ``cfg`` whose data and model paths are absolute (resolved on the driver)."""
+
+    def resolve(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else path
+
+    data = dataclasses.replace(
+        cfg.data, train_path=resolve(cfg.data.train_path), eval_path=resolve(cfg.data.eval_path)
+    )
+    model = cfg.model
+    if model.init == "pretrained" and model.name_or_path and Path(model.name_or_path).exists():
+        model = dataclasses.replace(model, name_or_path=resolve(model.name_or_path))
+    if model.tokenizer and model.tokenizer != "char" and Path(model.tokenizer).exists():
+        model = dataclasses.replace(model, tokenizer=resolve(model.tokenizer))
+    return dataclasses.replace(cfg, data=data, model=model)
+
+
 def run(cfg: ExperimentConfig) -> Path:
     """Fit (or resume) the training named ``cfg.name``; returns the final model directory."""
     init_ray()
+    # Ray Train workers run in their own directory: hand them absolute paths.
+    cfg = absolute_paths(cfg)
     storage = Path(cfg.train.output_dir).resolve()
     final_dir = storage / cfg.name / "final_model"
     digest = trace_set_digest(read_trace_sets(cfg.data.train_path))
