@@ -81,7 +81,7 @@ def test_presets_derive_and_tiny_cpu_has_the_promised_values():
     assert (m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size) == (64, 2, 4, 128)
     assert m.max_position_embeddings == 512 and cfg.data.max_seq_len == 256
     assert cfg.forking.num_tags == 4
-    assert cfg.train.lr == 3e-3 and cfg.train.questions_per_step == 16
+    assert cfg.train.lr == 3e-3 and cfg.train.questions_per_step == 32
     assert set(PRESETS) == {"base", "tiny_cpu", "known_modes_experiment", "known_modes_gpu"}
     assert get_preset("tiny_cpu") is tiny_cpu
 
