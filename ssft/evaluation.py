@@ -48,25 +48,44 @@ def sampling_plan(info: dict[str, Any], samples_per_tag: int) -> tuple[list[str]
     return tags, samples_per_tag
 
 
-def evaluate_questions(
-    model_dir: str | Path, questions: Sequence[Question], eval_cfg: Any, data_cfg: Any, seed: int
-) -> list[dict[str, Any]]:
-    """Graded sample rows for ``questions`` (one row per question, tag and sample)."""
+def load_eval_model(model_dir: str | Path):
+    """``(model, tokenizer)`` of a final model directory, in eval mode, on the GPU if any."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def evaluate_questions(
+    model_dir: str | Path,
+    questions: Sequence[Question],
+    eval_cfg: Any,
+    data_cfg: Any,
+    seed: int,
+    *,
+    model=None,
+    tokenizer=None,
+) -> list[dict[str, Any]]:
+    """Graded sample rows for ``questions`` (one row per question, tag and sample).
+
+    Pass an already loaded ``model``/``tokenizer`` (``load_eval_model``) to avoid loading
+    them again; the ``vllm`` backend builds its own engine from ``model_dir``.
+    """
+    from transformers import AutoTokenizer
+
     info = read_model_tags(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
     tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
     common = dict(
         samples_per_tag=per_tag, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
         max_new_tokens=eval_cfg.max_new_tokens, seed=seed,
         use_chat_template=data_cfg.use_chat_template, prompt_template=data_cfg.prompt_template,
     )  # fmt: skip
-    if getattr(eval_cfg, "backend", "hf") == "vllm":
+    if eval_cfg.backend == "vllm":
         rows = sample_with_tags_vllm(str(model_dir), tokenizer, questions, tags, **common)
     else:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+        model = model if model is not None else load_eval_model(model_dir)[0]
         rows = sample_with_tags(
             model, tokenizer, questions, tags, batch_size=eval_cfg.batch_size, **common
         )

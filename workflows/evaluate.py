@@ -28,7 +28,13 @@ from ssft.config import (
     parse_cli,
 )
 from ssft.eval_report import log_eval, write_eval_outputs
-from ssft.evaluation import compute_metrics, evaluate_questions, read_model_tags, sampling_plan
+from ssft.evaluation import (
+    compute_metrics,
+    evaluate_questions,
+    load_eval_model,
+    read_model_tags,
+    sampling_plan,
+)
 from ssft.question_sources import load_questions
 from ssft.sampling import tag_probabilities
 from ssft.teachers.base import Question
@@ -39,17 +45,15 @@ from workflows.ray_runtime import init_ray, ray_job_id
 # [1] One Ray task per shard of questions: load the model, sample under every tag, grade.
 @ray.remote(num_cpus=1)
 def evaluate_shard(cfg_dict: dict, model_dir: str, questions: list[dict]) -> tuple[list, list]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     cfg = config_from_dict(cfg_dict)
     qs = [Question(**q) for q in questions]
-    rows = evaluate_questions(model_dir, qs, cfg.eval, cfg.data, cfg.seed)
-    info = read_model_tags(model_dir)
-    tags, _ = sampling_plan(info, 1)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    model, tok = load_eval_model(model_dir)  # loaded once: sampling and tag probabilities
+    rows = evaluate_questions(model_dir, qs, cfg.eval, cfg.data, cfg.seed, model=model,
+                              tokenizer=tok)  # fmt: skip
+    tags, _ = sampling_plan(read_model_tags(model_dir), 1)
     probs = tag_probabilities(model, tok, qs, tags, use_chat_template=cfg.data.use_chat_template,
                               prompt_template=cfg.data.prompt_template)  # fmt: skip
     return rows, probs
