@@ -41,6 +41,7 @@ import yaml
 from ssft.config_build import BuildConfig, QuestionSource, Split, TeacherConfig, TeacherKind
 from ssft.config_checks import (
     ConfigError,
+    InputError,
     field_types,
     fmt,
     is_str_like,
@@ -72,6 +73,7 @@ __all__ = [
     "DataConfig",
     "ExperimentConfig",
     "ForkingConfig",
+    "InputError",
     "LRSchedule",
     "MatchingConfig",
     "MatchingCost",
@@ -231,13 +233,53 @@ def _parse_override(item: str, d: dict[str, Any]) -> None:
     (d[section] if section else d)[leaf] = _parse_value(key, raw, types[key], source)
 
 
+class _StrictYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key written twice in one mapping.
+
+    PyYAML keeps the last of two equal keys silently, so a setting pasted twice (or a typo
+    that lands on a real key) would override the other without a word. ``<<`` merges may
+    still be overridden by explicit keys, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} repeats line {first}; keep one", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    where = f"config file {str(path)!r}"
     try:
-        loaded = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} not found (cwd-relative path).") from None
+        raise ConfigError(f"{where} not found (cwd-relative path).") from None
+    except OSError as err:
+        raise ConfigError(f"{where} cannot be read ({err.strerror or err}).") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{where}, line {line}: byte {err.start} is not valid UTF-8 ({err.reason}); save "
+            "the file as UTF-8."
+        ) from None
+    try:
+        loaded = yaml.load(text, Loader=_StrictYamlLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply to be a config.") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, Mapping):
@@ -271,7 +313,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(f"overrides must be a list of key=value strings, got {overrides!r}.")
     for item in overrides:
         _parse_override(item, d)
-    return config_from_dict(d)
+    try:
+        return config_from_dict(d)
+    except ConfigError as err:
+        if path is None:
+            raise
+        # Value rules see the merged config; say which file it came from.
+        layers = f"config file {str(path)!r} (over its preset)"
+        layers += f" and {len(overrides)} override(s)" if overrides else ""
+        raise ConfigError(f"{err} [settings from {layers}]") from None
 
 
 def config_help() -> str:

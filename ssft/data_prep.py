@@ -12,7 +12,12 @@ Runs once per dataset (not per step). For each question, in this order:
    methods (ssft, random), where each trace needs its own tag:
    ``too_many_traces="error"`` (default) stops with the question's file, row and the
    fix; ``"keep_most_distinct"`` keeps N traces and counts the rest (``too_many_traces``).
-5. A question left with no trace is dropped (``questions_without_traces``).
+5. A question left with no trace (none correct, or all dropped above) is dropped and
+   counted (``questions_without_traces``); the build stage lists such questions in
+   ``rejected_questions.json``. Training with none left at all is an error (``setup_run``).
+
+Errors (``overlong="error"``, M > N under ``"error"``) are ``InputError``s naming the file,
+row, question_id, field and the setting that fixes them.
 
 "Most distinct" is greedy farthest-point selection under the Jaccard distance of token
 trigram sets: start from the first stored trace, repeatedly add the trace farthest from
@@ -26,6 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ssft.config_checks import ConfigError, InputError
 from ssft.sequences import (
     DEFAULT_PROMPT_TEMPLATE,
     TokenizedQuestion,
@@ -92,11 +98,11 @@ def tokenize_trace_sets(
 ) -> tuple[list[TokenizedQuestion], PrepStats]:
     """Tokenize and filter trace sets (see module doc). ``injective``: ssft/random methods."""
     if too_many_traces not in ("error", "keep_most_distinct"):
-        raise ValueError(
-            f"too_many_traces={too_many_traces!r}: use 'error' or 'keep_most_distinct'"
+        raise ConfigError(
+            f"data.too_many_traces={too_many_traces!r}: use 'error' or 'keep_most_distinct'"
         )
     if overlong not in ("error", "drop"):
-        raise ValueError(f"overlong={overlong!r}: use 'error' or 'drop'")
+        raise ConfigError(f"data.overlong={overlong!r}: use 'error' or 'drop'")
     eot = end_of_turn_id(tokenizer, end_of_turn_token)
     stats, out = PrepStats(), []
     for row, ts in enumerate(sets):
@@ -118,7 +124,7 @@ def tokenize_trace_sets(
             length = len(prompt_ids) + 1 + len(ids)
             if length > max_seq_len:
                 if overlong == "error":
-                    raise ValueError(
+                    raise InputError(
                         f"{where}: field 'traces[{j}].text' makes a {length}-token sequence "
                         "(prompt + tag + trace + end-of-turn), over "
                         f"data.max_seq_len={max_seq_len}. Raise data.max_seq_len, or set "
@@ -132,7 +138,7 @@ def tokenize_trace_sets(
             kept = [kept[k] for k in most_distinct([i for _, i in kept], max_traces_per_question)]
         if injective and len(kept) > num_tags:
             if too_many_traces == "error":
-                raise ValueError(
+                raise InputError(
                     f"{where}: field 'traces' has {len(kept)} usable traces but forking.num_tags="
                     f"{num_tags}; each trace needs a distinct tag. Raise forking.num_tags to "
                     f"{len(kept)}, set data.max_traces_per_question={num_tags}, or set "

@@ -27,6 +27,10 @@ import torch
 
 DEFAULT_TAG_FORMAT = "<think{i}>"
 DEFAULT_SHARED_TAG = "<think>"
+# Why a cap: the cost step runs N x M prefix forwards per question and every tag is a new
+# embedding row, so N in the thousands costs hours per step and dilutes the tags' training
+# signal; the paper uses N = 6. A value above this is a typo (60 for 6), not an experiment.
+MAX_NUM_TAGS = 1024
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,30 @@ class ForkingTokens:
 
 
 def tag_strings(num_tags: int, tag_format: str = DEFAULT_TAG_FORMAT) -> tuple[str, ...]:
-    """``('<think1>', ..., '<thinkN>')`` for the given format (1-based, as in the paper)."""
-    if num_tags < 1:
-        raise ValueError(f"num_tags={num_tags}: need at least one forking token.")
+    """``('<think1>', ..., '<thinkN>')`` for the given format (1-based, as in the paper).
+
+    ``num_tags`` must be an int in [1, ``MAX_NUM_TAGS``]; see the cap's comment for why.
+    """
+    if isinstance(num_tags, bool) or not isinstance(num_tags, int):
+        raise TypeError(
+            f"forking.num_tags={num_tags!r}: expected an integer number of forking tokens, "
+            f"got {type(num_tags).__name__}."
+        )
+    if not 1 <= num_tags <= MAX_NUM_TAGS:
+        raise ValueError(
+            f"forking.num_tags={num_tags}: must be between 1 and {MAX_NUM_TAGS} (each trace of "
+            "a question needs its own tag, and the cost step runs N x M forwards per question; "
+            "the paper uses 6). Set forking.num_tags to the most traces a question keeps."
+        )
     if "{i}" not in tag_format:
         raise ValueError(f"tag_format={tag_format!r} must contain '{{i}}', e.g. '<think{{i}}>'.")
-    return tuple(tag_format.format(i=i) for i in range(1, num_tags + 1))
+    try:
+        return tuple(tag_format.format(i=i) for i in range(1, num_tags + 1))
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"forking.tag_format={tag_format!r} is not a str.format template with only {{i}} "
+            f"({err!r}); write literal braces as {{{{ and }}}}."
+        ) from None
 
 
 def add_forking_tokens(

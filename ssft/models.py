@@ -3,7 +3,12 @@
 Two sources, one entry point (``load_model_and_tokenizer``):
 
 - ``init="pretrained"``: ``from_pretrained`` on a local directory or hub id, exactly what a
-  user runs on a real model. ``trust_remote_code`` stays off unless the config opts in.
+  user runs on a real model. ``trust_remote_code`` stays off unless the config opts in
+  (``model.trust_remote_code``, default false), and it is always passed explicitly: left
+  unset, transformers would *prompt* on a terminal. A model directory whose ``config.json``
+  (or ``tokenizer_config.json``) maps to its own Python code (``auto_map``) then loads with
+  the built-in class when transformers has one, else fails with an ``InputError`` naming
+  the file and the setting; the directory's code is never imported.
 - ``init="random"``: a small Llama-shaped model with random weights, built from the config's
   size fields, with the built-in character tokenizer (``tokenizer="char"``) or any saved one.
   This is how tests and CPU experiments run without a model hub, and how the known-modes
@@ -17,10 +22,15 @@ by every CPU test.
 
 from __future__ import annotations
 
+import json
 import string
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from ssft.config_checks import InputError
 
 CHAR_SPECIAL_TOKENS = ("<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>")
 CHAR_CHAT_TEMPLATE = (
@@ -55,6 +65,41 @@ def build_char_tokenizer():
     return tokenizer
 
 
+def _auto_map(source: str, filename: str) -> dict[str, Any] | None:
+    """The ``auto_map`` of a local model directory's JSON config, if it has one."""
+    path = Path(source) / filename
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not a local directory, or a file transformers reports on itself
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    return auto_map if isinstance(auto_map, dict) and auto_map else None
+
+
+def _from_pretrained(
+    load: Callable[..., Any], source: str, model_cfg: Any, filenames: tuple[str, ...], **kwargs: Any
+) -> Any:
+    """``load(source, trust_remote_code=<the config's flag>)``, explaining a custom-code refusal.
+
+    ``filenames``: the JSON configs whose ``auto_map`` this loader follows, in its order.
+    """
+    trust = model_cfg.trust_remote_code is True
+    try:
+        return load(source, trust_remote_code=trust, **kwargs)
+    except ValueError as err:
+        mapped = [(f, m) for f in filenames if (m := _auto_map(source, f))]
+        if trust or not mapped:
+            raise
+        filename, auto_map = mapped[0]
+        raise InputError(
+            f"model directory {source!r}, file {filename!r}, field 'auto_map': maps "
+            f"{sorted(auto_map)} to Python code shipped with the model, transformers has no "
+            "built-in class for it, and model.trust_remote_code is false, so that code was not "
+            "run. Read it, then set model.trust_remote_code=true to run it, or convert the "
+            "model to a built-in architecture."
+        ) from err
+
+
 def load_tokenizer(model_cfg: Any):
     """The tokenizer named by ``model.tokenizer`` (or ``model.name_or_path``), pad token set."""
     from transformers import AutoTokenizer
@@ -63,9 +108,8 @@ def load_tokenizer(model_cfg: Any):
     if source == "char":
         tokenizer = build_char_tokenizer()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=model_cfg.trust_remote_code
-        )
+        files = ("tokenizer_config.json", "config.json")
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, model_cfg, files)
     if tokenizer.pad_token is None:
         # Padding is always masked out (attention mask and labels), so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
@@ -108,7 +152,23 @@ def load_model_and_tokenizer(model_cfg: Any, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     dtype = _DTYPES.get(model_cfg.dtype, "auto")
-    model = AutoModelForCausalLM.from_pretrained(
-        model_cfg.name_or_path, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code
-    )
+    load = AutoModelForCausalLM.from_pretrained
+    model = _from_pretrained(load, model_cfg.name_or_path, model_cfg, ("config.json",), dtype=dtype)
     return model, tokenizer
+
+
+def check_context_length(model: torch.nn.Module, max_seq_len: int) -> None:
+    """Refuse ``data.max_seq_len`` beyond the model's position limit, before any step runs.
+
+    Sequences are filtered to ``max_seq_len`` (``ssft.data_prep``); if that exceeds the
+    positions a pretrained model was built for, long traces would reach untrained (or, for
+    learned position tables, missing) positions. Random-init models are checked by the config.
+    """
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_seq_len > limit:
+        raise InputError(
+            f"data.max_seq_len={max_seq_len} but the model takes at most {limit} positions "
+            f"(config.max_position_embeddings): longer traces would not fit its context. Set "
+            f"data.max_seq_len <= {limit}; traces over it are dropped and counted "
+            "(data.overlong=drop) or stop the run (data.overlong=error)."
+        )

@@ -17,9 +17,12 @@ Sources:
   ``datasets/known_modes`` split (seed 0, digits 2): those files are what this source
   returns for ``num_questions`` 512 (train) and 128 (test).
 - ``jsonl``: ``questions_path``, one JSON object per line with string fields question_id,
-  prompt, gold_answer and source (other keys are ignored; blank lines are skipped). The whole
-  file is checked before ``num_questions`` keeps its first questions, so a bad file fails
-  whatever the cap; errors name the file, line and field. ``split`` and the seed are unused.
+  prompt, gold_answer and source, none blank (other keys are ignored; blank lines are
+  skipped). The whole file is checked before ``num_questions`` keeps its first questions, so
+  a bad file fails whatever the cap; a ``QuestionFileError`` names the file, line (from 1)
+  and field. Rejected: bytes that are not UTF-8, a key written twice on one line, a repeated
+  question_id, text that cannot be encoded (a lone ``\\ud800`` escape). ``split`` and the
+  seed are unused.
 - ``reasoning_gym``: ``reasoning_gym.create_dataset(task, size=num_questions, seed=...)``.
   Train uses ``question_seed``, test ``question_seed + REASONING_GYM_TEST_SEED_OFFSET``.
   reasoning-gym draws item i from ``Random(seed + i)``, so the two splits use disjoint random
@@ -37,6 +40,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ssft.config_checks import ConfigError, InputError
 from ssft.teachers.base import Question
 
 SOURCES = ("known_modes", "jsonl", "reasoning_gym", "champ")
@@ -46,28 +50,42 @@ REASONING_GYM_TEST_SEED_OFFSET = 1_000_003
 _FIELDS = ("question_id", "prompt", "gold_answer", "source")
 
 
+class QuestionFileError(InputError):
+    """A bad questions file; the message names the file, the line (from 1) and the field."""
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` keeps the last of two equal keys silently; a question must not change so."""
+    row: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in row:
+            raise QuestionFileError(f"field {key!r} appears twice in one object; keep one")
+        row[key] = value
+    return row
+
+
 def load_questions(build_cfg: Any) -> list[Question]:
     """The questions ``build_cfg`` names, in source order (see the module docstring)."""
     source, n = build_cfg.questions, build_cfg.num_questions
     if source not in SOURCES:
-        raise ValueError(f"build.questions={source!r}: unknown source; choose one of {SOURCES}")
+        raise ConfigError(f"build.questions={source!r}: unknown source; choose one of {SOURCES}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"build.num_questions={n!r}: must be an int >= 1, or None for all")
+        raise ConfigError(f"build.num_questions={n!r}: must be an int >= 1, or None for all")
     if source == "jsonl":
         if not build_cfg.questions_path:
-            raise ValueError("build.questions='jsonl' needs build.questions_path, a JSONL file")
+            raise ConfigError("build.questions='jsonl' needs build.questions_path, a JSONL file")
         return read_questions_jsonl(build_cfg.questions_path)[:n]
     if source == "champ":
         from ssft.teachers.replay import champ_questions
 
         return list(champ_questions())[:n]
     if n is None:
-        raise ValueError(
+        raise ConfigError(
             f"build.questions={source!r} generates questions, so build.num_questions must be "
             "a number; set e.g. build.num_questions=64"
         )
     if build_cfg.split not in SPLITS:
-        raise ValueError(f"build.split={build_cfg.split!r}: choose one of {SPLITS}")
+        raise ConfigError(f"build.split={build_cfg.split!r}: choose one of {SPLITS}")
     if source == "known_modes":
         return _known_modes(build_cfg.split, n, build_cfg.question_seed, build_cfg.digits)
     return _reasoning_gym(build_cfg.reasoning_gym_task, build_cfg.split, n, build_cfg.question_seed)
@@ -77,7 +95,7 @@ def _known_modes(split: str, n: int, seed: int, digits: int) -> list[Question]:
     from ssft import known_modes
 
     if split == "test" and n > KNOWN_MODES_TEST_SIZE:
-        raise ValueError(
+        raise ConfigError(
             f"build.num_questions={n} with split='test': the known-modes test split is the "
             f"stream's first {KNOWN_MODES_TEST_SIZE} questions (fixed, so train and test never "
             f"overlap); set build.num_questions <= {KNOWN_MODES_TEST_SIZE}"
@@ -95,7 +113,7 @@ def _reasoning_gym(task: str, split: str, n: int, seed: int) -> list[Question]:
     if task not in DATASETS:
         near = difflib.get_close_matches(task, list(DATASETS), n=3)
         hint = f"did you mean {near}?" if near else f"valid tasks include {sorted(DATASETS)[:8]}"
-        raise ValueError(f"build.reasoning_gym_task={task!r} is not a reasoning-gym task; {hint}")
+        raise ConfigError(f"build.reasoning_gym_task={task!r} is not a reasoning-gym task; {hint}")
     if split == "test":
         seed += REASONING_GYM_TEST_SEED_OFFSET
     dataset = reasoning_gym.create_dataset(task, size=n, seed=seed)
@@ -103,7 +121,7 @@ def _reasoning_gym(task: str, split: str, n: int, seed: int) -> list[Question]:
     for i, item in enumerate(dataset):
         gold = str(item["answer"])
         if not gold.strip():
-            raise ValueError(f"reasoning-gym task {task!r} seed {seed} item {i}: empty answer")
+            raise InputError(f"reasoning-gym task {task!r} seed {seed} item {i}: empty answer")
         qid = f"rg-{task}-s{seed}-{i:05d}"
         questions.append(Question(qid, item["question"], gold, f"reasoning_gym/{task}"))
     return questions
@@ -113,7 +131,10 @@ def read_questions_jsonl(path: str | Path) -> list[Question]:
     """All questions of a JSONL file; ValueError names the file, line (from 1) and field."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"questions file {str(path)!r} does not exist or is not a file")
+        raise QuestionFileError(
+            f"questions file {str(path)!r} does not exist or is not a file; set "
+            "build.questions_path to a JSONL file"
+        )
     questions: list[Question] = []
     line_of: dict[str, int] = {}
     with path.open("rb") as handle:
@@ -122,41 +143,53 @@ def read_questions_jsonl(path: str | Path) -> list[Question]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ValueError(
+                raise QuestionFileError(
                     f"{where}: byte {exc.start} is not valid UTF-8 ({exc.reason}); save the "
                     "file as UTF-8"
                 ) from None
             if not line.strip():
                 continue
             try:
-                row = json.loads(line.rstrip())  # columns count from the line's start
+                # Columns count from the line's start.
+                row = json.loads(line.rstrip(), object_pairs_hook=_object_without_repeated_keys)
             except json.JSONDecodeError as exc:
-                raise ValueError(
+                raise QuestionFileError(
                     f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); each line must "
                     "be one JSON object"
                 ) from None
+            except QuestionFileError as exc:
+                raise QuestionFileError(f"{where}: {exc}") from None
+            except RecursionError:
+                raise QuestionFileError(f"{where}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 got = type(row).__name__
-                raise ValueError(f"{where}: a JSON {got}, expected an object with {_FIELDS}")
+                raise QuestionFileError(f"{where}: a JSON {got}, expected an object with {_FIELDS}")
             for name in _FIELDS:
                 if name not in row:
-                    raise ValueError(
+                    raise QuestionFileError(
                         f"{where}: field {name!r} is missing; every line needs {', '.join(_FIELDS)}"
                     )
                 value = row[name]
                 if not isinstance(value, str) or not value.strip():
-                    raise ValueError(
+                    raise QuestionFileError(
                         f"{where}: field {name!r} is {value!r:.60}; expected a non-empty string "
                         '(write numbers as strings, e.g. "46")'
                     )
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise QuestionFileError(
+                        f"{where}: field {name!r} has a lone surrogate escape at character "
+                        f"{exc.start}, which is not text; fix the writer's escaping"
+                    ) from None
             qid = row["question_id"]
             if qid in line_of:
-                raise ValueError(
+                raise QuestionFileError(
                     f"{where}: field 'question_id' value {qid!r} repeats line {line_of[qid]}; "
                     "question ids must be unique within a file"
                 )
             line_of[qid] = lineno
             questions.append(Question(*(row[name] for name in _FIELDS)))
     if not questions:
-        raise ValueError(f"questions file {str(path)!r} holds no questions")
+        raise QuestionFileError(f"questions file {str(path)!r} holds no questions")
     return questions

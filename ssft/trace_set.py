@@ -9,14 +9,14 @@ policy, belong to the training side.
 Schema (one Parquet row per question; rows are numbered from 0 in every error message)::
 
     column             arrow type      rule
-    question_id        string          non-empty, unique within the file
-    prompt             string          non-empty; the question as shown to the model
-    gold_answer        string          non-empty
-    source             string          non-empty, e.g. "known_modes/addition", "champ"
+    question_id        string          not blank (empty or whitespace-only), unique in the file
+    prompt             string          not blank; the question as shown to the model
+    gold_answer        string          not blank
+    source             string          not blank, e.g. "known_modes/addition", "champ"
     traces             list<struct>    may be empty; order is kept (it breaks ties downstream)
-      .trace_id        string          non-empty, unique within its question
-      .teacher         string          non-empty, e.g. a model name or "replay:gpt-4"
-      .text            string          not empty or whitespace-only
+      .trace_id        string          not blank, unique within its question
+      .teacher         string          not blank, e.g. a model name or "replay:gpt-4"
+      .text            string          not blank
       .parsed_answer   string, null    null when no answer could be parsed
       .correct         bool            graded against gold_answer; never null
       .num_tokens      int32, null     length under the teacher's tokenizer, >= 0
@@ -24,7 +24,13 @@ Schema (one Parquet row per question; rows are numbered from 0 in every error me
 
 The schema version is stored in the Parquet schema metadata under ``SCHEMA_VERSION_KEY``. On
 read, column types must match exactly, except that ``large_string``/``large_list`` are accepted
-for ``string``/``list`` and int64 for ``num_tokens`` (values must fit int32).
+for ``string``/``list`` and int64 for ``num_tokens`` (values must fit int32). Every string
+must be valid UTF-8: Arrow does not check this when reading, so a corrupt or mis-encoded file
+is caught here and its row and field named.
+
+Corruption: files are written with Parquet page checksums (CRC32), which ``read_trace_sets``
+verifies, so flipped bits in a data page fail the read instead of changing a trace. Files from
+other writers usually have none; for them only the checks above apply.
 
 Atomic write: ``write_trace_sets`` validates, writes ``.<name>.tmp-<pid>-<random>`` in the target
 directory, fsyncs it and ``os.replace``s it onto the final name, so readers see either the old
@@ -46,6 +52,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ssft.config_checks import InputError
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"ssft.trace_set.schema_version"
@@ -111,7 +119,7 @@ _REQUIRED_STR = {
 }
 
 
-class TraceSetError(ValueError):
+class TraceSetError(InputError):
     """Invalid trace-set data or file; the message names file, row, question_id and field."""
 
 
@@ -133,8 +141,8 @@ def _str_problem(value: Any, name: str, optional: bool = False) -> str | None:
         return None if optional else f"is null; {_REQUIRED_STR[name]}."
     if not isinstance(value, str):
         return f"has type {type(value).__name__} ({value!r:.60}), expected str."
-    if not optional and not (value.strip() if name == "text" else value):
-        blank = "empty or whitespace-only" if name == "text" else "empty"
+    if not optional and not value.strip():
+        blank = "whitespace-only" if value else "empty"
         return f"is {blank}; {_REQUIRED_STR[name]}."
     try:
         value.encode("utf-8")
@@ -267,14 +275,20 @@ def _field_problems(found: list[pa.Field], expected: list[pa.Field], prefix: str
 
 
 def _check_schema(schema: pa.Schema, where: str) -> None:
-    version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY, SCHEMA_VERSION.encode()).decode()
+    raw_version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY, SCHEMA_VERSION.encode())
+    version = raw_version.decode("utf-8", errors="replace")
     if not version.isdigit() or int(version) > int(SCHEMA_VERSION):
         raise TraceSetError(
             f"{where}: schema version {version!r} (metadata key {SCHEMA_VERSION_KEY.decode()!r}) "
             f"is not one this code reads (up to {SCHEMA_VERSION!r}). Update ssft, or rewrite "
             "the file with this version."
         )
-    problems = _field_problems(list(schema), list(TRACE_SET_SCHEMA), "")
+    problems = [
+        f"field {name!r} appears {schema.names.count(name)} times; keep one."
+        for name in dict.fromkeys(schema.names)
+        if schema.names.count(name) > 1
+    ]
+    problems += _field_problems(list(schema), list(TRACE_SET_SCHEMA), "")
     if problems:
         raise TraceSetError(f"{where}, schema (all rows): " + " ".join(problems))
 
@@ -283,9 +297,45 @@ def from_table(table: pa.Table, source_name: str = "<table>") -> list[TraceSet]:
     """Check the schema, validate every row, and return the trace sets in row order."""
     where = _describe(source_name)
     _check_schema(table.schema, where)
-    rows = table.select(TRACE_SET_SCHEMA.names).to_pylist()
+    table = table.select(TRACE_SET_SCHEMA.names)
+    try:
+        rows = table.to_pylist()
+    except UnicodeDecodeError:
+        raise _utf8_error(table, where) from None
     _check_rows(rows, where)
     return [TraceSet(**{**row, "traces": tuple(Trace(**t) for t in row["traces"])}) for row in rows]
+
+
+_NOT_UTF8 = (
+    "holds bytes that are not valid UTF-8: the file is corrupt, or its writer stored text in "
+    "another encoding. Regenerate or re-copy it, or decode the text before writing."
+)
+
+
+def _undecodable(scalar: pa.Scalar) -> bool:
+    try:
+        scalar.as_py()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _utf8_error(table: pa.Table, where: str) -> TraceSetError:
+    """The first string that is not valid UTF-8, by row and field (only on the error path)."""
+    trace_fields = [f.name for f in _TRACE_TYPE]
+    for i in range(table.num_rows):
+        qid_scalar = table.column("question_id")[i]
+        qid = None if _undecodable(qid_scalar) else qid_scalar.as_py()
+        for name in ("question_id", "prompt", "gold_answer", "source"):
+            if _undecodable(table.column(name)[i]):
+                return _row_error(where, i, qid, name, _NOT_UTF8)
+        traces = table.column("traces")[i].values
+        for j in range(0 if traces is None else len(traces)):
+            trace = traces[j]
+            for name in trace_fields if trace.is_valid else ():
+                if _undecodable(trace[name]):
+                    return _row_error(where, i, qid, f"traces[{j}].{name}", _NOT_UTF8)
+    return TraceSetError(f"{where}: {_NOT_UTF8}")
 
 
 def read_trace_sets(path: str | os.PathLike) -> list[TraceSet]:
@@ -295,9 +345,10 @@ def read_trace_sets(path: str | os.PathLike) -> list[TraceSet]:
         state = "is not a regular file" if os.path.exists(path) else "does not exist"
         raise TraceSetError(f"{where} {state} (cwd {os.getcwd()!r}). Check the path.")
     try:
-        with pq.ParquetFile(path) as parquet:
+        with pq.ParquetFile(path, page_checksum_verification=True) as parquet:
             table = parquet.read()
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        # UnicodeDecodeError: a corrupt footer whose column names are not UTF-8.
         raise TraceSetError(
             f"{where} is not a readable Parquet file ({type(exc).__name__}: {exc}). It may be "
             "truncated by an interrupted copy or not Parquet at all; regenerate or re-copy it."
@@ -306,7 +357,7 @@ def read_trace_sets(path: str | os.PathLike) -> list[TraceSet]:
 
 
 def write_trace_sets(path: str | os.PathLike, sets: Sequence[TraceSet]) -> str:
-    """Validate, write atomically (see module docstring) with zstd, and return the digest."""
+    """Validate, write atomically with zstd and page checksums (module docstring); the digest."""
     path = os.fspath(path)
     table = _validated_table(sets, f"trace sets to write to {path!r}")
     directory, name = os.path.split(os.path.abspath(path))
@@ -314,7 +365,7 @@ def write_trace_sets(path: str | os.PathLike, sets: Sequence[TraceSet]) -> str:
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "xb") as f:
-            pq.write_table(table, f, compression="zstd")
+            pq.write_table(table, f, compression="zstd", write_page_checksum=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

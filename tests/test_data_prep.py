@@ -1,5 +1,6 @@
 import pytest
 
+from ssft.config_checks import ConfigError, InputError
 from ssft.data_prep import most_distinct, tokenize_trace_sets
 from ssft.trace_set import Trace, TraceSet
 
@@ -41,7 +42,7 @@ def test_overlong_drop_or_error(tokenizer):
     sets = [trace_set("a", ["1" * 10, "1" * 200])]
     questions, stats = tokenize_trace_sets(sets, tokenizer, num_tags=4, max_seq_len=64)
     assert questions[0].num_traces == 1 and stats.dropped["overlong"] == 1
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(InputError) as err:
         tokenize_trace_sets(
             sets, tokenizer, num_tags=4, max_seq_len=64, overlong="error", source_name="tr.parquet"
         )
@@ -55,7 +56,7 @@ def test_overlong_drop_or_error(tokenizer):
 
 def test_more_traces_than_tags_errors_by_default(tokenizer):
     sets = [trace_set("a", ["1"]), trace_set("b", ["1+0=1", "0+1=1", "1-0=1"])]
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(InputError) as err:
         tokenize_trace_sets(sets, tokenizer, num_tags=2, source_name="x.parquet")
     msg = str(err.value)
     assert (
@@ -92,3 +93,36 @@ def test_most_distinct_is_deterministic():
     traces = [[1, 2, 3, 4], [1, 2, 3, 4], [9, 8, 7, 6], [1, 2, 3, 5]]
     assert most_distinct(traces, 2) == [0, 2]
     assert most_distinct(traces, 9) == [0, 1, 2, 3]
+
+
+def test_questions_without_a_correct_trace_are_dropped_and_counted(tokenizer):
+    """No correct trace, or every correct one overlong: dropped, counted, never an empty set."""
+    sets = [
+        trace_set("none-correct", ["1+0=2", "1+0=3"], [False, False]),
+        trace_set("no-traces", []),
+        trace_set("only-overlong", ["1" * 300]),
+        trace_set("fine", ["1+0=1"]),
+    ]
+    questions, stats = tokenize_trace_sets(sets, tokenizer, num_tags=2, max_seq_len=64)
+    assert [q.question_id for q in questions] == ["fine"]
+    assert stats.dropped == {"incorrect": 2, "overlong": 1, "questions_without_traces": 3}
+    assert "kept 1/4 traces of 1/4 questions" in stats.summary()
+
+
+def test_every_trace_longer_than_the_context_errors_with_overlong_error(tokenizer):
+    """The first overlong trace stops the run; nothing is silently cut to fit."""
+    sets = [trace_set("a", ["1+0=1"]), trace_set("b", ["1+0=1", "x" * 500])]
+    with pytest.raises(InputError) as err:
+        tokenize_trace_sets(
+            sets, tokenizer, num_tags=4, max_seq_len=100, overlong="error", source_name="t.pq"
+        )
+    assert "'t.pq', row 1 (question_id='b')" in str(err.value)
+    assert "'traces[1].text'" in str(err.value) and "data.overlong=drop" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("too_many_traces", "drop"), ("overlong", "truncate")]
+)
+def test_unknown_policy_names_the_setting(tokenizer, option, value):
+    with pytest.raises(ConfigError, match=f"data.{option}={value!r}"):
+        tokenize_trace_sets([trace_set("a", ["1"])], tokenizer, num_tags=2, **{option: value})

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from ssft.forking_tokens import add_forking_tokens, tag_strings
+from ssft.forking_tokens import MAX_NUM_TAGS, add_forking_tokens, tag_strings
 from ssft.models import build_char_tokenizer, build_random_model
 from tests.conftest import tiny_model_config
 
@@ -86,3 +86,61 @@ def test_existing_plain_token_that_splits_is_an_error():
     tok = build_char_tokenizer()
     with pytest.raises(ValueError, match="ordinary tokens"):
         add_forking_tokens(tok, None, num_tags=1, tag_format="{i}")  # "1" is an ordinary char
+
+
+@pytest.mark.parametrize(
+    ("num_tags", "error", "match"),
+    [
+        (0, ValueError, r"forking\.num_tags=0: must be between 1 and 1024"),
+        (-3, ValueError, r"forking\.num_tags=-3"),
+        (MAX_NUM_TAGS + 1, ValueError, r"forking\.num_tags=1025: must be between 1 and 1024"),
+        (10**9, ValueError, r"forking\.num_tags=1000000000"),
+        (True, TypeError, r"forking\.num_tags=True: expected an integer"),
+        (4.0, TypeError, r"forking\.num_tags=4\.0: expected an integer"),
+    ],
+)
+def test_num_tags_out_of_range_or_type_is_an_error(num_tags, error, match):
+    """Checked before the tokenizer or model is touched: nothing is added on failure."""
+    tok = build_char_tokenizer()
+    model = build_random_model(tiny_model_config(), len(tok), tok)
+    before, rows = len(tok), model.get_input_embeddings().weight.shape[0]
+    with pytest.raises(error, match=match):
+        add_forking_tokens(tok, model, num_tags=num_tags)
+    assert len(tok) == before and model.get_input_embeddings().weight.shape[0] == rows
+
+
+def test_the_cap_itself_is_allowed():
+    tok = build_char_tokenizer()
+    tags = add_forking_tokens(tok, None, num_tags=MAX_NUM_TAGS)
+    assert tags.num_tags == MAX_NUM_TAGS and len(set(tags.tag_ids)) == MAX_NUM_TAGS
+    last = tags.tags[-1]
+    assert tok.encode(last, add_special_tokens=False) == [tags.tag_ids[-1]]
+
+
+def test_bad_tag_format_template_is_a_value_error():
+    with pytest.raises(ValueError, match=r"tag_format='<t\{i\}\{j\}>' is not a str\.format"):
+        tag_strings(2, "<t{i}{j}>")
+
+
+def test_tags_already_added_as_plain_added_tokens_are_reused():
+    """A tokenizer that holds <think1> as a non-special added token: reused, not re-added."""
+    tok = build_char_tokenizer()
+    tok.add_tokens(["<think1>"])  # special_tokens=False
+    tid = tok.convert_tokens_to_ids("<think1>")
+    tags = add_forking_tokens(tok, None, num_tags=2)
+    assert tags.added == 2 and tags.tag_ids[0] == tid  # <think2> and <think> are new
+
+
+def test_collision_with_an_ordinary_multi_character_token():
+    """A BPE-style vocabulary that already spells a tag as one ordinary token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<think2>": 1, "a": 2, "<think>": 3}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    with pytest.raises(ValueError) as err:
+        add_forking_tokens(tok, None, num_tags=3)
+    assert "['<think2>', '<think>'] are ordinary tokens" in str(err.value)
+    assert "forking.tag_format" in str(err.value)

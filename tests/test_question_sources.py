@@ -12,9 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from ssft.config_checks import ConfigError
 from ssft.question_sources import (
     KNOWN_MODES_TEST_SIZE,
     REASONING_GYM_TEST_SEED_OFFSET,
+    QuestionFileError,
     load_questions,
     read_questions_jsonl,
 )
@@ -118,21 +120,28 @@ def test_jsonl_ignores_extra_keys_and_blank_lines(tmp_path):
         (json.dumps(row(9, prompt="  ")), r":3: field 'prompt' is '  '; expected a non-empty"),
         (json.dumps(row(0)), r":3: field 'question_id' value 'q0' repeats line 1"),
         (b'{"question_id": "q\xff9"}\n', r":3: byte 18 is not valid UTF-8"),
+        (json.dumps(row(9)).replace("}", ', "gold_answer": "8"}'),
+         r":3: field 'gold_answer' appears twice in one object"),
+        (json.dumps(row(9, prompt="\ud800 + 1 = ?")), r":3: field 'prompt' has a lone surrogate"),
+        ("[" * 100_000 + "]" * 100_000, r":3: JSON nested too deeply"),
+        (json.dumps(row(9, gold_answer=None)), r":3: field 'gold_answer' is None; expected"),
     ],
 )  # fmt: skip
 def test_jsonl_errors_name_file_line_and_field(tmp_path, bad_line, message):
     path = write_lines(tmp_path, [json.dumps(row(0)), json.dumps(row(1)), bad_line, "{"])
-    with pytest.raises(ValueError, match="^" + re.escape(str(path)) + message):
+    with pytest.raises(QuestionFileError, match="^" + re.escape(str(path)) + message):
         # The cap does not hide a bad line further down.
         load_questions(cfg(questions="jsonl", questions_path=str(path), num_questions=1))
 
 
 def test_jsonl_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
+    with pytest.raises(QuestionFileError, match=r"nope\.jsonl.*does not exist"):
         read_questions_jsonl(tmp_path / "nope.jsonl")
-    with pytest.raises(ValueError, match="holds no questions"):
+    with pytest.raises(QuestionFileError, match=r"is not a file"):
+        read_questions_jsonl(tmp_path)
+    with pytest.raises(QuestionFileError, match="holds no questions"):
         read_questions_jsonl(write_lines(tmp_path, ["", "  "]))
-    with pytest.raises(ValueError, match=r"needs build\.questions_path"):
+    with pytest.raises(ConfigError, match=r"needs build\.questions_path"):
         load_questions(cfg(questions="jsonl"))
 
 

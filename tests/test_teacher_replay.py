@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ssft.config_checks import ConfigError
 from ssft.teachers.base import Question, build_teacher
 from ssft.teachers.replay import (
+    ReplayFileError,
     champ_gold_answer,
     champ_questions,
     champ_replay_rows,
@@ -90,13 +91,25 @@ def test_jsonl_skips_blank_lines_and_ignores_extra_fields(tmp_path):
         ({"question_id": "q", "teacher": "t", "text": "  "}, r"line 2, field 'text'"),
         ({"question_id": "", "teacher": "t", "text": "x"}, r"line 2, field 'question_id'"),
         ({"question_id": "q", "teacher": "t", "text": "x", "num_tokens": -1}, "num_tokens"),
+        ({"question_id": "q", "teacher": 4, "text": "x"}, r"line 2, field 'teacher'.*got 4"),
+        (
+            {"question_id": "q", "teacher": "t", "text": "\ud800"},
+            r"line 2, field 'text'.*surrogate",
+        ),
     ],
 )
 def test_jsonl_bad_rows_name_file_line_and_field(tmp_path, bad, match):
     path = write_jsonl(tmp_path / "bad.jsonl", [ROWS[0], bad])
-    with pytest.raises(ValueError, match=match) as info:
+    with pytest.raises(ReplayFileError, match=match) as info:
         make_teacher(path)
     assert "bad.jsonl" in str(info.value)
+
+
+def test_jsonl_repeated_key_is_an_error(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"question_id": "a", "teacher": "t", "text": "x", "text": "y"}\n')
+    with pytest.raises(ReplayFileError, match=r"dup.jsonl.*line 1, field 'text': appears twice"):
+        read_replay_rows(path)
 
 
 def test_jsonl_invalid_json_and_utf8(tmp_path):
@@ -118,16 +131,30 @@ def test_parquet_bad_input(tmp_path):
     with pytest.raises(ValueError, match=r"null.parquet.*row 1, field 'text'"):
         read_replay_rows(null_text)
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
-    with pytest.raises(ValueError, match="not a readable Parquet file"):
+    with pytest.raises(ReplayFileError, match="not a readable Parquet file"):
         read_replay_rows(tmp_path / "junk.parquet")
+    data = write_parquet(tmp_path / "cut.parquet", ROWS).read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) - 9])
+    with pytest.raises(ReplayFileError, match=r"cut.parquet.*not a readable Parquet file"):
+        read_replay_rows(tmp_path / "cut.parquet")
+
+
+def test_parquet_invalid_utf8_names_row_and_field(tmp_path):
+    """Arrow reads invalid UTF-8 without complaint; the loader must say where it is."""
+    rows = [dict(ROWS[0]), dict(ROWS[1], text="MARKER7")]
+    path = write_parquet(tmp_path / "latin.parquet", rows)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"MARKER7", b"MA\xffKER7"))
+    with pytest.raises(ReplayFileError, match=r"latin.parquet', row 1, field 'text'.*UTF-8"):
+        read_replay_rows(path)
 
 
 def test_missing_file_and_path(tmp_path):
-    with pytest.raises(ValueError, match=r"nope.jsonl.*does not exist"):
+    with pytest.raises(ReplayFileError, match=r"nope.jsonl.*does not exist"):
         make_teacher(tmp_path / "nope.jsonl")
-    with pytest.raises(ValueError, match="unknown suffix"):
+    with pytest.raises(ReplayFileError, match="unknown suffix"):
         read_replay_rows(write_jsonl(tmp_path / "r.txt", ROWS))
-    with pytest.raises(ValueError, match="needs replay_path"):
+    with pytest.raises(ConfigError, match="needs replay_path"):
         build_teacher(SimpleNamespace(name="x", kind="replay", replay_path=None))
 
 
@@ -153,7 +180,6 @@ def test_champ_gold_answer_format():
 
 
 def test_champ_questions_and_rows(tmp_path):
-    start = time.perf_counter()
     questions = champ_questions()
     assert len(questions) == 270
     assert len({q.question_id for q in questions}) == 270
@@ -181,4 +207,3 @@ def test_champ_questions_and_rows(tmp_path):
         q.question_id for q in questions[:3] for _ in "1234"
     ]
     assert all(s.teacher.startswith("champ:") for s in samples)
-    assert time.perf_counter() - start < 60

@@ -207,7 +207,7 @@ def bad_row_file(tmp_path, name: str, edit) -> str:
         ),
         (
             lambda rows: rows[0]["traces"][1].update(text=" \n\t "),
-            ["row 0 (question_id='q-0000')", "'traces[1].text' is empty or whitespace-only"],
+            ["row 0 (question_id='q-0000')", "'traces[1].text' is whitespace-only"],
         ),
         (
             lambda rows: rows[2]["traces"][0].update(num_tokens=-3),
@@ -220,6 +220,18 @@ def bad_row_file(tmp_path, name: str, edit) -> str:
         (
             lambda rows: rows[1].update(gold_answer=""),
             ["row 1 (question_id='q-0001')", "field 'gold_answer' is empty"],
+        ),
+        (
+            lambda rows: rows[1].update(prompt=" \n"),
+            ["row 1 (question_id='q-0001')", "field 'prompt' is whitespace-only"],
+        ),
+        (
+            lambda rows: rows[2].update(gold_answer=None),
+            ["row 2 (question_id='q-0002')", "field 'gold_answer' is null", "gold answer"],
+        ),
+        (
+            lambda rows: rows[0]["traces"][0].update(text=""),
+            ["row 0 (question_id='q-0000')", "'traces[0].text' is empty"],
         ),
         (
             lambda rows: rows[1].update(traces=None),
@@ -259,6 +271,86 @@ def test_not_parquet(tmp_path):
     with pytest.raises(TraceSetError) as exc:
         read_trace_sets(path)
     assert_names(exc, "notes.parquet", "not a readable Parquet file")
+
+
+def replace_bytes(path, old: bytes, new: bytes) -> None:
+    """Patch a file in place, length-preserving (pages and footer offsets stay valid)."""
+    assert len(old) == len(new)
+    data = path.read_bytes()
+    assert old in data
+    path.write_bytes(data.replace(old, new))
+
+
+@pytest.mark.parametrize(
+    ("field", "parts"),
+    [
+        ("prompt", ["row 1 (question_id='q-0001')", "field 'prompt' holds bytes"]),
+        ("trace_text", ["row 0 (question_id='q-0000')", "'traces[1].text' holds bytes"]),
+        ("question_id", ["row 2:", "field 'question_id' holds bytes"]),
+    ],
+)
+def test_invalid_utf8_names_row_and_field(tmp_path, field, parts):
+    """Arrow reads invalid UTF-8 without complaint; the loader must name where it is."""
+    sets = make_sets()
+    marker = "MARKER7"
+    if field == "prompt":
+        sets[1] = replace(sets[1], prompt=marker)
+    elif field == "question_id":
+        sets[2] = replace(sets[2], question_id=marker)
+    else:
+        t1 = replace(sets[0].traces[1], text=marker)
+        sets[0] = replace(sets[0], traces=(sets[0].traces[0], t1, sets[0].traces[2]))
+    path = tmp_path / "latin.parquet"
+    pq.write_table(to_table(sets), path, compression="none")  # no checksums: like other writers
+    replace_bytes(path, marker.encode(), b"MA\xffKER7")
+    with pytest.raises(TraceSetError) as exc:
+        read_trace_sets(path)
+    assert_names(exc, "latin.parquet", *parts, "not valid UTF-8")
+
+
+def test_page_checksums_catch_a_flipped_bit(tmp_path):
+    """A flip inside a trace's text would otherwise read as a different, valid trace."""
+    sets = make_sets()
+    t1 = replace(sets[0].traces[1], text="Think: 12+30 = 42 MARKER7")
+    sets[0] = replace(sets[0], traces=(sets[0].traces[0], t1, sets[0].traces[2]))
+    path = tmp_path / "flip.parquet"
+    table = to_table(sets)
+    pq.write_table(table, path, compression="none", write_page_checksum=True)
+    replace_bytes(path, b"MARKER7", b"MARKER8")
+    with pytest.raises(TraceSetError) as exc:
+        read_trace_sets(path)
+    assert_names(exc, "flip.parquet", "not a readable Parquet file")
+    # The same flip without checksums is silently a different trace: why we write them.
+    pq.write_table(table, path, compression="none")
+    replace_bytes(path, b"MARKER7", b"MARKER8")
+    assert read_trace_sets(path)[0].traces[1].text.endswith("MARKER8")
+
+
+def test_written_files_carry_page_checksums(tmp_path):
+    """Each data page header gains a 4-byte CRC: the only trace of it pyarrow lets us see."""
+    sets = make_sets()
+    write_trace_sets(tmp_path / "ours.parquet", sets)
+    pq.write_table(to_table(sets), tmp_path / "plain.parquet", compression="zstd")
+    leaf_columns = pq.ParquetFile(tmp_path / "plain.parquet").metadata.num_columns  # >= 1 page
+    grown = os.path.getsize(tmp_path / "ours.parquet") - os.path.getsize(tmp_path / "plain.parquet")
+    assert grown >= 4 * leaf_columns, grown
+
+
+def test_duplicate_column_names(tmp_path):
+    table = to_table(make_sets())
+    table = table.append_column("prompt", table.column("prompt"))
+    path = write_table(tmp_path / "dup.parquet", table)
+    with pytest.raises(TraceSetError) as exc:
+        read_trace_sets(path)
+    assert_names(exc, "dup.parquet", "field 'prompt' appears 2 times")
+
+
+def test_non_utf8_schema_version_metadata(tmp_path):
+    table = to_table(make_sets()).replace_schema_metadata({SCHEMA_VERSION_KEY: b"\xff1"})
+    path = write_table(tmp_path / "meta.parquet", table)
+    with pytest.raises(TraceSetError) as exc:
+        read_trace_sets(path)
+    assert_names(exc, "meta.parquet", "schema version", "not one this code reads")
 
 
 def test_nonexistent_path(tmp_path):

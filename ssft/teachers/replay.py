@@ -14,8 +14,10 @@ answer::
     num_tokens    int, optional   >= 0 or null (length under the writer's tokenizer)
 
 Extra columns are ignored. The whole file is read and checked when the teacher is built, so
-a bad file fails before any work starts; errors name the file, the row (Parquet rows count
-from 0, like ``trace_set``; JSONL uses 1-based line numbers, like editors) and the field.
+a bad file fails before any work starts; a ``ReplayFileError`` names the file, the row
+(Parquet rows count from 0, like ``trace_set``; JSONL uses 1-based line numbers, like
+editors) and the field. Text must be valid UTF-8 (Arrow does not check this on read) and
+encodable (no lone surrogate escapes); a JSONL key written twice on one line is an error.
 
 ``generate`` returns, per question, all its rows in file order when it has at most
 ``num_samples``, else ``num_samples`` of them chosen by (seed, question_id) and kept in file
@@ -45,6 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ssft.config_checks import ConfigError, InputError
 from ssft.teachers.base import Question, Sample, Teacher, register_teacher
 
 REPLAY_COLUMNS = ("question_id", "teacher", "text")
@@ -52,11 +55,29 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
+class ReplayFileError(InputError):
+    """A bad replay file; the message names the file, the row or line, and the field."""
+
+
+class _RepeatedKey(Exception):
+    """Raised inside ``json.loads``; turned into a ReplayFileError that names the line."""
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` keeps the last of two equal keys silently; an answer must not change so."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _RepeatedKey(key)
+        record[key] = value
+    return record
+
+
 def read_replay_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Validated rows ``{question_id, teacher, text, num_tokens}`` in file order."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(
+        raise ReplayFileError(
             f"replay file {str(path)!r} does not exist; set replay_path to a Parquet or JSONL "
             "file (CHAMP's is written by ssft.teachers.replay.write_champ_replay)"
         )
@@ -66,7 +87,7 @@ def read_replay_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     elif suffix in _JSONL_SUFFIXES:
         records = _jsonl_records(path)
     else:
-        raise ValueError(
+        raise ReplayFileError(
             f"replay file {str(path)!r}: unknown suffix {suffix!r}; use one of "
             f"{_PARQUET_SUFFIXES + _JSONL_SUFFIXES}"
         )
@@ -74,21 +95,49 @@ def read_replay_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def _parquet_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    unreadable = (
+        f"replay file {str(path)!r} is not a readable Parquet file (it may be truncated or "
+        "corrupt; re-copy or regenerate it)"
+    )
     try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as err:
-        raise ValueError(
-            f"replay file {str(path)!r} is not a readable Parquet file: {err}"
-        ) from err
-    missing = [c for c in REPLAY_COLUMNS if c not in schema.names]
-    if missing:
-        raise ValueError(
-            f"replay file {str(path)!r}: missing column(s) {missing}; found {schema.names}, "
-            f"need {list(REPLAY_COLUMNS)} (+ optional num_tokens)"
-        )
-    columns = [*REPLAY_COLUMNS, *(["num_tokens"] if "num_tokens" in schema.names else [])]
-    table = pq.read_table(path, columns=columns)
-    return [(f"row {i}", record) for i, record in enumerate(table.to_pylist())]
+        with pq.ParquetFile(path, page_checksum_verification=True) as parquet:
+            names = parquet.schema_arrow.names
+            missing = [c for c in REPLAY_COLUMNS if c not in names]
+            if missing:
+                raise ReplayFileError(
+                    f"replay file {str(path)!r}: missing column(s) {missing}; found {names}, "
+                    f"need {list(REPLAY_COLUMNS)} (+ optional num_tokens)"
+                )
+            repeated = sorted({n for n in names if names.count(n) > 1} & {*REPLAY_COLUMNS})
+            if repeated:
+                raise ReplayFileError(
+                    f"replay file {str(path)!r}: column(s) {repeated} appear more than once; "
+                    "keep one of each"
+                )
+            columns = [*REPLAY_COLUMNS, *(["num_tokens"] if "num_tokens" in names else [])]
+            table = parquet.read(columns=columns)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
+        # UnicodeDecodeError: a corrupt footer whose column names are not UTF-8.
+        raise ReplayFileError(f"{unreadable}: {type(err).__name__}: {err}") from err
+    try:
+        records = table.to_pylist()
+    except UnicodeDecodeError:
+        raise _utf8_error(path, table) from None
+    return [(f"row {i}", record) for i, record in enumerate(records)]
+
+
+def _utf8_error(path: Path, table: pa.Table) -> ReplayFileError:
+    """The first value that is not valid UTF-8, by row and column (only on the error path)."""
+    for i in range(table.num_rows):
+        for name in table.column_names:
+            try:
+                table.column(name)[i].as_py()
+            except UnicodeDecodeError:
+                return ReplayFileError(
+                    f"replay file {str(path)!r}, row {i}, field {name!r}: holds bytes that are "
+                    "not valid UTF-8 (a corrupt file, or text stored in another encoding)"
+                )
+    return ReplayFileError(f"replay file {str(path)!r}: holds bytes that are not valid UTF-8")
 
 
 def _jsonl_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -98,24 +147,35 @@ def _jsonl_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         try:
             line = raw.decode("utf-8").strip()
         except UnicodeDecodeError as err:
-            raise ValueError(
+            raise ReplayFileError(
                 f"replay file {str(path)!r}, {where}: not valid UTF-8 (byte {err.start} of the "
                 "line); re-encode the file as UTF-8"
             ) from None
         if not line:
             continue  # blank lines (a trailing newline) are not rows
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_object_without_repeated_keys)
         except json.JSONDecodeError as err:
-            raise ValueError(f"replay file {str(path)!r}, {where}: invalid JSON ({err})") from None
+            raise ReplayFileError(
+                f"replay file {str(path)!r}, {where}: invalid JSON ({err})"
+            ) from None
+        except _RepeatedKey as err:
+            raise ReplayFileError(
+                f"replay file {str(path)!r}, {where}, field {err.args[0]!r}: appears twice in "
+                "one object; keep one"
+            ) from None
+        except RecursionError:
+            raise ReplayFileError(
+                f"replay file {str(path)!r}, {where}: JSON nested too deeply"
+            ) from None
         if not isinstance(record, dict):
-            raise ValueError(
+            raise ReplayFileError(
                 f"replay file {str(path)!r}, {where}: expected a JSON object, got "
                 f"{type(record).__name__}"
             )
         missing = [c for c in REPLAY_COLUMNS if c not in record]
         if missing:
-            raise ValueError(
+            raise ReplayFileError(
                 f"replay file {str(path)!r}, {where}: missing field(s) {missing}; every line "
                 f"needs {list(REPLAY_COLUMNS)} (+ optional num_tokens)"
             )
@@ -124,18 +184,21 @@ def _jsonl_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _checked_row(path: Path, where: str, record: dict[str, Any]) -> dict[str, Any]:
-    def bad(field: str, rule: str) -> ValueError:
+    def bad(field: str, rule: str) -> ReplayFileError:
         value = repr(record.get(field))
         value = value if len(value) <= 60 else value[:60] + "..."
-        return ValueError(
+        return ReplayFileError(
             f"replay file {str(path)!r}, {where}, field {field!r}: {rule}, got {value}"
         )
 
     for field in REPLAY_COLUMNS:
         value = record[field]
         if not isinstance(value, str) or not value.strip():
-            rule = "must be a non-empty string" + (" (not whitespace-only)" * (field == "text"))
-            raise bad(field, rule)
+            raise bad(field, "must be a non-empty string (not whitespace-only)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise bad(field, f"has a lone surrogate escape at character {err.start}") from None
     num_tokens = record.get("num_tokens")
     if num_tokens is not None and (
         isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0
@@ -161,7 +224,7 @@ class ReplayTeacher(Teacher):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         if not getattr(cfg, "replay_path", None):
-            raise ValueError(f"teacher {cfg.name!r}: kind 'replay' needs replay_path (a file)")
+            raise ConfigError(f"teacher {cfg.name!r}: kind 'replay' needs replay_path (a file)")
         self.path = str(cfg.replay_path)
         self.rows_by_question: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in read_replay_rows(self.path):

@@ -1,0 +1,127 @@
+"""Bad input end to end (issue 7): real entrypoints in a child process, and the file -> training
+data path. Each failure must exit non-zero with a message naming the file, row and field, and
+leave whatever was written before byte-identical. Per-loader cases live with each loader's
+tests (``test_trace_set``, ``test_question_sources``, ``test_teacher_replay``, ``test_config``,
+``test_data_prep``, ``test_forking_tokens``, ``test_models``) and in ``test_fuzz_loaders``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ssft.config_checks import InputError
+from ssft.models import build_char_tokenizer
+from ssft.presets import tiny_cpu
+from ssft.trace_set import TRACE_SET_SCHEMA, Trace, TraceSet, write_trace_sets
+from ssft.train_setup import load_training_data
+from tests.test_trace_set import make_sets
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_YAML = str(ROOT / "workflows" / "configs" / "tiny_cpu.yaml")
+
+
+def run_entrypoint(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m <module> --config tiny_cpu.yaml <args>`` from ``cwd`` (so runs/ lands there)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, "--config", TINY_YAML, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (hidden temp files included)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def earlier_outputs(folder: Path) -> dict[str, bytes]:
+    """An output folder holding a finished earlier result, as a user's would."""
+    write_trace_sets(folder / "earlier" / "trace_sets.parquet", make_sets())
+    (folder / "earlier" / "summary.json").write_text(json.dumps({"digest": "sha256:0"}))
+    return snapshot(folder)
+
+
+def test_build_traces_with_a_bad_questions_file_fails_and_writes_nothing(tmp_path):
+    """Fails in input validation, before Ray starts or any shard is written."""
+    questions = tmp_path / "questions.jsonl"
+    good = {"question_id": "q1", "prompt": "1 + 1 = ?", "gold_answer": "2", "source": "mine"}
+    bad = {k: v for k, v in good.items() if k != "gold_answer"} | {"question_id": "q2"}
+    questions.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    out = tmp_path / "traces"
+    before = earlier_outputs(out)
+    done = run_entrypoint(
+        "workflows.build_traces",
+        "build.questions=jsonl", f"build.questions_path={questions}", f"build.output_dir={out}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"{questions}:2: field 'gold_answer' is missing" in done.stderr.splitlines()[-1]
+    assert "Started a local Ray instance" not in done.stderr
+    assert snapshot(out) == before
+
+
+def test_train_with_a_misspelled_key_exits_2_with_one_line(tmp_path):
+    out = tmp_path / "train_out"
+    before = earlier_outputs(out)
+    done = run_entrypoint(
+        "workflows.train", "trian.lr=0.1", f"train.output_dir={out}", cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "unknown config key 'trian.lr'" in line and "Did you mean 'train.lr'?" in line
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow  # starts an embedded Ray before reading the data (see the report to the lead)
+def test_train_with_a_bad_trace_set_exits_2_and_keeps_earlier_outputs(tmp_path):
+    """A row-level error: names the file, the row, the question and the field; no traceback."""
+    rows = make_sets()
+    rows[2] = TraceSet("q-0002", "p", "7", "champ", (Trace("a", "m", "  \n", "7", True),))
+    bad = tmp_path / "bad.parquet"
+    # Written without validation, as another tool might.
+    table_rows = [{**vars(ts), "traces": [vars(t) for t in ts.traces]} for ts in rows]
+    pq.write_table(pa.Table.from_pylist(table_rows, schema=TRACE_SET_SCHEMA), bad)
+    out = tmp_path / "train_out"
+    before = earlier_outputs(out)
+    done = run_entrypoint(
+        "workflows.train", f"data.train_path={bad}", f"train.output_dir={out}", "name=bad-input",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert f"trace set file {str(bad)!r}, row 2 (question_id='q-0002')" in line
+    assert "field 'traces[0].text' is whitespace-only" in line
+    assert snapshot(out) == before
+
+
+def test_more_traces_than_tags_in_a_file_names_file_row_and_field(tmp_path):
+    """The M > N policy on the real path: Parquet file -> read -> tokenize (default 'error')."""
+    traces = tuple(Trace(f"t{k}", "m", f"{k}+1={k + 1}", None, True) for k in range(5))
+    sets = [
+        TraceSet("q-ok", "1+1=?", "2", "s", traces[:2]),
+        TraceSet("q-many", "p", "g", "s", traces),
+    ]
+    path = tmp_path / "many.parquet"
+    write_trace_sets(path, sets)
+    cfg = tiny_cpu()  # forking.num_tags = 4
+    with pytest.raises(InputError) as err:
+        load_training_data(cfg, build_char_tokenizer(), str(path))
+    message = str(err.value)
+    assert f"{str(path)!r}, row 1 (question_id='q-many')" in message
+    assert "field 'traces' has 5 usable traces but forking.num_tags=4" in message
+    cfg.data.too_many_traces = "keep_most_distinct"
+    questions, stats = load_training_data(cfg, build_char_tokenizer(), str(path))
+    assert [q.num_traces for q in questions] == [2, 4]
+    assert stats.dropped == {"too_many_traces": 1}
