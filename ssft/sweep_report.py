@@ -15,7 +15,8 @@ the final training loss against N: one line per (cost, L), baselines as horizont
 MLflow side: ``open_parent_run`` opens (or reopens, on a rerun) the sweep's parent run;
 ``summary_rows`` joins Tune's results (anything with ``.config``, ``.metrics``, ``.error``) with
 the parent's child runs, closing runs that a dead or early-stopped trial left RUNNING;
-``report_to_parent`` logs the table and plot and closes the parent (FAILED if a trial failed).
+``report_to_parent`` logs the table and plot, tags the parent with each failed trial and its
+error (``sweep.failed``, ``sweep.failure.<label>``) and closes it (FAILED if a trial failed).
 """
 
 from __future__ import annotations
@@ -219,8 +220,13 @@ def loss_vs_n_figure(rows: Sequence[Mapping[str, Any]]):
     return fig
 
 
-def open_parent_run(cfg: ExperimentConfig, uri: str, tags: dict) -> tuple[MLflowTracker, bool]:
-    """The sweep's parent run, reopened when this sweep ran before (finished or not)."""
+def open_parent_run(
+    cfg: ExperimentConfig, uri: str, tags: dict, local_dir: Path | None = None
+) -> tuple[MLflowTracker, bool]:
+    """The sweep's parent run, reopened when this sweep ran before (finished or not).
+
+    ``local_dir``: where calls that could not be logged are recorded (the sweep's folder).
+    """
     from mlflow import MlflowClient
 
     key = f"sweep:{cfg.name}"
@@ -234,8 +240,11 @@ def open_parent_run(cfg: ExperimentConfig, uri: str, tags: dict) -> tuple[MLflow
     )
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
-        return MLflowTracker(client, found[0].info.run_id, uri), True
-    return start_run(cfg.experiment, cfg.name, tracking_uri=uri, tags=tags, resume_key=key), False
+        return MLflowTracker(client, found[0].info.run_id, uri, local_dir=local_dir), True
+    parent = start_run(
+        cfg.experiment, cfg.name, tracking_uri=uri, tags=tags, resume_key=key, local_dir=local_dir
+    )
+    return parent, False
 
 
 def _error_text(error: BaseException) -> str:
@@ -248,15 +257,20 @@ def _error_text(error: BaseException) -> str:
 def summary_rows(results, parent: MLflowTracker) -> list[dict]:
     """One summary row per trial; child runs a dead or stopped trial left open are closed."""
     client = parent.client
-    experiment_id = client.get_run(parent.run_id).info.experiment_id
-    children = {
-        run.data.tags.get("sweep.label"): run
-        for run in client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
-            order_by=["attributes.start_time ASC"],
-        )
-    }
+    try:
+        experiment_id = client.get_run(parent.run_id).info.experiment_id
+        children = {
+            run.data.tags.get("sweep.label"): run
+            for run in client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+                order_by=["attributes.start_time ASC"],
+            )
+        }
+    except Exception as err:  # MLflow died during the sweep: the summary comes from Tune alone
+        print(f"[sweep] MLflow unreachable ({type(err).__name__}); child runs not joined",
+              flush=True)  # fmt: skip
+        children = {}
     rows = []
     for result in results:
         variant, metrics = result.config["variant"], result.metrics or {}
@@ -264,7 +278,10 @@ def summary_rows(results, parent: MLflowTracker) -> list[dict]:
         status = "error" if result.error else "ok"
         if child is not None and child.info.status == "RUNNING":
             status = "error" if result.error else "stopped"  # stopped = ended by ASHA
-            client.set_terminated(child.info.run_id, "FAILED" if result.error else "KILLED")
+            try:
+                client.set_terminated(child.info.run_id, "FAILED" if result.error else "KILLED")
+            except Exception as err:  # best effort: the row still says what happened
+                print(f"[sweep] could not close child run {child.info.run_id}: {err}")
         error = _error_text(result.error) if result.error else None
         rows.append({
             **{k: variant[k] for k in ("label", "method", "num_tags", "cost", "prefix_tokens")},
@@ -275,10 +292,26 @@ def summary_rows(results, parent: MLflowTracker) -> list[dict]:
     return rows
 
 
+def _drop_stale_failure_tags(parent: MLflowTracker, current: set[str]) -> None:
+    """A rerun that fixed a trial removes the failure tag the earlier run left (best effort)."""
+    try:
+        tags = parent.client.get_run(parent.run_id).data.tags
+        for key in tags:
+            if key.startswith("sweep.failure.") and key not in current:
+                parent.client.delete_tag(parent.run_id, key)
+    except Exception as err:  # MLflow down: the stale tag stays, sweep.failed is still right
+        print(f"[sweep] could not clear old failure tags: {type(err).__name__}", flush=True)
+
+
 def report_to_parent(parent: MLflowTracker, rows: list[dict], out_dir: Path) -> None:
     """Summary table (Parquet, Markdown) and plot on the parent; FAILED if a trial failed."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "error", "stopped")}
     parent.set_tags({f"sweep.{s}": n for s, n in counts.items()} | {"sweep.trials": len(rows)})
+    failed = [r for r in rows if r["status"] == "error"]
+    # Which trials failed and why, on the parent itself: visible in the runs list, searchable.
+    parent.set_tags({"sweep.failed": ",".join(r["label"] for r in failed) or "none"})
+    parent.set_tags({f"sweep.failure.{r['label']}": r.get("error") or "unknown" for r in failed})
+    _drop_stale_failure_tags(parent, {f"sweep.failure.{r['label']}" for r in failed})
     finished = [r for r in rows if r["status"] == "ok" and r["final_loss"] is not None]
     if finished:
         best = min(finished, key=lambda r: r["final_loss"])

@@ -21,12 +21,13 @@ instead of mixing two configurations' shards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,21 @@ def shard_paths(build_dir: Path, index: int) -> tuple[Path, Path]:
     return shards / f"shard-{index:05d}.parquet", shards / f"shard-{index:05d}.stats.json"
 
 
+@contextlib.contextmanager
+def naming_failed_writes(path: Path) -> Iterator[None]:
+    """Re-raise a write's ``OSError`` with ``path`` as its filename when it has none.
+
+    pyarrow and Python file objects report a full disk as a bare ``[Errno 28]``; the user
+    needs to know which folder to free or fix.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.filename or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON under a temp name in the same folder, fsync, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,8 +172,25 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_shard(build_dir: Path, index: int, sets: list[TraceSet], stats: ShardStats) -> None:
     """Commit a shard: stats first, trace sets last (the parquet marks it done)."""
     parquet, stats_path = shard_paths(build_dir, index)
-    write_json_atomic(stats_path, stats.to_json())
-    write_trace_sets(parquet, sets)
+    with naming_failed_writes(stats_path):
+        write_json_atomic(stats_path, stats.to_json())
+    with naming_failed_writes(parquet):
+        write_trace_sets(parquet, sets)
+
+
+def remove_stale_temp_files(build_dir: Path) -> int:
+    """Delete temp files that killed writers left in ``build_dir``; returns how many.
+
+    A writer killed mid-write (worker death, SIGXFSZ, OOM) cannot clean up after itself; its
+    file only ever had a temp name (``.<name>.tmp-...``), so readers never saw it. Call this
+    before submitting shards: no writer of this build runs then.
+    """
+    removed = 0
+    for folder in (build_dir, build_dir / "shards"):
+        for path in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def finished_shard(build_dir: Path, index: int) -> ShardStats | None:
@@ -174,5 +207,6 @@ def merge_shards(build_dir: Path, num_shards: int, out_path: Path) -> tuple[list
     for index in range(num_shards):
         parquet, _ = shard_paths(build_dir, index)
         sets.extend(read_trace_sets(parquet))
-    digest = write_trace_sets(out_path, sets)  # validates: a duplicate question id fails here
+    with naming_failed_writes(out_path):
+        digest = write_trace_sets(out_path, sets)  # validates: a duplicate question id fails
     return sets, digest

@@ -14,22 +14,109 @@ rewritten with ``_`` and a warning, once per key. Params are logged from a flat 
 (``ssft.config.flatten_config``); values longer than MLflow's limit are cut with a warning.
 We use ``MlflowClient`` (explicit run ids, no global active run), so several runs can be
 open at once in one process, e.g. a sweep's parent and a trial's child.
+
+Failures, and what happens:
+
+    tracking unusable at start (server down,   -> ``TrackingUnavailable`` from
+    SQLite folder not writable)                   ``check_tracking_uri`` / ``start_run``, before
+                                                  any compute: entrypoints check first
+    a call fails after the run started         -> the call is NOT retried forever and never
+    (server died, network, disk)                  raises: a warning per dropped call, a line in
+                                                  ``<local_dir>/unlogged.jsonl`` (texts and
+                                                  figures saved beside it), a summary at finish
+
+Why degrade instead of failing: the run's real outputs (checkpoints, final model, Parquet)
+live on disk; losing the tracking server must not throw away hours of training. After a failure
+the tracker stops calling the server for ``OFFLINE_RETRY_S`` and then probes ``/health`` (2 s)
+before trying again, so a dead server costs seconds, not MLflow's default minutes of retries
+per call (the HTTP retry defaults are lowered too, unless set in the environment).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 import subprocess
+import tempfile
 import time
-from collections.abc import Mapping
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 _BAD_KEY = re.compile(r"[^\w.\-:/ ]")  # MLflow allows word chars, . - : / and space
 _MAX_PARAM_CHARS = 6000
+OFFLINE_RETRY_S = 30.0  # after a failed call, how long the tracker stops calling the server
+UNLOGGED_FILE = "unlogged.jsonl"
+# MLflow's own HTTP defaults (7 retries, backoff factor 2, 120 s timeout) make each call to a
+# dead server hang for minutes; these apply unless the environment sets them.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+_START_HINT = (
+    "Start it with `bash ops/local_services.sh start` or unset MLFLOW_TRACKING_URI to use the "
+    "local SQLite file."
+)
+
+
+class TrackingUnavailable(RuntimeError):
+    """MLflow cannot be used at start; raised before any compute, with the fix."""
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Raise ``TrackingUnavailable`` unless ``uri`` can take runs (cheap: one request or file).
+
+    http(s): ``GET <uri>/health`` must get an answer (any HTTP status: a server that answers
+    401 is up, and MLflow's own error will say why it refuses). sqlite: the database's folder
+    must accept a new file. Other schemes are left to MLflow.
+    """
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                r.read(64)
+        except urllib.error.HTTPError:
+            return  # it answered
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise TrackingUnavailable(
+                f"MLflow tracking server at {uri} did not answer ({reason}). {_START_HINT}"
+            ) from err
+    elif scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".ssft-write-check-"):
+                pass
+        except OSError as err:
+            raise TrackingUnavailable(
+                f"MLflow SQLite database {uri}: its folder {folder} is not writable "
+                f"({err.strerror or err}). Fix the folder's permissions or free space, or point "
+                "MLFLOW_TRACKING_URI at a running server (bash ops/local_services.sh start)."
+            ) from err
+
+
+def preflight_tracking(default_dir: str | os.PathLike = "runs", enabled: bool = True) -> str:
+    """The tracking URI the stage will use, checked before any compute; returns it."""
+    try:
+        uri = default_tracking_uri(default_dir)
+    except OSError as err:
+        raise TrackingUnavailable(
+            f"MLflow's default folder {Path(default_dir).resolve()} cannot be created "
+            f"({err.strerror or err}); set MLFLOW_TRACKING_URI or fix that path."
+        ) from err
+    if enabled:
+        check_tracking_uri(uri)
+    return uri
 
 
 def default_tracking_uri(default_dir: str | os.PathLike = "runs") -> str:
@@ -76,12 +163,31 @@ class NullTracker:
 
 
 class MLflowTracker(NullTracker):
-    """One MLflow run, addressed by id through ``MlflowClient``."""
+    """One MLflow run, addressed by id through ``MlflowClient``; never raises after start.
 
-    def __init__(self, client: Any, run_id: str, tracking_uri: str) -> None:
+    A failing call is recorded in ``local_dir/unlogged.jsonl`` (one JSON object per call:
+    time, call, what it carried, the error); texts and figures are saved under
+    ``local_dir/unlogged/`` so nothing is lost. ``client=None`` is an offline tracker: the
+    server was gone when a resumed worker started, so every call is recorded that way.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        run_id: str | None,
+        tracking_uri: str,
+        local_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.client, self.run_id, self.tracking_uri = client, run_id, tracking_uri
         self._renamed: dict[str, str] = {}
         self._finished = False
+        self.local_dir = Path(local_dir or Path("runs") / "unlogged" / str(run_id))
+        self.unlogged: Counter = Counter()  # dropped calls by kind
+        self._offline_until = math.inf if client is None else 0.0
+
+    @property
+    def unlogged_path(self) -> Path:
+        return self.local_dir / UNLOGGED_FILE
 
     def _key(self, key: str) -> str:
         if key in self._renamed:
@@ -92,17 +198,79 @@ class MLflowTracker(NullTracker):
         self._renamed[key] = clean
         return clean
 
+    def _online(self) -> bool:
+        """False while the server is known down; after ``OFFLINE_RETRY_S`` a quick probe."""
+        if time.monotonic() < self._offline_until:
+            return False
+        if self._offline_until:  # it failed before: probe cheaply before a slow MLflow call
+            try:
+                check_tracking_uri(self.tracking_uri, timeout_s=2.0)
+            except TrackingUnavailable:
+                self._offline_until = time.monotonic() + OFFLINE_RETRY_S
+                return False
+        return True
+
+    def _send(
+        self,
+        call: str,
+        detail: dict[str, Any],
+        send: Callable[[], Any],
+        keep: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """Run ``send``; on failure record the call locally instead of raising.
+
+        ``keep``: saves content that only lives in memory (a text, a figure) locally and
+        returns where, for the record.
+        """
+        error = None
+        if not self._online():
+            error = "not sent: the tracking server was unreachable"
+        else:
+            try:
+                send()
+                self._offline_until = 0.0
+            except Exception as err:  # tracking must never kill the work it logs
+                self._offline_until = time.monotonic() + OFFLINE_RETRY_S
+                error = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+        if error is not None:
+            self._record(call, {**detail, **(keep() if keep else {})}, error)
+
+    def _record(self, call: str, detail: dict[str, Any], error: str) -> None:
+        self.unlogged[call] += 1
+        entry = {"time": time.time(), "run_id": self.run_id, "call": call, **detail,
+                 "error": error}  # fmt: skip
+        try:
+            self.local_dir.mkdir(parents=True, exist_ok=True)
+            with self.unlogged_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry, default=str) + "\n")
+            where = str(self.unlogged_path)
+        except OSError as err:  # the local disk failing too: the log line is all that is left
+            where = f"nowhere ({err.strerror or err})"
+        log.warning("MLflow %s of run %s not logged (%s); recorded in %s",
+                    call, self.run_id, error[:200], where)  # fmt: skip
+
+    def _save_local(self, artifact_file: str, write: Callable[[Path], Any]) -> str | None:
+        """Keep an artifact that could not be sent under ``local_dir/unlogged/``."""
+        path = self.local_dir / "unlogged" / artifact_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+            return str(path)
+        except Exception:  # best effort; the jsonl line still says what was lost
+            return None
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [
-            Metric(self._key(k), float(v), now, step or 0)
-            for k, v in metrics.items()
-            if v is not None
-        ]
+        values = {self._key(k): float(v) for k, v in metrics.items() if v is not None}
+        batch = [Metric(k, v, now, step or 0) for k, v in values.items()]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._send(
+                "log_metrics",
+                {"step": step, "metrics": values},
+                lambda: self.client.log_batch(self.run_id, metrics=batch),
+            )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -120,30 +288,68 @@ class MLflowTracker(NullTracker):
                 text = text[:_MAX_PARAM_CHARS]
             batch.append(Param(self._key(key), text))
         for start in range(0, len(batch), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(self.run_id, params=batch[start : start + 100])
+            part = batch[start : start + 100]
+            self._send(
+                "log_params",
+                {"params": {p.key: p.value for p in part}},
+                lambda part=part: self.client.log_batch(self.run_id, params=part),
+            )
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             if value is not None:
-                self.client.set_tag(self.run_id, key, str(value))
+                self._send(
+                    "set_tag",
+                    {"tags": {key: str(value)}},
+                    lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)),
+                )
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            send = lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path)  # noqa: E731
         else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            send = lambda: self.client.log_artifact(self.run_id, str(path), artifact_path)  # noqa: E731
+        # The file itself stays where it is: the record says where to upload it from.
+        self._send("log_artifact", {"local_path": str(path), "artifact_path": artifact_path}, send)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._send(
+            "log_text",
+            {"artifact_file": artifact_file},
+            lambda: self.client.log_text(self.run_id, text, artifact_file),
+            keep=lambda: {"saved_to": self._save_local(
+                artifact_file, lambda p: p.write_text(text, "utf-8"))},
+        )  # fmt: skip
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        self._send(
+            "log_figure",
+            {"artifact_file": artifact_file},
+            lambda: self.client.log_figure(self.run_id, figure, artifact_file),
+            keep=lambda: {"saved_to": self._save_local(
+                artifact_file, lambda p: figure.savefig(p, dpi=120))},
+        )  # fmt: skip
 
     def finish(self, status: str = "FINISHED") -> None:
-        if not self._finished:
-            self._finished = True
-            self.client.set_terminated(self.run_id, status)
+        if self._finished:
+            return
+        self._finished = True
+        if self.unlogged:
+            # Recorded on the run too, in case the server is back for these last calls.
+            count = str(sum(self.unlogged.values()))
+            tag = "ssft.unlogged_calls"
+            self._send("set_tag", {"tags": {tag: count}},
+                       lambda: self.client.set_tag(self.run_id, tag, count))  # fmt: skip
+        self._send("set_terminated", {"status": status},
+                   lambda: self.client.set_terminated(self.run_id, status))  # fmt: skip
+        if self.unlogged:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.unlogged.items()) if n)
+            line = (f"[tracking] MLflow run {self.run_id} at {self.tracking_uri}: "
+                    f"{sum(self.unlogged.values())} call(s) were not logged ({kinds}); "
+                    f"what they carried is in {self.unlogged_path}")  # fmt: skip
+            log.warning(line)
+            print(line, flush=True)
 
 
 def start_run(
@@ -156,31 +362,49 @@ def start_run(
     parent_run_id: str | None = None,
     resume_key: str | None = None,
     enabled: bool = True,
+    local_dir: str | os.PathLike | None = None,
+    offline_ok: bool = False,
 ) -> NullTracker:
     """Open a run (a child run when ``parent_run_id`` is given); use it as a context manager.
 
     ``resume_key``: a run of this experiment tagged ``ssft.run_key=<resume_key>`` that did
     not finish is reopened instead of creating a new one, so a training resumed after a crash
-    keeps one MLflow run. Fails fast with a clear error when the tracking server cannot be
-    reached, before any compute is spent.
+    keeps one MLflow run. ``local_dir``: the stage's output folder, where calls that could not
+    be logged are recorded (``unlogged.jsonl``). Raises ``TrackingUnavailable`` when MLflow
+    cannot be used, unless ``offline_ok`` (a worker resumed after the server died: its work
+    must go on), which returns a tracker that records every call locally instead.
     """
     if not enabled:
         return NullTracker()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri or default_tracking_uri(default_dir)
     client = MlflowClient(tracking_uri=uri)
     try:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    except MlflowException as err:
-        raise RuntimeError(
-            f"MLflow at {uri} could not be used ({err.__class__.__name__}: {err}). Check that "
-            "the tracking server is running and reachable, or unset MLFLOW_TRACKING_URI to log "
-            "to a local SQLite file."
-        ) from err
+        check_tracking_uri(uri)
+        return _open_run(client, uri, experiment, run_name, tags, parent_run_id, resume_key,
+                         local_dir)  # fmt: skip
+    except Exception as err:  # MlflowException, OSError, urllib errors alike
+        if not offline_ok:
+            if isinstance(err, TrackingUnavailable):
+                raise
+            raise TrackingUnavailable(
+                f"MLflow at {uri} could not be used ({type(err).__name__}: {err}). Check that "
+                "the tracking server is running and reachable, or unset MLFLOW_TRACKING_URI to "
+                "log to a local SQLite file."
+            ) from err
+        log.warning("MLflow at %s cannot be used (%s); recording this run's calls locally",
+                    uri, err)  # fmt: skip
+        return MLflowTracker(None, None, uri, local_dir=local_dir)
+
+
+def _open_run(client, uri, experiment, run_name, tags, parent_run_id, resume_key, local_dir):
+    """Find or create the experiment, then reopen the run of ``resume_key`` or create one."""
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     all_tags = {"mlflow.parentRunId": parent_run_id, "ssft.run_key": resume_key, **(tags or {})}
     if resume_key is not None:
         found = client.search_runs(
@@ -193,10 +417,10 @@ def start_run(
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             log.info("reopening MLflow run %s (%s) to continue it", run_id, resume_key)
-            return MLflowTracker(client, run_id, uri)
+            return MLflowTracker(client, run_id, uri, local_dir=local_dir)
     run = client.create_run(
         experiment_id,
         run_name=run_name,
         tags={k: str(v) for k, v in all_tags.items() if v is not None},
     )
-    return MLflowTracker(client, run.info.run_id, uri)
+    return MLflowTracker(client, run.info.run_id, uri, local_dir=local_dir)

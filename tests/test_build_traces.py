@@ -73,18 +73,24 @@ def test_strategy_teachers_end_to_end_then_resume(ray_local, tmp_path, mlflow_ur
     assert again == out and read_trace_sets(again) == sets
 
 
-def test_crashed_shard_is_retried_without_duplicates_or_gaps(ray_local, tmp_path, mlflow_uri):
+def test_crashed_and_raising_shards_are_retried_without_duplicates_or_gaps(
+    ray_local, tmp_path, mlflow_uri
+):
     clean = run(tiny_build(tmp_path / "clean"))
-    request = ray_local / "crash-shard-1"
-    request.write_text("")
+    died, raised = ray_local / "crash-shard-1", ray_local / "raise-shard-2"
+    died.write_text("")  # shard 1's worker process dies (os._exit) on its first attempt
+    raised.write_text("")  # shard 2's first attempt raises
     crashed = run(tiny_build(tmp_path / "crashed"))
-    assert not request.exists()  # the first attempt of shard 1 really died
+    assert not died.exists() and not raised.exists()  # both first attempts really failed
     assert (
         json.loads((crashed.parent / "summary.json").read_text())["digest"]
         == json.loads((clean.parent / "summary.json").read_text())["digest"]
     )
     ids = [s.question_id for s in read_trace_sets(crashed)]
-    assert len(ids) == len(set(ids))
+    rejected = [r["question_id"] for r in
+                json.loads((crashed.parent / "rejected_questions.json").read_text())]  # fmt: skip
+    assert len(ids) == len(set(ids)) and not set(ids) & set(rejected)
+    assert len(ids) + len(rejected) == 24  # every question exactly once
     assert not list(crashed.parent.glob("**/.*tmp*"))  # no temp file left behind
 
 

@@ -1,5 +1,7 @@
 """The N x matching-cost sweep: its grid and report (fast), and a real Tune sweep (slow)."""
 
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -156,3 +158,44 @@ def test_cli_reads_the_grid_from_the_sweep_section():
     assert asha is not None and asha._max_t == 3
     with pytest.raises(ConfigError, match=r"sweep\.max_concurrent_trials"):
         parse_args(["--config", CONFIG, "sweep.max_concurrent_trials=0"])
+
+
+@pytest.mark.slow
+def test_trial_crashing_on_every_attempt_fails_alone_and_the_parent_records_it(
+    ray_local, known_modes_traces, tmp_path, monkeypatch
+):
+    from mlflow import MlflowClient
+
+    from workflows.sweep import SweepArgs, run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # One restart allowed per trial: the SSFT trial's rank 0 dies at step 3 on both attempts
+    # (the restart resumes from the step-2 checkpoint and reaches step 3 again).
+    cfg = load_config(CONFIG, [f"data.train_path={known_modes_traces}", "name=sweep-always",
+                               "train.max_failures=1", *SHORT])  # fmt: skip
+    args = SweepArgs(num_tags=[4], costs=["mean_nll"], prefixes=[None], baselines=["sft_mixed"],
+                     max_concurrent=1, storage=str(tmp_path / "sweeps"))  # fmt: skip
+    trap = ray_local / "crash-train-always-step-3"
+    hits = ray_local / "crash-train-always-step-3.hits"
+    trap.write_text("ssft-n4")  # only runs whose name contains this
+    try:
+        rows = {r["label"]: r for r in run(cfg, args)}
+        attempts = hits.read_text().splitlines()
+    finally:
+        trap.unlink()
+        hits.unlink(missing_ok=True)
+    assert len(attempts) == 2 and all("ssft-n4-mean_nll-Lall" in a for a in attempts)
+    crashed, other = rows["ssft-n4-mean_nll-Lall"], rows["sft_mixed"]
+    assert crashed["status"] == "error" and crashed["error"], crashed
+    assert other["status"] == "ok" and other["steps"] == 6 and other["final_loss"] > 0
+    client = MlflowClient(uri)
+    parent = client.get_run(client.get_run(other["mlflow_run_id"]).data.tags["mlflow.parentRunId"])
+    tags = parent.data.tags
+    assert parent.info.status == "FAILED"
+    assert (tags["sweep.ok"], tags["sweep.error"]) == ("1", "1")
+    assert tags["sweep.failed"] == "ssft-n4-mean_nll-Lall"
+    assert tags["sweep.failure.ssft-n4-mean_nll-Lall"] == crashed["error"]
+    assert client.get_run(crashed["mlflow_run_id"]).info.status == "FAILED"
+    summary = client.download_artifacts(parent.info.run_id, "summary/summary.md", str(tmp_path))
+    assert "| ssft-n4-mean_nll-Lall |" in Path(summary).read_text()

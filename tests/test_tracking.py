@@ -72,3 +72,65 @@ def test_resume_key_reopens_an_unfinished_run(uri):
     fresh.finish()
     history = MlflowClient(uri).get_metric_history(first.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_at_start_with_the_fix():
+    from ssft.tracking import TrackingUnavailable, check_tracking_uri
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(TrackingUnavailable) as info:
+        check_tracking_uri(uri)
+    message = str(info.value)
+    assert f"MLflow tracking server at {uri} did not answer" in message
+    assert "bash ops/local_services.sh start" in message and "MLFLOW_TRACKING_URI" in message
+    with pytest.raises(TrackingUnavailable, match="did not answer"):
+        start_run("exp", "r", tracking_uri=uri)
+
+
+def test_sqlite_folder_that_cannot_be_created_fails_at_start(tmp_path):
+    from ssft.tracking import TrackingUnavailable, check_tracking_uri
+
+    (tmp_path / "file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'file' / 'runs' / 'mlflow.db'}"
+    with pytest.raises(TrackingUnavailable, match=r"is not writable \(Not a directory\)"):
+        check_tracking_uri(uri)
+    check_tracking_uri(f"sqlite:///{tmp_path / 'ok' / 'mlflow.db'}")  # created on demand
+
+
+def test_calls_after_the_server_is_gone_are_recorded_not_raised(tmp_path, capsys, caplog):
+    import json
+
+    from ssft.tracking import MLflowTracker
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    tracker = MLflowTracker(MlflowClient(uri), "run-123", uri, local_dir=tmp_path / "out")
+    with caplog.at_level(logging.WARNING, logger="ssft.tracking"), tracker:
+        tracker.log_metrics({"loss": 1.5}, step=7)  # fails (after MLflow's short retries)
+        tracker.log_params({"train.lr": 0.1})  # skipped at once: the server is known down
+        tracker.log_text("a: 1\n", "config.yaml")
+        tracker.log_artifact(tmp_path, "folder")
+    records = [
+        json.loads(line) for line in (tmp_path / "out" / "unlogged.jsonl").read_text().splitlines()
+    ]
+    calls = [r["call"] for r in records]
+    assert calls == ["log_metrics", "log_params", "log_text", "log_artifact", "set_tag",
+                     "set_terminated"]  # fmt: skip
+    assert records[0]["metrics"] == {"loss": 1.5} and records[0]["step"] == 7
+    assert "MlflowException" in records[0]["error"] or "Connection" in records[0]["error"]
+    assert records[1]["params"] == {"train.lr": "0.1"}
+    assert records[1]["error"] == "not sent: the tracking server was unreachable"
+    assert (tmp_path / "out" / "unlogged" / "config.yaml").read_text() == "a: 1\n"
+    assert records[3]["local_path"] == str(tmp_path)
+    assert records[5]["status"] == "FINISHED"
+    assert sum("not logged" in r.message for r in caplog.records) == 6 + 1  # + the summary
+    out = capsys.readouterr().out
+    assert "6 call(s) were not logged" in out and str(tmp_path / "out" / "unlogged.jsonl") in out

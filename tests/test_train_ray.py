@@ -1,7 +1,9 @@
 """Training under Ray Train (Train V2, gloo on CPU): workers agree (DDP and FSDP), runs resume,
 MLflow fills."""
 
+import hashlib
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -9,7 +11,9 @@ from mlflow import MlflowClient
 from ray.train import TrainingFailedError
 from safetensors.torch import load_file
 
+from ssft.batching import epoch_order, steps_per_epoch
 from ssft.config import load_config
+from ssft.trace_set import read_trace_sets
 from workflows.train import run
 
 pytestmark = pytest.mark.slow
@@ -28,6 +32,23 @@ def tiny(path, tmp_path, name, *overrides):
 
 def training_log(final_dir):
     return json.loads((final_dir / "training_log.json").read_text())
+
+
+def assert_every_batch_trained_once(log: dict, cfg) -> None:
+    """Count the final model's data log against the step plan: every step once, in order,
+    each step's questions exactly the planned batch, every question once per epoch."""
+    ids = [s.question_id for s in read_trace_sets(cfg.data.train_path)]
+    per_step = cfg.train.questions_per_step
+    per_epoch = steps_per_epoch(len(ids), per_step)
+    assert [entry[0] for entry in log["data_log"]] == list(range(cfg.train.epochs * per_epoch))
+    trained_per_epoch: Counter = Counter()
+    for step, epoch, trained, digest in log["data_log"]:
+        batch = divmod(step, per_epoch)[1]
+        order = epoch_order(len(ids), cfg.seed, epoch)
+        planned = sorted(ids[i] for i in order[batch * per_step : (batch + 1) * per_step])
+        assert digest == hashlib.sha256("\n".join(planned).encode()).hexdigest()[:16], step
+        trained_per_epoch[epoch] += trained  # questions the ranks really trained this step
+    assert trained_per_epoch == {e: len(ids) for e in range(cfg.train.epochs)}
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +111,13 @@ def test_worker_death_is_survived_with_failure_config(
 ):
     ref_log, _ = reference
     cfg = tiny(known_modes_traces, tmp_path, "restarted", "train.max_failures=1")
+    # Step 9 of 12 is mid-epoch 1 (6 steps per epoch); the last checkpoint is step 8.
     (ray_local / "crash-train-step-9").write_text("")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
         restarted = training_log(run(cfg))
     assert not (ray_local / "crash-train-step-9").exists()
+    assert_every_batch_trained_once(restarted, cfg)
     assert restarted["data_log"] == ref_log["data_log"]
 
 

@@ -33,10 +33,12 @@ from ssft.trace_building import (
     build_shard,
     finished_shard,
     merge_shards,
+    remove_stale_temp_files,
     write_json_atomic,
     write_shard,
 )
 from ssft.tracking import git_commit, start_run
+from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 
 log = logging.getLogger("ssft.build_traces")
@@ -54,13 +56,23 @@ def build_shard_task(cfg_dict: dict, questions: list[dict], build_dir: str, inde
 
 
 def _maybe_inject_fault(index: int) -> None:
-    """Fault-injection hook for tests: if ``$SSFT_FAULT_DIR/crash-shard-<index>`` exists, it
-    is removed and this worker process dies, so Ray's retry of a dead worker runs for real."""
+    """Fault-injection hook for tests, in ``$SSFT_FAULT_DIR`` (each file is removed when it
+    fires, so the retry runs clean):
+
+    - ``crash-shard-<index>``: this worker process dies (``os._exit``): Ray's retry of a dead
+      worker runs for real.
+    - ``raise-shard-<index>``: the task raises, so ``retry_exceptions`` is what retries it.
+    """
     fault_dir = os.environ.get("SSFT_FAULT_DIR")
-    request = Path(fault_dir) / f"crash-shard-{index}" if fault_dir else None
-    if request is not None and request.exists():
-        request.unlink()
-        os._exit(1)
+    if not fault_dir:
+        return
+    for kind in ("crash", "raise"):
+        request = Path(fault_dir) / f"{kind}-shard-{index}"
+        if request.exists():
+            request.unlink()
+            if kind == "crash":
+                os._exit(1)
+            raise RuntimeError(f"injected failure in shard {index} (test hook {request})")
 
 
 def _absolute_teacher_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -79,6 +91,7 @@ def _absolute_teacher_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 def run(cfg: ExperimentConfig) -> Path:
     """Build (or resume) the trace sets of ``cfg``; returns the trace-set Parquet path."""
     build = cfg.build
+    preflight({"build.output_dir": build.output_dir})  # MLflow and the folder, before compute
     questions = load_questions(build)
     cfg = _absolute_teacher_paths(cfg)
     # Absolute: Ray workers (and Ray Train, which changes directory) must find the same place.
@@ -91,6 +104,9 @@ def run(cfg: ExperimentConfig) -> Path:
         flush=True,
     )
     init_ray()
+    removed = remove_stale_temp_files(build_dir)
+    if removed:
+        print(f"[build] removed {removed} partial file(s) a killed writer left", flush=True)
     totals, pending = ShardStats(), {}
     for index, shard in enumerate(shards):
         done = finished_shard(build_dir, index)
@@ -141,7 +157,9 @@ def run(cfg: ExperimentConfig) -> Path:
         "seed": cfg.seed,
         "ray_job_id": ray_job_id(),
     }
-    with start_run(cfg.experiment, f"build-traces-{build_dir.name}", tags=tags) as tracker:
+    # The trace sets are on disk: an MLflow that died meanwhile must not fail the stage.
+    with start_run(cfg.experiment, f"build-traces-{build_dir.name}", tags=tags,
+                   local_dir=build_dir, offline_ok=True) as tracker:  # fmt: skip
         log_build_report(tracker, cfg, sets, totals, build_dir)
         print(f"[build] MLflow run {tracker.run_id} at {tracker.tracking_uri}", flush=True)
     return out_path
@@ -149,7 +167,7 @@ def run(cfg: ExperimentConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run(parse_cli(sys.argv[1:] if argv is None else argv))
+    run_main(lambda: run(parse_cli(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

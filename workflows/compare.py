@@ -11,23 +11,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ssft.comparison import aggregate, load_eval, markdown_table, pass_at_k_curves
 from ssft.eval_report import mlflow_key, pass_at_k_figure
 from ssft.tracking import start_run
+from workflows.cli import preflight, run_main
 
 
 def compare(eval_dirs: list[str], out: Path, experiment: str) -> str:
+    """Table, chart and MLflow run for ``eval_dirs``; returns the Markdown table."""
+    preflight({"--out": out})
     evals = [load_eval(d) for d in eval_dirs]
     agg = aggregate(evals)
     table = markdown_table(agg)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(table, encoding="utf-8")
-    (out / "comparison.json").write_text(json.dumps({"runs": evals, "by_method": agg}, indent=1))
     fig = pass_at_k_figure(pass_at_k_curves(evals), "pass@k, mean over seeds")
-    fig.savefig(out / "pass_at_k.png", dpi=120)
-    with start_run(experiment, f"compare-{out.name}", tags={"stage": "compare"}) as tracker:
+    blob = json.dumps({"runs": evals, "by_method": agg}, indent=1)
+    _write_together({
+        out / "comparison.md": lambda p: p.write_text(table, encoding="utf-8"),
+        out / "comparison.json": lambda p: p.write_text(blob, encoding="utf-8"),
+        out / "pass_at_k.png": lambda p: fig.savefig(p, dpi=120, format="png"),
+    })  # fmt: skip
+    with start_run(experiment, f"compare-{out.name}", tags={"stage": "compare"},
+                   local_dir=out, offline_ok=True) as tracker:  # fmt: skip
         for method, metrics in agg.items():
             tracker.log_metrics({mlflow_key(f"{method}/{k}"): v[0] for k, v in metrics.items()})
         for name in ("comparison.md", "comparison.json", "pass_at_k.png"):
@@ -37,13 +46,35 @@ def compare(eval_dirs: list[str], out: Path, experiment: str) -> str:
     return table
 
 
+def _write_together(writers: dict[Path, Callable[[Path], object]]) -> None:
+    """Write every file under a temp name first, then rename them all into place.
+
+    A full disk or a refused write fails while only temp files exist (they are removed), so
+    the previous comparison stays whole instead of mixing old and new files.
+    """
+    staged: dict[Path, Path] = {}
+    try:
+        for path, write in writers.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+            os.close(fd)
+            staged[path] = Path(tmp)
+            write(Path(tmp))
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("eval_dirs", nargs="+", help="evaluation folders (with metrics.json)")
     parser.add_argument("--out", default="runs/compare/latest", help="where the outputs go")
     parser.add_argument("--experiment", default="ssft", help="MLflow experiment to log to")
     args = parser.parse_args(argv)
-    compare(args.eval_dirs, Path(args.out), args.experiment)
+    run_main(lambda: compare(args.eval_dirs, Path(args.out), args.experiment))
 
 
 if __name__ == "__main__":

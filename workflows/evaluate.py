@@ -39,6 +39,7 @@ from ssft.question_sources import load_questions
 from ssft.sampling import tag_probabilities
 from ssft.teachers.base import Question
 from ssft.tracking import git_commit, start_run
+from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 
 
@@ -67,6 +68,7 @@ def model_dir_of(cfg: ExperimentConfig) -> Path:
 
 def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
     """Evaluate ``cfg``'s model; returns (output folder, metrics)."""
+    preflight({"eval.output_dir": cfg.eval.output_dir})  # MLflow and the folder, before compute
     model_dir = model_dir_of(cfg).resolve()
     info = read_model_tags(model_dir)
     eval_questions = dataclasses.replace(
@@ -100,7 +102,9 @@ def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
     tags = {"stage": "eval", "method": info["method"], "model_dir": str(model_dir),
             "pass1_tag": cfg.eval.pass1_tag or info["pass1_tag"], "seed": cfg.seed,
             "git_commit": git_commit(), "ray_job_id": ray_job_id()}  # fmt: skip
-    with start_run(cfg.experiment, f"eval-{cfg.name}", tags=tags) as tracker:
+    # The results are on disk: an MLflow that died meanwhile must not fail the stage.
+    with start_run(cfg.experiment, f"eval-{cfg.name}", tags=tags, local_dir=out_dir,
+                   offline_ok=True) as tracker:  # fmt: skip
         tracker.log_params(flatten_config(cfg))
         log_eval(tracker, out_dir, rows, metrics, f"{cfg.name} ({info['method']})")
     return out_dir, metrics
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    run(parse_cli(sys.argv[1:] if argv is None else argv))
+    run_main(lambda: run(parse_cli(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 from ssft.config import ExperimentConfig, parse_cli
 from ssft.trace_set import read_trace_sets, trace_set_digest
 from workflows import build_traces, compare, evaluate, train
+from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray
 
 
@@ -47,6 +48,10 @@ def train_config(cfg: ExperimentConfig, method: str, seed: int, traces: Path, di
 
 def run(cfg: ExperimentConfig) -> str:
     """Run every stage (reusing finished ones); returns the comparison table."""
+    # Every stage checks again, but a typo in the last stage's folder should not wait for it.
+    preflight({"build.output_dir": cfg.build.output_dir, "train.output_dir": cfg.train.output_dir,
+               "eval.output_dir": cfg.eval.output_dir,
+               "pipeline.output_dir": cfg.pipeline.output_dir})  # fmt: skip
     init_ray()
     traces = build_traces.run(cfg)
     digest = trace_set_digest(read_trace_sets(traces))
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    run(parse_cli(sys.argv[1:] if argv is None else argv))
+    run_main(lambda: run(parse_cli(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Otherwise Ray starts embedded in this process (``address="local"``), so a stray
 
 from __future__ import annotations
 
+import json
 import os
 
 import ray
@@ -34,7 +35,15 @@ def init_ray(num_cpus: int | None = None) -> None:
 
 
 def ray_job_id() -> str | None:
-    """The Ray job id of this driver (a tag on every MLflow run), None outside Ray."""
+    """This driver's job as ``ray job`` commands name it (a tag on every MLflow run): the
+    submission id (``raysubmit_...``) under ``ray job submit``, else Ray's job id; None outside
+    Ray."""
     if not ray.is_initialized():
         return None
-    return os.environ.get("RAY_JOB_SUBMISSION_ID") or ray.get_runtime_context().get_job_id()
+    # The job supervisor hands the driver its metadata (with the submission id) in this JSON.
+    try:
+        job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except json.JSONDecodeError:
+        job_config = {}
+    submission_id = (job_config.get("metadata") or {}).get("job_submission_id")
+    return submission_id or ray.get_runtime_context().get_job_id()

@@ -55,8 +55,9 @@ from ssft.sweep_report import (
     summary_rows,
 )
 from ssft.trace_set import read_trace_sets, trace_set_digest
-from ssft.tracking import default_tracking_uri, git_commit
+from ssft.tracking import git_commit
 from workflows import build_traces
+from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 from workflows.train import train_worker
 
@@ -172,6 +173,10 @@ def _tuner(trainable, root: Path, variants: list[dict], tune_config: tune.TuneCo
 
 def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
     """Run (or resume) the sweep named ``cfg.name``; returns one summary row per trial."""
+    outputs = {"sweep.output_dir": args.storage}
+    if cfg.data.train_path is None:
+        outputs["build.output_dir"] = cfg.build.output_dir
+    uri = preflight(outputs)  # MLflow and the folders, before any compute
     init_ray()
     if cfg.data.train_path is None:
         traces = build_traces.run(cfg)
@@ -182,14 +187,14 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
     for variant in variants:  # every trial's config is valid before anything starts
         apply_variant(cfg, variant, cfg.name)
     root = Path(args.storage).resolve() / cfg.name
-    uri = default_tracking_uri("runs")
     concurrent = _max_concurrent(cfg, args.max_concurrent)
     if uri.startswith("sqlite") and concurrent > 1:
         print("[sweep] MLflow is one SQLite file and trials write at once: on 'database is "
               "locked', use ops/local_services.sh start and its MLFLOW_TRACKING_URI")  # fmt: skip
     tags = {"dataset_digest": trace_set_digest(sets), "git_commit": git_commit(),
             "seed": cfg.seed, "ray_job_id": ray_job_id(), "sweep": cfg.name}  # fmt: skip
-    parent, reopened = open_parent_run(cfg, uri, {**tags, "stage": "sweep"})
+    root.mkdir(parents=True, exist_ok=True)
+    parent, reopened = open_parent_run(cfg, uri, {**tags, "stage": "sweep"}, local_dir=root)
     with parent:
         if not reopened:
             grid_params = {"num_tags": args.num_tags, "costs": args.costs, "asha": args.asha,
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    rows = run(*parse_args(sys.argv[1:] if argv is None else argv))
+    rows = run_main(lambda: run(*parse_args(sys.argv[1:] if argv is None else argv)))
     if any(r["status"] == "error" for r in rows):
         raise SystemExit(1)
 

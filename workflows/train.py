@@ -33,15 +33,23 @@ from ssft.config import (
 )
 from ssft.parallel import wrap_fsdp
 from ssft.trace_set import read_trace_sets, trace_set_digest
-from ssft.tracking import NullTracker, default_tracking_uri, git_commit, start_run
+from ssft.tracking import NullTracker, git_commit, start_run
 from ssft.train_loop import TrainContext, train
 from ssft.train_report import log_training_artifacts
+from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 
 
-def _crash_hook(rank: int):
-    """Fault-injection hook for tests: ``$SSFT_FAULT_DIR/crash-train-step-<k>`` makes rank 0
-    die (process exit) when it reaches step k, once.
+def _crash_hook(rank: int, run_name: str):
+    """Fault-injection hook for tests, in ``$SSFT_FAULT_DIR``:
+
+    - ``crash-train-step-<k>``: rank 0 dies (process exit) when it reaches step k, once (the
+      file is removed).
+    - ``crash-train-always-step-<k>``: rank 0 of every run whose name contains the file's
+      text (empty: every run) dies at step k on every attempt; each death appends the run
+      name to ``<file>.hits``, so a test can count the attempts.
+    - ``pause-train-step-<k>``: rank 0 writes ``<file>.reached`` at step k and waits until
+      the file is removed (a test does something to the world meanwhile, e.g. kills MLflow).
 
     It dies a few seconds late: Train V2's controller collects reported checkpoints when it
     polls the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, default 2 s), and a checkpoint
@@ -53,11 +61,24 @@ def _crash_hook(rank: int):
     poll_s = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
     def before_step(step: int) -> None:
-        request = Path(fault_dir or ".") / f"crash-train-step-{step}"
-        if fault_dir and rank == 0 and request.exists():
-            request.unlink()
-            time.sleep(2 * poll_s + 1)
-            os._exit(1)
+        if not fault_dir or rank != 0:
+            return
+        pause = Path(fault_dir) / f"pause-train-step-{step}"
+        if pause.exists():
+            pause.with_name(pause.name + ".reached").write_text(run_name)
+            while pause.exists():
+                time.sleep(0.1)
+        once = Path(fault_dir) / f"crash-train-step-{step}"
+        always = Path(fault_dir) / f"crash-train-always-step-{step}"
+        if once.exists():
+            once.unlink()
+        elif always.exists() and always.read_text().strip() in run_name:
+            with always.with_name(always.name + ".hits").open("a") as hits:
+                hits.write(run_name + "\n")
+        else:
+            return
+        time.sleep(2 * poll_s + 1)
+        os._exit(1)
 
     return before_step
 
@@ -81,6 +102,8 @@ def train_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     tracker = NullTracker()
     if rank == 0:
+        # The driver checked MLflow before starting; if it is gone by now (or when a restarted
+        # worker resumes), training goes on and the calls are recorded in the run's folder.
         tracker = start_run(
             cfg.experiment,
             cfg.name,
@@ -88,6 +111,8 @@ def train_worker(config: dict) -> None:
             tags=config["tags"],
             resume_key=cfg.name,
             parent_run_id=config.get("parent_run_id"),  # a Tune trial's child run
+            local_dir=Path(config["final_dir"]).parent,
+            offline_ok=True,
         )
         if checkpoint is None:
             tracker.log_params(flatten_config(cfg))
@@ -106,7 +131,7 @@ def train_worker(config: dict) -> None:
             report=report,
             resume_from=Path(d) if checkpoint else None,
             wrap_model=_wrapper(cfg.train.parallelism, world),
-            before_step=_crash_hook(rank),
+            before_step=_crash_hook(rank, cfg.name),
             final_dir=Path(config["final_dir"]),
         )
         result = train(cfg, ctx)
@@ -134,6 +159,7 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def run(cfg: ExperimentConfig) -> Path:
     """Fit (or resume) the training named ``cfg.name``; returns the final model directory."""
+    uri = preflight({"train.output_dir": cfg.train.output_dir})  # before any compute
     init_ray()
     # Ray Train workers run in their own directory: hand them absolute paths.
     cfg = absolute_paths(cfg)
@@ -151,7 +177,7 @@ def run(cfg: ExperimentConfig) -> Path:
             "cfg": config_to_dict(cfg),
             "final_dir": str(final_dir),
             "tags": tags,
-            "tracking_uri": default_tracking_uri("runs"),
+            "tracking_uri": uri,
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
         run_config=RunConfig(
@@ -171,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    run(parse_cli(sys.argv[1:] if argv is None else argv))
+    run_main(lambda: run(parse_cli(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
