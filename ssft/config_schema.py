@@ -174,6 +174,11 @@ class MatchingConfig(Section):
         "end-of-turn token. Short prefixes are cheaper but may split modes by their openings.")})
     cost_batch_size: int = field(default=32, metadata={"help": (
         "Sequences per no-grad forward pass when building cost matrices (memory, not results).")})
+    prompt_cache: bool = field(default=True, metadata={"help": (
+        "Encode each question's prompt once and score the N x M (tag, trace prefix) "
+        "continuations from its KV cache; false recomputes the prompt in every pair. Same costs "
+        "up to float rounding; the cache is faster (benchmarks/step_cost.py). Multi-worker FSDP "
+        "always recomputes (its forwards take whole sequences).")})
     # fmt: on
 
     def _check_values(self) -> None:

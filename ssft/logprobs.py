@@ -11,9 +11,17 @@ per chunk. With gradients on, each chunk is recomputed in backward (activation
 checkpointing) so only one chunk's logits are alive at a time. Models whose logits are
 post-processed after the output projection (soft-capping, logit scaling) fall back to the
 model's own ``logits``, still converted to float32 chunk by chunk.
+
+A ``CachedPrompt`` (the cost pass's shared-prompt KV cache, ``ssft.prompt_cache``) makes the
+batch a continuation: its rows attend to the cached prompt keys first, at positions after
+the prompt. The NLL of a continuation token is then the one it has in the whole sequence.
 """
 
 from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +30,40 @@ from torch.utils.checkpoint import checkpoint
 from ssft.sequences import IGNORE_INDEX, PaddedBatch
 
 DEFAULT_CHUNK_TOKENS = 4096
+
+
+@dataclass
+class CachedPrompt:
+    """Cached prompt keys/values a batch continues from (one prompt row per batch row).
+
+    ``cache``: a transformers ``Cache`` holding [B, heads, P, head_dim] per layer (consumed:
+    the forward appends the batch's own keys to it). ``attention_mask``: int [B, P], 0 on
+    the prompt's right padding. ``lengths``: int64 [B], each row's real prompt length, so
+    the continuation's positions start there (rotary positions match the unpadded sequence).
+    """
+
+    cache: Any
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor
+
+
+def cache_kwarg_name(module: torch.nn.Module) -> str:
+    """``cache`` in recent transformers 5.x, ``past_key_values`` before it was renamed."""
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _model_inputs(module: torch.nn.Module, batch: PaddedBatch, cached_prompt: CachedPrompt | None):
+    if cached_prompt is None:
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    width = batch.input_ids.shape[1]
+    steps = torch.arange(width, device=batch.input_ids.device)
+    return {
+        "input_ids": batch.input_ids,
+        "attention_mask": torch.cat([cached_prompt.attention_mask, batch.attention_mask], dim=1),
+        "position_ids": cached_prompt.lengths[:, None] + steps[None, :],
+        cache_kwarg_name(module): cached_prompt.cache,
+    }
 
 
 def _has_plain_head(model: torch.nn.Module) -> bool:
@@ -46,19 +88,22 @@ def _logits_chunk_nll(logits: torch.Tensor, targets: torch.Tensor):
 
 
 def token_nll(
-    model: torch.nn.Module, batch: PaddedBatch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    model: torch.nn.Module,
+    batch: PaddedBatch,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    *,
+    cached_prompt: CachedPrompt | None = None,
 ) -> torch.Tensor:
     """NLL of every supervised label, float32 [B, T]; 0 where ``labels == IGNORE_INDEX``.
 
-    Entry ``[b, t]`` is ``-log p(labels[b, t] | input_ids[b, :t])``.
+    Entry ``[b, t]`` is ``-log p(labels[b, t] | prompt[b], input_ids[b, :t])``.
     """
     targets = batch.labels[:, 1:]
     mask = targets != IGNORE_INDEX
     selected_targets = targets[mask]
     if _has_plain_head(model):
-        hidden = model.base_model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask
-        ).last_hidden_state
+        backbone = model.base_model
+        hidden = backbone(**_model_inputs(backbone, batch, cached_prompt)).last_hidden_state
         head = model.get_output_embeddings()
         selected = hidden[:, :-1][mask]  # [K, H]: only positions that predict a label
         pieces = []
@@ -74,7 +119,7 @@ def token_nll(
             else:
                 pieces.append(_chunk_nll(*args))
     else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = model(**_model_inputs(model, batch, cached_prompt)).logits
         selected = logits[:, :-1][mask]
         pieces = [
             _logits_chunk_nll(
@@ -90,9 +135,13 @@ def token_nll(
 
 
 def sequence_nll(
-    model: torch.nn.Module, batch: PaddedBatch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    model: torch.nn.Module,
+    batch: PaddedBatch,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    *,
+    cached_prompt: CachedPrompt | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence NLL sum and supervised-token count, both float32 [B], on the batch's device."""
-    nll = token_nll(model, batch, chunk_tokens)
+    nll = token_nll(model, batch, chunk_tokens, cached_prompt=cached_prompt)
     counts = (batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1).to(torch.float32)
     return nll.sum(dim=1), counts

@@ -25,6 +25,11 @@ built: all sum_b N * M_b sequences of a batch go through few no-grad forwards (l
 micro-batches of ``batch_size``), the per-sequence costs land in one flat device tensor,
 are copied to the host ONCE, and are split into per-question [N, M_b] blocks.
 
+``prompt_cache=True`` (the default, chosen by ``benchmarks/step_cost.py``) encodes each
+prompt once and scores only the short continuations ``[tag ; first L trace tokens]`` from
+its KV cache (``ssft.prompt_cache``): the same costs up to float rounding, for
+P + N * M * (1 + L) tokens per question instead of N * M * (P + 1 + L).
+
 Under sharded data parallelism (FSDP) every forward is a collective, so the training loop
 passes ``forward=`` (the wrapped module) and ``min_forwards=`` (the most forwards any rank
 needs for this chunk, ``cost_forward_count``): a rank with fewer sequences runs dummy
@@ -55,6 +60,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ssft.logprobs import DEFAULT_CHUNK_TOKENS, sequence_nll
+from ssft.prompt_cache import encode_prompts
 from ssft.sequences import IGNORE_INDEX, PaddedBatch, TokenizedQuestion, build_sequence, pad_batch
 
 COST_KINDS = ("mean_nll", "sum_nll")
@@ -91,6 +97,7 @@ def cost_matrices(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     forward: Callable[[PaddedBatch], tuple[torch.Tensor, torch.Tensor]] | None = None,
     min_forwards: int = 0,
+    prompt_cache: bool = True,
 ) -> list[np.ndarray]:
     """Per question b, the float64 cost block ``C_b`` of shape [N, M_b] (rows tags).
 
@@ -99,25 +106,36 @@ def cost_matrices(
     FSDP-wrapped module, whose forward gathers the sharded weights; ``model`` is then only
     switched to eval mode). ``min_forwards``: run at least this many forwards, padding with
     a dummy batch whose result is discarded (every rank must run the same number under FSDP).
+    ``prompt_cache``: score continuations from each prompt's KV cache (module doc). It needs
+    the model itself, so a ``forward=`` (FSDP: every forward is a collective over whole
+    sequences) always uses full sequences.
     """
     if cost not in COST_KINDS:
         raise ValueError(f"cost={cost!r} is not a cost kind; choose one of {list(COST_KINDS)}.")
+    device = next(model.parameters()).device
+    was_training = model.training
+    if prompt_cache and forward is None:
+        model.eval()
+        try:
+            flat = _cached_prompt_costs(
+                model, questions, tag_ids, pad_id, cost, prefix_tokens, batch_size, chunk_tokens
+            )
+        finally:
+            model.train(was_training)
+        return _split_blocks(flat, questions, len(tag_ids))
     if forward is None:
         forward = lambda batch: sequence_nll(model, batch, chunk_tokens)  # noqa: E731
     # Flat layout: question b, then tag i, then trace j (i-major inside a question).
-    sequences, sizes = [], []
+    sequences = []
     for q in questions:
-        sizes.append((len(tag_ids), q.num_traces))
         for tag_id in tag_ids:
             for trace in q.trace_ids:
                 sequences.append(
                     build_sequence(q.prompt_ids, tag_id, trace, prefix_tokens=prefix_tokens)
                 )
-    device = next(model.parameters()).device
     flat = torch.empty(len(sequences), dtype=torch.float32, device=device)
     order = sorted(range(len(sequences)), key=lambda k: len(sequences[k][0]), reverse=True)
     starts = range(0, len(order), batch_size)
-    was_training = model.training
     model.eval()
     try:
         for start in starts:
@@ -133,12 +151,56 @@ def cost_matrices(
                 forward(dummy)
     finally:
         model.train(was_training)
+    return _split_blocks(flat, questions, len(tag_ids))
+
+
+def _split_blocks(
+    flat: torch.Tensor, questions: Sequence[TokenizedQuestion], num_tags: int
+) -> list[np.ndarray]:
+    """Flat (question, tag, trace) costs -> per-question float64 [N, M_b] host blocks."""
     host = flat.double().cpu().numpy()  # the one device-to-host copy of the matching step
     blocks, offset = [], 0
-    for n_tags, n_traces in sizes:
-        blocks.append(host[offset : offset + n_tags * n_traces].reshape(n_tags, n_traces))
-        offset += n_tags * n_traces
+    for q in questions:
+        size = num_tags * q.num_traces
+        blocks.append(host[offset : offset + size].reshape(num_tags, q.num_traces))
+        offset += size
     return blocks
+
+
+def _cached_prompt_costs(
+    model, questions, tag_ids, pad_id, cost, prefix_tokens, batch_size, chunk_tokens
+) -> torch.Tensor:
+    """Flat costs (same layout as the full-sequence path) from per-prompt KV caches.
+
+    Questions go in groups of ``batch_size`` prompts: one prompt forward per group, then
+    its continuations in length-sorted micro-batches of ``batch_size`` rows.
+    """
+    device = next(model.parameters()).device
+    total = sum(len(tag_ids) * q.num_traces for q in questions)
+    flat = torch.empty(total, dtype=torch.float32, device=device)
+    offset = 0
+    for first in range(0, len(questions), batch_size):
+        group = questions[first : first + batch_size]
+        encoded = encode_prompts(model, [q.prompt_ids for q in group], pad_id, device)
+        rows = []  # (flat index, prompt row in the group, continuation)
+        for g, q in enumerate(group):
+            for tag_id in tag_ids:
+                for trace in q.trace_ids:
+                    rows.append(
+                        (offset, g, build_sequence((), tag_id, trace, prefix_tokens=prefix_tokens))
+                    )
+                    offset += 1
+        rows.sort(key=lambda row: len(row[2][0]), reverse=True)
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            batch = pad_batch([seq for _, _, seq in part], pad_id).to(device)
+            owners = torch.tensor([g for _, g, _ in part], device=device)
+            sums, counts = sequence_nll(
+                model, batch, chunk_tokens, cached_prompt=encoded.select(owners)
+            )
+            values = sums / counts.clamp(min=1) if cost == "mean_nll" else sums
+            flat[torch.tensor([k for k, _, _ in part], device=device)] = values
+    return flat
 
 
 @dataclass(frozen=True)

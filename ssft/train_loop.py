@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ssft.batching import micro_batch_count, plan_step
+from ssft.batching import StepPlan, micro_batch_count, plan_step
 from ssft.checkpointing import save_checkpoint
 from ssft.losses import matched_sequences
 from ssft.matching import assign_tags, cost_forward_count, cost_matrices
@@ -46,7 +46,15 @@ from ssft.sequences import build_sequence, pad_batch
 from ssft.train_report import write_final_model
 from ssft.train_setup import Run, SequenceNLL, TrainContext, load_training_data, setup_run
 
-__all__ = ["SequenceNLL", "TrainContext", "TrainResult", "load_training_data", "train"]
+__all__ = [
+    "SequenceNLL",
+    "StepOutput",
+    "TrainContext",
+    "TrainResult",
+    "load_training_data",
+    "train",
+    "train_step",
+]
 
 log = logging.getLogger("ssft.train")
 
@@ -80,36 +88,80 @@ def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.
             kwargs["forward"] = lambda b: run.wrapped(b.input_ids, b.attention_mask, b.labels)
             n_tags, size = len(run.tag_ids), mc.cost_batch_size
             kwargs["min_forwards"] = cost_forward_count(chunk, run.questions, n_tags, size)
-        with run.autocast():
+        with run.phase("cost"), run.autocast():
             costs = cost_matrices(
                 run.net if run.sharded else run.model, mine, run.tag_ids,
-                pad_id=run.tokenizer.pad_token_id, cost=mc.cost, prefix_tokens=mc.prefix_tokens,
-                batch_size=mc.cost_batch_size, **kwargs,
+                pad_id=run.pad_id, cost=mc.cost, prefix_tokens=mc.prefix_tokens,
+                batch_size=mc.cost_batch_size, prompt_cache=mc.prompt_cache, **kwargs,
             )  # fmt: skip
-    assigned = assign_tags(
-        run.policy, mine, len(run.tag_ids), costs, seed=cfg.seed, epoch=plan.epoch
-    )
-    records = [
-        AssignmentRecord(q.question_id, a, q.trace_keys, q.teachers, q.modes,
-                         second_best_gap(costs[b], a) if costs is not None else None)
-        for b, (q, a) in enumerate(zip(mine, assigned, strict=True))
-    ]  # fmt: skip
-    seqs = matched_sequences(mine, assigned, run.tag_ids, tag_loss=cfg.forking.tag_loss)
+    with run.phase("assign"):
+        assigned = assign_tags(
+            run.policy, mine, len(run.tag_ids), costs, seed=cfg.seed, epoch=plan.epoch
+        )
+        records = [
+            AssignmentRecord(q.question_id, a, q.trace_keys, q.teachers, q.modes,
+                             second_best_gap(costs[b], a) if costs is not None else None)
+            for b, (q, a) in enumerate(zip(mine, assigned, strict=True))
+        ]  # fmt: skip
+        seqs = matched_sequences(mine, assigned, run.tag_ids, tag_loss=cfg.forking.tag_loss)
     n_micro = micro_batch_count(chunk, run.questions, mbs)
     nll = torch.zeros((), device=run.device)
-    for m in range(n_micro):
-        part = seqs[m * mbs : (m + 1) * mbs]
-        weight = 1.0 if part else 0.0  # a padding pass: same collectives, zero gradient
-        batch = pad_batch(part or [dummy], run.tokenizer.pad_token_id).to(run.device)
-        # DDP all-reduces once per step (only the last backward syncs); FSDP has no no_sync
-        # and reduce-scatters every backward (its gradients stay sharded between them).
-        syncs = (last_chunk and m == n_micro - 1) or not hasattr(run.wrapped, "no_sync")
-        with contextlib.nullcontext() if syncs else run.wrapped.no_sync():
-            with run.autocast():
-                sums, _ = run.wrapped(batch.input_ids, batch.attention_mask, batch.labels)
-            (sums.sum() * (weight * ctx.world_size / plan.global_tokens)).backward()
-        nll += sums.sum().detach() * weight
+    with run.phase("loss"):
+        for m in range(n_micro):
+            part = seqs[m * mbs : (m + 1) * mbs]
+            weight = 1.0 if part else 0.0  # a padding pass: same collectives, zero gradient
+            batch = pad_batch(part or [dummy], run.pad_id).to(run.device)
+            # DDP all-reduces once per step (only the last backward syncs); FSDP has no no_sync
+            # and reduce-scatters every backward (its gradients stay sharded between them).
+            syncs = (last_chunk and m == n_micro - 1) or not hasattr(run.wrapped, "no_sync")
+            with contextlib.nullcontext() if syncs else run.wrapped.no_sync():
+                with run.autocast():
+                    sums, _ = run.wrapped(batch.input_ids, batch.attention_mask, batch.labels)
+                (sums.sum() * (weight * ctx.world_size / plan.global_tokens)).backward()
+            nll += sums.sum().detach() * weight
     return nll, records
+
+
+@dataclass
+class StepOutput:
+    """What one optimizer step leaves for logging; tensors stay on the device (no sync)."""
+
+    plan: StepPlan
+    nll: torch.Tensor  # this rank's NLL sum over the step's supervised tokens
+    records: list[AssignmentRecord]  # this rank's assignments
+    grad_norm: torch.Tensor
+
+
+def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepOutput:
+    """One optimizer step: plan -> per chunk (cost, assign, fwd/bwd) -> clip -> step -> schedule.
+
+    ``dummy`` is the sequence a padding micro-batch forwards. The training loop and
+    ``benchmarks/step_cost.py`` both call this, so the benchmark times the real step.
+    """
+    cfg, ctx, tc = run.cfg, run.ctx, run.cfg.train
+    plan = plan_step(
+        step, run.questions, questions_per_step=tc.questions_per_step,
+        grad_accum_steps=tc.grad_accum_steps, world_size=ctx.world_size, seed=cfg.seed,
+        tag_loss=cfg.forking.tag_loss,
+    )  # fmt: skip
+    nll, records = torch.zeros((), device=run.device), []
+    for c, chunk in enumerate(plan.chunks):
+        chunk_nll, chunk_records = _train_chunk(run, plan, chunk, dummy, c == len(plan.chunks) - 1)
+        nll, records = nll + chunk_nll, records + chunk_records
+    with run.phase("optimizer"):
+        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
+        if run.sharded:  # the optimizer's parameters are the shards (DTensor gradients)
+            params = [p for group in run.optimizer.param_groups for p in group["params"]]
+            grad_norm = clip_grad_norm(params, max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), max_norm)
+        if torch.isfinite(grad_norm):  # one host sync per step, on purpose: skip bad updates
+            run.optimizer.step()
+        else:
+            log.warning("step %d: gradient norm is %s; skipping this update", step, grad_norm)
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return StepOutput(plan, nll, records, grad_norm)
 
 
 def _full_state(run: Run, optimizer: bool = True) -> tuple[dict | None, dict | None]:
@@ -150,29 +202,8 @@ def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
         if ctx.before_step:
             ctx.before_step(step)
         t0 = time.perf_counter()
-        plan = plan_step(
-            step, run.questions, questions_per_step=tc.questions_per_step,
-            grad_accum_steps=tc.grad_accum_steps, world_size=ctx.world_size, seed=cfg.seed,
-            tag_loss=cfg.forking.tag_loss,
-        )  # fmt: skip
-        nll, records = torch.zeros((), device=run.device), []
-        for c, chunk in enumerate(plan.chunks):
-            chunk_nll, chunk_records = _train_chunk(
-                run, plan, chunk, dummy, c == len(plan.chunks) - 1
-            )
-            nll, records = nll + chunk_nll, records + chunk_records
-        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
-        if run.sharded:  # the optimizer's parameters are the shards (DTensor gradients)
-            params = [p for group in run.optimizer.param_groups for p in group["params"]]
-            grad_norm = clip_grad_norm(params, max_norm)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), max_norm)
-        if torch.isfinite(grad_norm):  # one host sync per step, on purpose: skip bad updates
-            run.optimizer.step()
-        else:
-            log.warning("step %d: gradient norm is %s; skipping this update", step, grad_norm)
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        out = train_step(run, step, dummy)
+        plan, records, nll, grad_norm = out.plan, out.records, out.nll, out.grad_norm
         # Every rank gathers (the same collectives everywhere); the statistics agree on all.
         all_records = [r for part in _gather(records, ctx.world_size) for r in part]
         matching_metrics = run.stats.update(step, plan.epoch, all_records)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,14 @@ import torch
 from ssft.batching import method_policy, steps_per_epoch
 from ssft.checkpointing import MODEL_DIR, load_state
 from ssft.data_prep import tokenize_trace_sets
-from ssft.forking_tokens import add_forking_tokens
+from ssft.forking_tokens import ForkingTokens, add_forking_tokens
 from ssft.logprobs import sequence_nll
 from ssft.matching import get_policy
 from ssft.matching_stats import MatchingTracker
 from ssft.models import load_model_and_tokenizer
 from ssft.optim import build_optimizer, build_scheduler
 from ssft.parallel import is_sharded, load_full_optimizer_state
-from ssft.sequences import PaddedBatch
+from ssft.sequences import PaddedBatch, TokenizedQuestion
 from ssft.trace_set import read_trace_sets
 from ssft.tracking import NullTracker
 
@@ -115,14 +116,21 @@ class Run:
     total_steps: int
     stats: MatchingTracker
     sharded: bool = False  # FSDP: parameters are shards; forwards and saving are collective
+    pad_id: int = 0
     start: int = 0
     losses: list[float] = field(default_factory=list)
     data_log: list[list] = field(default_factory=list)
+    # Benchmarks time the step's phases with it (``phase``); None: no timing, no extra syncs.
+    timer: Callable[[str], AbstractContextManager] | None = None
 
     def autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def phase(self, name: str) -> AbstractContextManager:
+        """A named part of the step ("cost", "assign", "loss", "optimizer") for ``timer``."""
+        return self.timer(name) if self.timer is not None else contextlib.nullcontext()
 
     @property
     def pass1_tag(self) -> str:
@@ -145,6 +153,38 @@ def setup_run(cfg, ctx: TrainContext) -> Run:
         print(f"[train] {cfg.method}: {prep.summary()}", flush=True)
     if not questions:
         raise ValueError(f"no trainable question in {cfg.data.train_path}: {prep.summary()}")
+    run = build_run(cfg, ctx, model, tokenizer, tags, questions)
+    if ctx.resume_from is not None:
+        state, optim_state = load_state(ctx.resume_from)
+        if run.sharded:
+            load_full_optimizer_state(run.net, run.optimizer, optim_state["optimizer"])
+        else:
+            run.optimizer.load_state_dict(optim_state["optimizer"])
+        run.scheduler.load_state_dict(optim_state["scheduler"])
+        run.stats.load_state_dict(state["matching"])
+        run.start, run.data_log, run.losses = state["step"], state["data_log"], state["losses"]
+        print(
+            f"[train] rank {ctx.rank}: resuming at step {run.start}/{run.total_steps}", flush=True
+        )
+    return run
+
+
+def build_run(
+    cfg,
+    ctx: TrainContext,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tags: ForkingTokens,
+    questions: Sequence[TokenizedQuestion],
+    *,
+    pad_id: int | None = None,
+) -> Run:
+    """A run from a model (tags added, on ``ctx.device``) and tokenized questions.
+
+    ``setup_run`` calls it after loading; ``benchmarks/step_cost.py`` calls it with
+    synthetic questions so it times the very step the training loop runs. ``pad_id``
+    defaults to the tokenizer's.
+    """
     policy_name, shared = method_policy(cfg.method)
     tag_ids = tags.ids_for(shared)
     net = SequenceNLL(model)
@@ -152,20 +192,10 @@ def setup_run(cfg, ctx: TrainContext) -> Run:
     tc = cfg.train
     optimizer = build_optimizer(net, tc.lr, tc.weight_decay)  # after wrapping (FSDP shards)
     total = tc.epochs * steps_per_epoch(len(questions), tc.questions_per_step)
-    run = Run(
-        cfg, ctx, device, model, tokenizer, tags, questions, get_policy(policy_name), tag_ids,
-        shared, net, wrapped, optimizer,
+    return Run(
+        cfg, ctx, torch.device(ctx.device), model, tokenizer, tags, list(questions),
+        get_policy(policy_name), tag_ids, shared, net, wrapped, optimizer,
         build_scheduler(optimizer, total, tc.warmup_steps, tc.lr_schedule), total,
         MatchingTracker(len(tag_ids)), sharded=is_sharded(net),
+        pad_id=tokenizer.pad_token_id if pad_id is None else pad_id,
     )  # fmt: skip
-    if ctx.resume_from is not None:
-        state, optim_state = load_state(ctx.resume_from)
-        if run.sharded:
-            load_full_optimizer_state(net, optimizer, optim_state["optimizer"])
-        else:
-            optimizer.load_state_dict(optim_state["optimizer"])
-        run.scheduler.load_state_dict(optim_state["scheduler"])
-        run.stats.load_state_dict(state["matching"])
-        run.start, run.data_log, run.losses = state["step"], state["data_log"], state["losses"]
-        print(f"[train] rank {ctx.rank}: resuming at step {run.start}/{total}", flush=True)
-    return run

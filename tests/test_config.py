@@ -164,6 +164,34 @@ def test_malformed_and_misplaced_overrides():
     assert "not a valid YAML value" in error(tiny, "train.lr=[1")
 
 
+def test_config_file_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"preset: tiny_cpu\nname: caf\xe9\n")
+    msg = error(load_config, path)
+    assert "latin.yaml" in msg and "line 2" in msg and "not valid UTF-8" in msg
+
+
+def test_key_written_twice_in_yaml_is_an_error(tmp_path):
+    """PyYAML would keep the last one silently; a pasted duplicate must not change a run."""
+    text = "preset: tiny_cpu\ntrain:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n"
+    msg = error(load_config, write(tmp_path, text, "dup.yaml"))
+    assert "dup.yaml" in msg and "key 'lr' repeats line 3" in msg and "line 5" in msg
+    text = "preset: tiny_cpu\nbase: &b {lr: 0.1, epochs: 2}\n"
+    assert "'base'" in error(load_config, write(tmp_path, text))  # still an unknown key
+    merged = "preset: tiny_cpu\ntrain:\n  <<: {lr: 0.1, epochs: 2}\n  lr: 0.5\n"
+    assert load_config(write(tmp_path, merged)).train.lr == 0.5  # a merge may be overridden
+
+
+def test_unreadable_config_path_is_a_config_error(tmp_path):
+    msg = error(load_config, tmp_path)  # a directory
+    assert str(tmp_path) in msg and "cannot be read" in msg
+
+
+def test_value_rule_errors_name_the_config_file(tmp_path):
+    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\nforking:\n  num_tags: 0\n"))
+    assert "forking.num_tags=0" in msg and "run.yaml" in msg
+
+
 # --- types and choices ------------------------------------------------------------------------
 
 
@@ -335,7 +363,7 @@ def test_flatten_has_one_dotted_key_per_field():
     }
     teacher_fields = [f.name for f in dataclasses.fields(TeacherConfig)]
     expected |= {f"build.teachers.{i}.{f}" for i in range(4) for f in teacher_fields}
-    assert set(flat) == expected and len(flat) == 49 + 13 + 14 + 3 + 7 + 4 * 19
+    assert set(flat) == expected and len(flat) == 50 + 13 + 14 + 3 + 7 + 4 * 19
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())

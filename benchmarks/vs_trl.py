@@ -1,0 +1,119 @@
+"""Our SFT-mixed step against TRL's SFTTrainer: same model, data, batch and optimizer.
+
+    pip install -e ".[bench]"                                   # TRL (and datasets)
+    python benchmarks/vs_trl.py --model cpu-small --steps 6     # CPU
+
+Both start from the same random-init model (same seed, forking tokens added) and train on
+the same synthetic sequences ``[prompt ; <think> ; trace]`` (loss on the trace and its
+end-of-turn token only). The dataset is exactly one step's batch (Q questions x M traces),
+so every step of both trainers sees the same batch in one forward/backward, and the loss
+curves are directly comparable. The optimizers are made equal: AdamW betas (0.9, 0.95),
+no weight decay, constant learning rate, gradient clipping at 1.0. TRL's activation
+checkpointing (its default) is turned off, as ours is off. Printed: median step time and
+tokens/s of each, their ratio, and the per-step losses of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `ssft` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks.step_cost import CHAR, WORKLOADS, VariantRun, Workload, build_model
+from ssft.losses import matched_sequences
+
+
+def trl_steps(args, w: Workload, run: VariantRun, lr: float) -> tuple[list[float], list[float]]:
+    """(step seconds, losses) of TRL's SFTTrainer on the run's one-step dataset."""
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from datasets import Dataset
+
+    model, tok, tags, _, _ = build_model(args.model, args.tags, torch.device("cpu"), args.seed)
+    questions = run.run.questions
+    shared = [[0] * q.num_traces for q in questions]  # the shared tag, as SFT-mixed
+    seqs = matched_sequences(questions, shared, (tags.shared_tag_id,))
+    data = Dataset.from_list([{"input_ids": ids, "labels": labels} for ids, labels in seqs])
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    times = StepTimes()
+    config = SFTConfig(
+        output_dir=str(Path(args.workdir) / "trl"), max_steps=args.warmup + args.steps,
+        per_device_train_batch_size=len(seqs), gradient_accumulation_steps=1,
+        learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,
+        gradient_checkpointing=False, max_length=None, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, bf16=False, seed=args.seed, dataloader_num_workers=0,
+        disable_tqdm=True,
+    )  # fmt: skip
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[times]
+    )
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return times.seconds[args.warmup :], losses
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run both, print the comparison, return the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=list(CHAR), default="cpu-small")
+    parser.add_argument("--tags", type=int, default=6)
+    parser.add_argument("--traces", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--workdir", default="runs/bench", help="TRL's output_dir parent")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = WORKLOADS[args.model]
+    # One forward/backward per step for both: the micro-batch is the whole step.
+    w = Workload(**{**base.__dict__, "micro_batch": base.questions * args.traces})
+    args.variants, args.prompt = "sft", None
+    ours = VariantRun("sft", args, w, torch.device("cpu"))
+    ours_losses = []
+    for k in range(args.warmup + args.steps):
+        ours.step(timed=k >= args.warmup)
+        ours_losses.append(ours.out.nll.item() / ours.out.plan.global_tokens)
+    lr = ours.run.cfg.train.lr
+    trl_times, trl_losses = trl_steps(args, w, ours, lr)
+    ours_s, trl_s = statistics.median(ours.steps), statistics.median(trl_times)
+    tokens = ours.tokens
+    print(
+        f"[vs_trl] model={args.model} threads={torch.get_num_threads()} | "
+        f"{len(ours.run.questions)} questions x {args.traces} traces, "
+        f"{w.prompt + 1 + w.trace} tokens each, one batch per step | "
+        f"warm-up {args.warmup}, median of {args.steps} steps"
+    )
+    print("| trainer | step (ms) | tokens/s |")
+    print("|---|---|---|")
+    print(f"| ssft (sft_mixed) | {ours_s * 1e3:.1f} | {tokens / ours_s:,.0f} |")
+    print(f"| TRL SFTTrainer | {trl_s * 1e3:.1f} | {tokens / trl_s:,.0f} |")
+    print(f"tokens/s ratio ours/TRL = {trl_s / ours_s:.3f}")
+    print("losses ours: " + " ".join(f"{v:.4f}" for v in ours_losses))
+    print("losses TRL:  " + " ".join(f"{v:.4f}" for v in trl_losses), flush=True)
+    return {"ours_s": ours_s, "trl_s": trl_s, "ours_losses": ours_losses,
+            "trl_losses": trl_losses}  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
