@@ -129,6 +129,24 @@ def default_tracking_uri(default_dir: str | os.PathLike = "runs") -> str:
     return f"sqlite:///{path / 'mlflow.db'}"
 
 
+def browse_hint(uri: str, experiment: str) -> str:
+    """Where to look at an experiment's runs: its page on a server, or the `mlflow ui` command
+    for a SQLite file. MLflow 3's UI opens on a GenAI overview; the runs table is /runs."""
+    experiment_id = None
+    try:
+        check_tracking_uri(uri, timeout_s=2.0)  # never wait out MLflow's retries on a dead server
+        from mlflow import MlflowClient
+
+        found = MlflowClient(uri).get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else None
+    except Exception:  # a hint must never fail a finished job
+        pass
+    page = f"#/experiments/{experiment_id}/runs" if experiment_id else "#/experiments"
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/{page}"
+
+
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     """The checkout's HEAD commit, or None outside a git checkout (e.g. a Ray job's copy)."""
     try:

@@ -134,3 +134,17 @@ def test_calls_after_the_server_is_gone_are_recorded_not_raised(tmp_path, capsys
     assert sum("not logged" in r.message for r in caplog.records) == 6 + 1  # + the summary
     out = capsys.readouterr().out
     assert "6 call(s) were not logged" in out and str(tmp_path / "out" / "unlogged.jsonl") in out
+
+
+def test_browse_hint_points_at_the_experiments_runs_page(uri, tmp_path):
+    from mlflow import MlflowClient
+
+    from ssft.tracking import browse_hint
+
+    experiment_id = MlflowClient(uri).create_experiment("hinted")
+    hint = browse_hint(uri, "hinted")
+    assert hint == (f"mlflow ui --backend-store-uri {uri}  then open "
+                    f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")  # fmt: skip
+    assert browse_hint(uri, "no-such-experiment").endswith("/#/experiments")
+    # a server that does not answer still gets a usable hint, quickly enough to never block
+    assert browse_hint("http://127.0.0.1:9/", "x") == "open http://127.0.0.1:9/#/experiments"

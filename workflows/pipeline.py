@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ssft.config import ExperimentConfig, parse_cli
 from ssft.trace_set import read_trace_sets, trace_set_digest
+from ssft.tracking import browse_hint, default_tracking_uri
 from workflows import build_traces, compare, evaluate, train
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray
@@ -79,8 +80,7 @@ def run(cfg: ExperimentConfig) -> str:
     table = compare.compare(eval_dirs, out, cfg.experiment)
     print(
         f"[pipeline] done. Comparison: {out / 'comparison.md'}\n"
-        "[pipeline] browse every run: mlflow ui --backend-store-uri sqlite:///runs/mlflow.db "
-        "(or your MLFLOW_TRACKING_URI)",
+        f"[pipeline] browse every run: {browse_hint(default_tracking_uri(), cfg.experiment)}",
         flush=True,
     )
     return table
