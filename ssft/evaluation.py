@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from ssft import eval_metrics, known_modes
 from ssft.grading import grade
+from ssft.models import load_model_and_tokenizer, load_tokenizer
 from ssft.sampling import sample_with_tags, sample_with_tags_vllm
 from ssft.teachers.base import Question
 from ssft.train_report import TAGS_FILE
@@ -48,13 +50,27 @@ def sampling_plan(info: dict[str, Any], samples_per_tag: int) -> tuple[list[str]
     return tags, samples_per_tag
 
 
-def load_eval_model(model_dir: str | Path):
-    """``(model, tokenizer)`` of a final model directory, in eval mode, on the GPU if any."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _model_dir_cfg(model_dir: str | Path, trust_remote_code: bool) -> SimpleNamespace:
+    """A model config for a saved model directory, for ``ssft.models``' loaders.
 
+    Those loaders pass ``trust_remote_code`` explicitly (so transformers never prompts) and
+    turn a refused ``auto_map`` into an ``InputError`` naming the file; ``dtype=None`` keeps
+    the dtype the directory was saved in.
+    """
+    return SimpleNamespace(
+        init="pretrained", name_or_path=str(model_dir), tokenizer=None, dtype=None,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+
+
+def load_eval_model(model_dir: str | Path, *, trust_remote_code: bool = False):
+    """``(model, tokenizer)`` of a final model directory, in eval mode, on the GPU if any.
+
+    Code shipped in the directory (``auto_map``) is never run unless ``trust_remote_code``.
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    model, tokenizer = load_model_and_tokenizer(_model_dir_cfg(model_dir, trust_remote_code))
+    return model.to(device).eval(), tokenizer
 
 
 def evaluate_questions(
@@ -66,16 +82,15 @@ def evaluate_questions(
     *,
     model=None,
     tokenizer=None,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Graded sample rows for ``questions`` (one row per question, tag and sample).
 
     Pass an already loaded ``model``/``tokenizer`` (``load_eval_model``) to avoid loading
     them again; the ``vllm`` backend builds its own engine from ``model_dir``.
     """
-    from transformers import AutoTokenizer
-
     info = read_model_tags(model_dir)
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = tokenizer or load_tokenizer(_model_dir_cfg(model_dir, trust_remote_code))
     tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
     common = dict(
         samples_per_tag=per_tag, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
@@ -85,7 +100,8 @@ def evaluate_questions(
     if eval_cfg.backend == "vllm":
         rows = sample_with_tags_vllm(str(model_dir), tokenizer, questions, tags, **common)
     else:
-        model = model if model is not None else load_eval_model(model_dir)[0]
+        if model is None:
+            model = load_eval_model(model_dir, trust_remote_code=trust_remote_code)[0]
         rows = sample_with_tags(
             model, tokenizer, questions, tags, batch_size=eval_cfg.batch_size, **common
         )

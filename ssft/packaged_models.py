@@ -177,16 +177,22 @@ def convert_gguf(gguf: Path, out_dir: Path, dtype: str = "float32") -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Explicitly off: a packaged model is a built-in architecture, and left unset transformers
+    # would prompt on a terminal before running code it found beside the file.
+    tokenizer = AutoTokenizer.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, trust_remote_code=False
+    )
     quantized = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype)
+        gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, dtype), trust_remote_code=False
     )
     config_dict = quantized.config.to_dict()
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)
     config_dict["dtype"] = dtype
     config = type(quantized.config).from_dict(config_dict)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_config(
+        config, dtype=getattr(torch, dtype), trust_remote_code=False
+    )
     # strict: every tensor of the plain model must come from the GGUF (tied ones included).
     model.load_state_dict(quantized.state_dict(), strict=True)
     model.generation_config = quantized.generation_config

@@ -116,7 +116,7 @@ def sample_with_tags_vllm(
         ) from err
     import hashlib
 
-    llm = LLM(model=str(model_dir), seed=seed)
+    llm = LLM(model=str(model_dir), seed=seed, trust_remote_code=False)  # never run repo code
     prompts, params, keys = [], [], []
     for q in questions:
         base = format_prompt(

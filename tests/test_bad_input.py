@@ -20,6 +20,7 @@ import pytest
 from ssft.config_checks import InputError
 from ssft.models import build_char_tokenizer
 from ssft.presets import tiny_cpu
+from ssft.sequences import format_prompt
 from ssft.trace_set import TRACE_SET_SCHEMA, Trace, TraceSet, write_trace_sets
 from ssft.train_setup import load_training_data
 from tests.test_trace_set import make_sets
@@ -28,13 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = str(ROOT / "workflows" / "configs" / "tiny_cpu.yaml")
 
 
-def run_entrypoint(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m <module> --config tiny_cpu.yaml <args>`` from ``cwd`` (so runs/ lands there)."""
+def run_entrypoint(
+    module: str, *args: str, cwd: Path, config: str | Path = TINY_YAML
+) -> subprocess.CompletedProcess:
+    """``python -m <module> --config <config> <args>`` from ``cwd`` (so runs/ lands there)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
-        [sys.executable, "-m", module, "--config", TINY_YAML, *args],
+        [sys.executable, "-m", module, "--config", str(config), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
@@ -64,7 +67,7 @@ def test_build_traces_with_a_bad_questions_file_fails_and_writes_nothing(tmp_pat
         "build.questions=jsonl", f"build.questions_path={questions}", f"build.output_dir={out}",
         cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode != 0
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{questions}:2: field 'gold_answer' is missing" in done.stderr.splitlines()[-1]
     assert "Started a local Ray instance" not in done.stderr
     assert snapshot(out) == before
@@ -83,9 +86,39 @@ def test_train_with_a_misspelled_key_exits_2_with_one_line(tmp_path):
     assert snapshot(out) == before
 
 
-@pytest.mark.slow  # starts an embedded Ray before reading the data (see the report to the lead)
+def error_line(done: subprocess.CompletedProcess) -> str:
+    """The one ``error: ...`` line of a failed entrypoint (exit 2, no traceback, no Ray)."""
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "Started a local Ray instance" not in done.stdout + done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    return line
+
+
+def test_build_traces_with_a_bad_replay_file_fails_before_ray(tmp_path):
+    """A replay teacher's file is read and checked on the driver, before Ray or any shard."""
+    replay = tmp_path / "replay.jsonl"
+    good = {"question_id": "q1", "teacher": "GPT-4", "text": "1 + 1 = 2"}
+    replay.write_text(json.dumps(good) + "\n" + json.dumps({**good, "text": " \t "}) + "\n")
+    config = tmp_path / "replay.yaml"
+    teacher = {"name": "rp", "kind": "replay", "replay_path": str(replay)}
+    config.write_text(json.dumps({"preset": "tiny_cpu", "build": {"teachers": [teacher]}}))
+    out = tmp_path / "traces"
+    before = earlier_outputs(out)
+    done = run_entrypoint(
+        "workflows.build_traces", f"build.output_dir={out}", cwd=tmp_path, config=config
+    )
+    line = error_line(done)
+    assert f"replay file {str(replay)!r}, line 2, field 'text'" in line
+    assert "whitespace-only" in line
+    assert snapshot(out) == before
+
+
 def test_train_with_a_bad_trace_set_exits_2_and_keeps_earlier_outputs(tmp_path):
-    """A row-level error: names the file, the row, the question and the field; no traceback."""
+    """A row-level error: names the file, the row, the question and the field; no traceback.
+
+    The trace set is read on the driver before Ray starts, so this costs no Ray start-up.
+    """
     rows = make_sets()
     rows[2] = TraceSet("q-0002", "p", "7", "champ", (Trace("a", "m", "  \n", "7", True),))
     bad = tmp_path / "bad.parquet"
@@ -98,9 +131,7 @@ def test_train_with_a_bad_trace_set_exits_2_and_keeps_earlier_outputs(tmp_path):
         "workflows.train", f"data.train_path={bad}", f"train.output_dir={out}", "name=bad-input",
         cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    line = error_line(done)
     assert f"trace set file {str(bad)!r}, row 2 (question_id='q-0002')" in line
     assert "field 'traces[0].text' is whitespace-only" in line
     assert snapshot(out) == before
@@ -108,13 +139,7 @@ def test_train_with_a_bad_trace_set_exits_2_and_keeps_earlier_outputs(tmp_path):
 
 def test_more_traces_than_tags_in_a_file_names_file_row_and_field(tmp_path):
     """The M > N policy on the real path: Parquet file -> read -> tokenize (default 'error')."""
-    traces = tuple(Trace(f"t{k}", "m", f"{k}+1={k + 1}", None, True) for k in range(5))
-    sets = [
-        TraceSet("q-ok", "1+1=?", "2", "s", traces[:2]),
-        TraceSet("q-many", "p", "g", "s", traces),
-    ]
-    path = tmp_path / "many.parquet"
-    write_trace_sets(path, sets)
+    path = many_traces_file(tmp_path)
     cfg = tiny_cpu()  # forking.num_tags = 4
     with pytest.raises(InputError) as err:
         load_training_data(cfg, build_char_tokenizer(), str(path))
@@ -125,3 +150,70 @@ def test_more_traces_than_tags_in_a_file_names_file_row_and_field(tmp_path):
     questions, stats = load_training_data(cfg, build_char_tokenizer(), str(path))
     assert [q.num_traces for q in questions] == [2, 4]
     assert stats.dropped == {"too_many_traces": 1}
+
+
+def many_traces_file(tmp_path: Path) -> Path:
+    """Row 1 has 5 correct traces: more than tiny_cpu's forking.num_tags = 4."""
+    traces = tuple(Trace(f"t{k}", "m", f"{k}+1={k + 1}", None, True) for k in range(5))
+    sets = [
+        TraceSet("q-ok", "1+1=?", "2", "s", traces[:2]),
+        TraceSet("q-many", "p", "g", "s", traces),
+    ]
+    path = tmp_path / "many.parquet"
+    write_trace_sets(path, sets)
+    return path
+
+
+def test_train_with_more_traces_than_tags_exits_2_before_ray(tmp_path):
+    """M > N under the default data.too_many_traces=error, from the real entrypoint: the data
+    is tokenized on the driver (tokenizer and tags, no model) before Ray starts."""
+    path = many_traces_file(tmp_path)
+    out = tmp_path / "train_out"
+    before = earlier_outputs(out)
+    done = run_entrypoint(
+        "workflows.train", f"data.train_path={path}", f"train.output_dir={out}", "name=m-gt-n",
+        cwd=tmp_path,
+    )  # fmt: skip
+    line = error_line(done)
+    assert f"trace set {str(path)!r}, row 1 (question_id='q-many')" in line
+    assert "field 'traces' has 5 usable traces but forking.num_tags=4" in line
+    assert snapshot(out) == before
+
+
+def test_train_with_an_overlong_trace_under_overlong_error_exits_2_before_ray(tmp_path):
+    path = tmp_path / "long.parquet"
+    long_trace = Trace("t0", "m", "1+1=2 " * 60, None, True)  # 360 characters > 256 tokens
+    write_trace_sets(path, [TraceSet("q-long", "1+1=?", "2", "s", (long_trace,))])
+    done = run_entrypoint(
+        "workflows.train", f"data.train_path={path}", "data.overlong=error",
+        f"train.output_dir={tmp_path / 'out'}", cwd=tmp_path,
+    )  # fmt: skip
+    line = error_line(done)
+    assert f"trace set {str(path)!r}, row 0 (question_id='q-long')" in line
+    assert "field 'traces[0].text' makes a" in line and "data.max_seq_len=256" in line
+
+
+def test_driver_check_prepares_data_with_the_forking_tags_added(tmp_path):
+    """A trace that writes a tag's text counts it as one token, as on the workers: a sequence
+    at exactly data.max_seq_len passes the driver's check, one token more fails it."""
+    from workflows.train import check_training_data
+
+    cfg = tiny_cpu()
+    cfg.data.overlong = "error"
+    prompt = "1+1=?"
+    prompt_len = len(format_prompt(
+        build_char_tokenizer(), prompt, use_chat_template=cfg.data.use_chat_template,
+        prompt_template=cfg.data.prompt_template,
+    ))  # fmt: skip
+    # prompt + tag + trace + end-of-turn == max_seq_len, with "<think1>" one token of the trace
+    filler = "x" * (cfg.data.max_seq_len - prompt_len - 1 - 1 - 1)
+    for extra, fits in (("", True), ("y", False)):
+        path = tmp_path / f"tagged{extra}.parquet"
+        trace = Trace("t0", "m", "<think1>" + filler + extra, None, True)
+        write_trace_sets(path, [TraceSet("q", prompt, "2", "s", (trace,))])
+        cfg.data.train_path = str(path)
+        if fits:
+            assert check_training_data(cfg).startswith("sha256:")
+        else:
+            with pytest.raises(InputError, match=r"over data\.max_seq_len=256"):
+                check_training_data(cfg)

@@ -112,14 +112,85 @@ def test_custom_tokenizer_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_evaluation_loader_does_not_run_custom_code(tmp_path):
-    """The evaluation stage's loader too (it must never prompt or import the directory's code)."""
+@pytest.fixture
+def prompts(monkeypatch) -> list[str]:
+    """Every ``input()`` prompt shown. transformers prompts "run the custom code? [y/N]" when
+    ``trust_remote_code`` is left unset, so a loader that passes it explicitly shows none (under
+    pytest the prompt itself fails, which would look like a refusal; this tells them apart)."""
+    shown: list[str] = []
+
+    def record(prompt: str = "") -> str:
+        shown.append(prompt)
+        raise EOFError("no terminal in this test")
+
+    monkeypatch.setattr("builtins.input", record)
+    return shown
+
+
+def test_evaluation_loader_does_not_run_custom_code(tmp_path, prompts):
+    """The evaluation stage's loader: an explicit refusal naming the file, no prompt, no import."""
     from ssft.evaluation import load_eval_model
 
     marker = custom_code_model_dir(tmp_path, model_type="custom-llama")
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    with pytest.raises(InputError) as err:
         load_eval_model(tmp_path)
-    assert not marker.exists()
+    message = str(err.value)
+    assert str(tmp_path) in message and "'config.json', field 'auto_map'" in message
+    assert prompts == [] and not marker.exists()
+
+
+def test_evaluation_loader_uses_the_built_in_class_of_a_known_architecture(tmp_path, prompts):
+    from ssft.evaluation import load_eval_model
+
+    marker = custom_code_model_dir(tmp_path)  # auto_map, but model_type 'llama' is built in
+    model, tokenizer = load_eval_model(tmp_path)
+    assert type(model) is LlamaForCausalLM and not model.training
+    assert tokenizer.pad_token is not None
+    assert prompts == [] and not marker.exists()
+
+
+def test_evaluate_questions_loads_its_tokenizer_without_running_custom_code(tmp_path, prompts):
+    """``evaluate_questions`` loads the tokenizer itself when not given one: refused too."""
+    from ssft.evaluation import evaluate_questions
+    from ssft.train_report import TAGS_FILE
+
+    marker = custom_code_model_dir(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "CustomTokenizer"
+    config["auto_map"] = {"AutoTokenizer": [None, "custom_modeling.CustomTokenizer"]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tags = {"method": "ssft", "tags": ["<think1>", "<think2>"], "shared_tag": "<think>"}
+    (tmp_path / TAGS_FILE).write_text(json.dumps(tags))
+    with pytest.raises(InputError, match=r"'tokenizer_config.json', field 'auto_map'"):
+        evaluate_questions(tmp_path, [], SimpleNamespace(), SimpleNamespace(), seed=0)
+    assert prompts == [] and not marker.exists()
+
+
+def test_packaged_model_conversion_passes_trust_remote_code_false(tmp_path, monkeypatch):
+    """``convert_gguf`` loads with transformers' Auto classes: the flag is passed, and off."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ssft.packaged_models import convert_gguf
+
+    calls: list[tuple[str, object]] = []
+
+    class Loaded(Exception):
+        pass
+
+    def fake_loader(name: str):
+        def load(*args, **kwargs):
+            calls.append((name, kwargs.get("trust_remote_code", "unset")))
+            if name == "model":
+                raise Loaded  # stop before the conversion itself
+            return SimpleNamespace()
+
+        return load
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", fake_loader("tokenizer"))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake_loader("model"))
+    with pytest.raises(Loaded):
+        convert_gguf(tmp_path / "model.gguf", tmp_path / "out")
+    assert calls == [("tokenizer", False), ("model", False)]
 
 
 def test_opting_in_runs_the_custom_code(tmp_path):

@@ -27,6 +27,7 @@ from ssft.build_report import log_build_report
 from ssft.config import ExperimentConfig, config_from_dict, config_to_dict, parse_cli
 from ssft.question_sources import load_questions
 from ssft.teachers import Question
+from ssft.teachers.replay import read_replay_rows
 from ssft.trace_building import (
     ShardStats,
     build_key,
@@ -88,12 +89,24 @@ def _absolute_teacher_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, build=dataclasses.replace(cfg.build, teachers=teachers))
 
 
+def check_replay_files(cfg: ExperimentConfig) -> None:
+    """Read and validate every replay teacher's file on the driver, before Ray starts.
+
+    A bad row then stops the build at once with one line naming the file, row and field
+    (``ReplayFileError``), instead of failing in every shard task after Ray started.
+    """
+    for teacher in cfg.build.teachers:
+        if teacher.kind == "replay":
+            read_replay_rows(teacher.replay_path)
+
+
 def run(cfg: ExperimentConfig) -> Path:
     """Build (or resume) the trace sets of ``cfg``; returns the trace-set Parquet path."""
     build = cfg.build
     preflight({"build.output_dir": build.output_dir})  # MLflow and the folder, before compute
     questions = load_questions(build)
     cfg = _absolute_teacher_paths(cfg)
+    check_replay_files(cfg)
     # Absolute: Ray workers (and Ray Train, which changes directory) must find the same place.
     build_dir = Path(build.output_dir).resolve() / f"{build.split}-{build_key(build, cfg.seed)}"
     per = build.questions_per_shard

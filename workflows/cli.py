@@ -4,12 +4,13 @@ Before any compute, each stage checks that MLflow answers (``ssft.tracking.prefl
 and that its output folders accept a file (``check_output_dir``): a typo in a path or a server
 that is down then costs a second, not a finished training whose results cannot be written.
 
-``run_main`` turns the errors a user can fix into one line on stderr and exit status 2:
-config and data errors (``ConfigError``, ``TraceSetError``: loaders name the field and the fix),
-an unusable tracking server, and an output folder or disk that refuses writes (permission,
-read-only, full). Every output is written under a temp name and renamed into place, so such a
-failure leaves earlier outputs intact and a rerun resumes. Anything else keeps its traceback:
-it is a bug to report, not a setting to change.
+``run_main`` turns the errors a user can fix into one line on stderr and exit status 2: bad
+input (``ssft.config_checks.InputError`` and its subclasses: a config, trace-set, questions or
+replay file, M > N or an overlong trace, a model's refused custom code; each names the file,
+row and field and the fix), an unusable tracking server, and an output folder or disk that
+refuses writes (permission, read-only, full). Every output is written under a temp name and
+renamed into place, so such a failure leaves earlier outputs intact and a rerun resumes.
+Anything else keeps its traceback: it is a bug to report, not a setting to change.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ssft.config_checks import ConfigError
-from ssft.trace_set import TraceSetError
+from ssft.config_checks import InputError
 from ssft.tracking import TrackingUnavailable, preflight_tracking
 
 T = TypeVar("T")
@@ -82,7 +82,7 @@ def run_main(fn: Callable[[], T]) -> T:
     """``fn()``; user-fixable errors become ``error: <message>`` on stderr and exit status 2."""
     try:
         return fn()
-    except (ConfigError, TraceSetError, TrackingUnavailable, OutputNotWritable) as err:
+    except (InputError, TrackingUnavailable, OutputNotWritable) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except OSError as err:

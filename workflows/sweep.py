@@ -59,7 +59,7 @@ from ssft.tracking import git_commit
 from workflows import build_traces
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
-from workflows.train import train_worker
+from workflows.train import check_training_data, train_worker
 
 # A trial's driver only waits on its TorchTrainer: it reserves some memory and no CPU, so that
 # trials of one 1-CPU worker each fill the CPUs (Tune needs a non-empty resource request).
@@ -177,6 +177,14 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
     if cfg.data.train_path is None:
         outputs["build.output_dir"] = cfg.build.output_dir
     uri = preflight(outputs)  # MLflow and the folders, before any compute
+    if cfg.data.train_path is not None:  # bad data: one line now, not a failed trial per point
+        checked = set()
+        for variant in grid(args.num_tags, args.costs, args.prefixes, args.baselines, cfg):
+            trial = apply_variant(_absolute(cfg), variant, cfg.name)
+            key = (trial.method, trial.forking.num_tags)
+            if key not in checked:
+                check_training_data(trial)
+                checked.add(key)
     init_ray()
     if cfg.data.train_path is None:
         traces = build_traces.run(cfg)

@@ -31,11 +31,15 @@ from ssft.config import (
     flatten_config,
     parse_cli,
 )
+from ssft.config_checks import ConfigError, InputError
+from ssft.forking_tokens import add_forking_tokens
+from ssft.models import load_tokenizer
 from ssft.parallel import wrap_fsdp
 from ssft.trace_set import read_trace_sets, trace_set_digest
 from ssft.tracking import NullTracker, git_commit, start_run
 from ssft.train_loop import TrainContext, train
 from ssft.train_report import log_training_artifacts
+from ssft.train_setup import load_training_data
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 
@@ -157,15 +161,46 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, data=data, model=model)
 
 
+def check_training_data(cfg: ExperimentConfig) -> str:
+    """Validate and prepare ``cfg``'s training data on the driver; returns its digest.
+
+    Runs before Ray starts, so bad data costs a second and one line naming the file, row and
+    field (``workflows.cli.run_main``), not a Ray-wrapped traceback from every worker. The trace
+    sets are read and validated, then tokenized as every worker will tokenize them: the
+    configured tokenizer with the forking tokens added (no model is loaded), the same
+    ``load_training_data``. That raises on more usable traces than tags (M > N, with
+    ``data.too_many_traces=error``) and on an overlong trace (``data.overlong=error``).
+    """
+    path = cfg.data.train_path
+    if path is None:
+        raise ConfigError(
+            "data.train_path=null: training needs trace sets. Set data.train_path=<path to the "
+            "trace_sets.parquet written by workflows.build_traces>."
+        )
+    digest = trace_set_digest(read_trace_sets(path))
+    tokenizer = load_tokenizer(cfg.model)
+    f = cfg.forking
+    add_forking_tokens(tokenizer, num_tags=f.num_tags, tag_format=f.tag_format,
+                       shared_tag=f.shared_tag)  # fmt: skip
+    questions, prep = load_training_data(cfg, tokenizer, path)
+    if not questions:
+        raise InputError(
+            f"trace set file {path!r}: no trainable question ({prep.summary()}). Every question "
+            "lost all its traces to the reasons listed; raise data.max_seq_len if they are "
+            "overlong, or rebuild the trace sets if none is correct."
+        )
+    return digest
+
+
 def run(cfg: ExperimentConfig) -> Path:
     """Fit (or resume) the training named ``cfg.name``; returns the final model directory."""
     uri = preflight({"train.output_dir": cfg.train.output_dir})  # before any compute
-    init_ray()
     # Ray Train workers run in their own directory: hand them absolute paths.
     cfg = absolute_paths(cfg)
+    digest = check_training_data(cfg)  # before Ray: bad data fails fast, in one line
+    init_ray()
     storage = Path(cfg.train.output_dir).resolve()
     final_dir = storage / cfg.name / "final_model"
-    digest = trace_set_digest(read_trace_sets(cfg.data.train_path))
     tags = {"stage": "train", "method": cfg.method, "num_tags": cfg.forking.num_tags,
             "cost": cfg.matching.cost, "prefix_tokens": cfg.matching.prefix_tokens or "all",
             "dataset_digest": digest, "git_commit": git_commit(), "seed": cfg.seed,
