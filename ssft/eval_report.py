@@ -10,8 +10,6 @@ are made safe here ("pass@4" -> "pass_at_4", "<think2>" -> "think2").
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssft import eval_metrics
+from ssft.atomic_io import write_atomic
 from ssft.matching_stats import heatmap
 
 
@@ -28,15 +27,8 @@ def mlflow_key(key: str) -> str:
 
 
 def write_table_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    table = pa.Table.from_pylist(list(rows))
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _figure(width: float = 7.0, height: float = 3.5, ncols: int = 1):

@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ssft.atomic_io import write_text_atomic
 
 STRATEGIES: tuple[str, ...] = ("column", "split", "round", "count_on")
 UNKNOWN = "unknown"
@@ -355,13 +355,6 @@ def make_splits(
     return questions[n_test:], questions[:n_test]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates 0600; shipped files are world-readable
-    os.replace(f.name, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Write train/test question files and definition.json for the known-modes task."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -375,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, questions in (("train", train), ("test", test)):
         lines = "".join(json.dumps(asdict(q)) + "\n" for q in questions)
-        _write_atomic(args.out / f"{name}_questions.jsonl", lines)
+        write_text_atomic(args.out / f"{name}_questions.jsonl", lines)
     definition = {
         "generator": "ssft.known_modes",
         "task": "addition",
@@ -385,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         "n_test": args.n_test,
         "strategies": list(STRATEGIES),
     }
-    _write_atomic(args.out / "definition.json", json.dumps(definition, indent=2) + "\n")
+    write_text_atomic(args.out / "definition.json", json.dumps(definition, indent=2) + "\n")
 
 
 if __name__ == "__main__":

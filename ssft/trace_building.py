@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ssft import known_modes
+from ssft.atomic_io import write_json_atomic
 from ssft.grading import grade
 from ssft.teachers import Question, build_teacher
 from ssft.trace_selection import rejection_reason, select_traces
@@ -152,21 +151,6 @@ def naming_failed_writes(path: Path) -> Iterator[None]:
         if err.filename or err.errno is None:
             raise
         raise OSError(err.errno, err.strerror, str(path)) from err
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON under a temp name in the same folder, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_shard(build_dir: Path, index: int, sets: list[TraceSet], stats: ShardStats) -> None:

@@ -45,7 +45,6 @@ import difflib
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -53,6 +52,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ssft.atomic_io import write_atomic
 from ssft.config_checks import InputError
 
 SCHEMA_VERSION = "1"
@@ -360,31 +360,9 @@ def write_trace_sets(path: str | os.PathLike, sets: Sequence[TraceSet]) -> str:
     """Validate, write atomically with zstd and page checksums (module docstring); the digest."""
     path = os.fspath(path)
     table = _validated_table(sets, f"trace sets to write to {path!r}")
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "xb") as f:
-            pq.write_table(table, f, compression="zstd", write_page_checksum=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_directory(directory)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
+                                                  write_page_checksum=True))  # fmt: skip
     return trace_set_digest(sets)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable (POSIX); atomicity does not depend on it."""
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def trace_set_digest(sets: Sequence[TraceSet]) -> str:

@@ -40,7 +40,6 @@ import math
 import os
 import re
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +48,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from ssft.atomic_io import probe_writable
 
 log = logging.getLogger(__name__)
 _BAD_KEY = re.compile(r"[^\w.\-:/ ]")  # MLflow allows word chars, . - : / and space
@@ -94,9 +95,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     elif scheme == "sqlite":
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".ssft-write-check-"):
-                pass
+            probe_writable(folder)
         except OSError as err:
             raise TrackingUnavailable(
                 f"MLflow SQLite database {uri}: its folder {folder} is not writable "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -389,9 +390,9 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     write_trace_sets(path, make_sets()[:1])
     before = path.read_bytes()
 
-    def broken_write(table, where, **kwargs):
-        where.write(b"PAR1 partial")
-        assert os.path.basename(where.name).startswith(".train.parquet.tmp-")
+    def broken_write(table, where, **kwargs):  # the writer gets the temp path, never `path`
+        Path(where).write_bytes(b"PAR1 partial")
+        assert os.path.basename(where).startswith(".train.parquet.tmp-")
         raise OSError("disk full")
 
     monkeypatch.setattr(ts_mod.pq, "write_table", broken_write)

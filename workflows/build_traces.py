@@ -23,6 +23,7 @@ from pathlib import Path
 
 import ray
 
+from ssft.atomic_io import write_json_atomic
 from ssft.build_report import log_build_report
 from ssft.config import ExperimentConfig, config_from_dict, config_to_dict, parse_cli
 from ssft.question_sources import load_questions
@@ -35,7 +36,6 @@ from ssft.trace_building import (
     finished_shard,
     merge_shards,
     remove_stale_temp_files,
-    write_json_atomic,
     write_shard,
 )
 from ssft.tracking import git_commit, start_run

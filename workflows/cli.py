@@ -18,11 +18,11 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from ssft.atomic_io import probe_writable
 from ssft.config_checks import InputError
 from ssft.tracking import TrackingUnavailable, preflight_tracking
 
@@ -48,9 +48,7 @@ def check_output_dir(path: str | os.PathLike, setting: str) -> Path:
     """
     folder = Path(path).resolve()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ssft-write-check-"):
-            pass
+        probe_writable(folder)
     except OSError as err:
         raise OutputNotWritable(
             f"{setting}={folder} cannot be written ({err.strerror or err}"

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
+from ssft.atomic_io import write_together
 from ssft.comparison import aggregate, load_eval, markdown_table, pass_at_k_curves
 from ssft.eval_report import mlflow_key, pass_at_k_figure
 from ssft.tracking import start_run
@@ -30,7 +28,7 @@ def compare(eval_dirs: list[str], out: Path, experiment: str) -> str:
     table = markdown_table(agg)
     fig = pass_at_k_figure(pass_at_k_curves(evals), "pass@k, mean over seeds")
     blob = json.dumps({"runs": evals, "by_method": agg}, indent=1)
-    _write_together({
+    write_together({
         out / "comparison.md": lambda p: p.write_text(table, encoding="utf-8"),
         out / "comparison.json": lambda p: p.write_text(blob, encoding="utf-8"),
         out / "pass_at_k.png": lambda p: fig.savefig(p, dpi=120, format="png"),
@@ -44,28 +42,6 @@ def compare(eval_dirs: list[str], out: Path, experiment: str) -> str:
     print(table, flush=True)
     print(f"[compare] written to {out}", flush=True)
     return table
-
-
-def _write_together(writers: dict[Path, Callable[[Path], object]]) -> None:
-    """Write every file under a temp name first, then rename them all into place.
-
-    A full disk or a refused write fails while only temp files exist (they are removed), so
-    the previous comparison stays whole instead of mixing old and new files.
-    """
-    staged: dict[Path, Path] = {}
-    try:
-        for path, write in writers.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-            os.close(fd)
-            staged[path] = Path(tmp)
-            write(Path(tmp))
-        for path, tmp in staged.items():
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> None:
