@@ -58,6 +58,38 @@ mlflow_healthy() { curl -sf --max-time 2 "$MLFLOW_URL/health" >/dev/null 2>&1; }
 # Members of process group $1 (one PID a line; empty when none is left).
 group_members() { ps -e -o pid=,pgid= | awk -v g="$1" '$2 == g { print $1 }'; }
 
+# Poll check command $1 once a second until it succeeds: fails (with the log's tail) when
+# process $2 exits first, or after $4 seconds; log file $3.
+wait_for() {
+    local check="$1" pid="$2" log="$3" limit="$4" waited=0
+    until "$check"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo " - it exited; last lines of $log:" >&2
+            tail -n 20 "$log" >&2
+            return 1
+        fi
+        if ((waited >= limit)); then
+            echo " - no answer after ${limit}s; see $log" >&2
+            return 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+        echo -n "."
+    done
+    echo " up after ${waited}s"
+}
+
+# Wait up to $2 seconds for process group $1 to empty (after a SIGTERM), then SIGKILL the rest.
+reap_group() {
+    local pgid="$1" limit="$2" i
+    for i in $(seq 1 "$((limit * 5))"); do
+        [[ -z "$(group_members "$pgid")" ]] && return 0
+        sleep 0.2
+    done
+    echo "[services] process group $pgid still running after ${limit}s: killing it" >&2
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+}
+
 # True when process group $1 still has a process whose command line mentions mlflow: a stale
 # pgid file must never make us kill a group that a later, unrelated process now leads.
 mlflow_group_alive() {
@@ -88,22 +120,7 @@ mlflow_start() {
     pgid="$(ps -o pgid= -p "$pid" | tr -d ' ')"
     echo "${pgid:-$pid}" >"$RUN_DIR/mlflow.pgid"
     echo -n "[services] MLflow (pid $pid) starting at $MLFLOW_URL, waiting for /health"
-    local waited=0
-    until mlflow_healthy; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo " - it exited; last lines of $RUN_DIR/mlflow.log:" >&2
-            tail -n 20 "$RUN_DIR/mlflow.log" >&2
-            return 1
-        fi
-        if ((waited >= MLFLOW_WAIT_S)); then
-            echo " - no answer after ${MLFLOW_WAIT_S}s; see $RUN_DIR/mlflow.log" >&2
-            return 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-        echo -n "."
-    done
-    echo " up after ${waited}s"
+    wait_for mlflow_healthy "$pid" "$RUN_DIR/mlflow.log" "$MLFLOW_WAIT_S"
 }
 
 mlflow_stop() {
@@ -116,14 +133,7 @@ mlflow_stop() {
     pgid="$(<"$file")"
     if mlflow_group_alive "$pgid"; then
         kill -TERM -- "-$pgid" 2>/dev/null || true
-        local i
-        for i in $(seq 1 50); do
-            [[ -z "$(group_members "$pgid")" ]] && break
-            sleep 0.2
-        done
-        if [[ -n "$(group_members "$pgid")" ]]; then
-            kill -KILL -- "-$pgid" 2>/dev/null || true
-        fi
+        reap_group "$pgid" 10
         echo "[services] MLflow process group $pgid stopped"
     else
         echo "[services] MLflow (group $pgid) was not running"
@@ -186,23 +196,10 @@ ray_start() {
     local pid=$!
     echo "$pid" >"$RUN_DIR/ray.pid"
     echo -n "[services] Ray head (pid $pid) starting, waiting for its dashboard"
-    local waited=0
-    until ray_up; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo " - it exited; last lines of $RUN_DIR/ray.log:" >&2
-            tail -n 20 "$RUN_DIR/ray.log" >&2
-            rm -f "$RUN_DIR/ray.pid"
-            return 1
-        fi
-        if ((waited >= RAY_WAIT_S)); then
-            echo " - no answer after ${RAY_WAIT_S}s; see $RUN_DIR/ray.log" >&2
-            return 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-        echo -n "."
-    done
-    echo " up after ${waited}s"
+    if ! wait_for ray_up "$pid" "$RUN_DIR/ray.log" "$RAY_WAIT_S"; then
+        kill -0 "$pid" 2>/dev/null || rm -f "$RUN_DIR/ray.pid" # keep it for `stop` if alive
+        return 1
+    fi
     echo "[services] Ray head at 127.0.0.1:$RAY_PORT, jobs at http://127.0.0.1:$RAY_DASHBOARD_PORT"
 }
 
@@ -236,15 +233,7 @@ ray_stop() {
     # SIGTERM to the leader alone: it drains the node and stops its processes in order (~5 s).
     # Signalling the whole group at once kills the GCS first and the drain then waits 30 s.
     kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for i in $(seq 1 "$((RAY_WAIT_S * 5))"); do
-        [[ -z "$(group_members "$pid")" ]] && break
-        sleep 0.2
-    done
-    if [[ -n "$(group_members "$pid")" ]]; then
-        echo "[services] Ray head did not stop in ${RAY_WAIT_S}s: killing its process group" >&2
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    fi
+    reap_group "$pid" "$RAY_WAIT_S"
     for pid in $workers; do
         if ps -o args= -p "$pid" 2>/dev/null | grep -q '^ray::'; then
             kill -KILL "$pid" 2>/dev/null || true
