@@ -6,12 +6,17 @@
     python benchmarks/step_cost.py --model qwen2.5-1.5b --device cuda --dtype bfloat16
 
 One run builds, for each variant, a fresh model from the same seed and the same synthetic
-questions (Q per step, each a P-token prompt and M traces of T tokens), and times
-``ssft.train_loop.train_step`` (the function the training loop runs: plan, cost pass,
-assignment, forward/backward, clip, optimizer step) after warm-up steps, taking the median.
-Variants: ``sft`` (SFT-mixed, the shared tag, no cost pass), ``ssft`` (Hungarian, cost on a
-prefix of L tokens, prompt KV cache), ``ssft-recompute`` (the same, prompt recomputed per
-pair), ``ssft-full`` (cost on whole traces, prompt cache).
+questions (Q per step, each a prompt of about P tokens and M traces of about T tokens;
+``--length-spread`` s draws every length uniformly from [(1 - s) n, (1 + s) n], default 0.5,
+as real traces vary), and times ``ssft.train_loop.train_step`` (the function the training
+loop runs: plan, cost pass, assignment, forward/backward, clip, optimizer step) after
+warm-up steps, taking the median. Variants: ``sft`` (SFT-mixed, the shared tag, no cost
+pass), ``ssft`` (Hungarian, cost on a prefix of L tokens, prompt KV cache),
+``ssft-recompute`` (the same, prompt recomputed per pair), ``ssft-full`` (cost on whole
+traces, prompt cache), all with right-padded, length-sorted micro-batches (the default);
+``sft-packed`` and ``ssft-packed`` (``train.packing``; their ratios are to ``sft-packed``);
+``sft-ckpt`` (activation checkpointing) and ``sft-compile`` (``torch.compile`` per layer),
+on request only.
 
 Printed per variant: median step time, the ratio to ``sft`` next to the FLOP model's
 prediction (``benchmarks/flops.py``), tokens/s (all tokens of the loss sequences), peak
@@ -76,12 +81,31 @@ WORKLOADS = {
     "qwen2.5-0.5b": Workload(256, 3839, 256, 2, 2, 24),
     "qwen2.5-1.5b": Workload(256, 3839, 256, 2, 2, 24),
 }
-VARIANTS = {  # name -> (method, prefix used?, prompt cache)
-    "sft": ("sft_mixed", True, True),
-    "ssft": ("ssft", True, True),
-    "ssft-recompute": ("ssft", True, False),
-    "ssft-full": ("ssft", False, True),
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One benchmarked configuration: the method and the step's speed settings."""
+
+    method: str
+    prefix: bool = True  # cost on the L-token prefix (False: whole traces)
+    prompt_cache: bool = True  # matching.prompt_cache
+    packing: bool = False  # train.packing
+    checkpointing: bool = False  # train.activation_checkpointing
+    compile: bool = False  # train.compile
+
+
+VARIANTS = {
+    "sft": Variant("sft_mixed"),
+    "ssft": Variant("ssft"),
+    "ssft-recompute": Variant("ssft", prompt_cache=False),
+    "ssft-full": Variant("ssft", prefix=False),
+    "sft-packed": Variant("sft_mixed", packing=True),
+    "ssft-packed": Variant("ssft", packing=True),
+    "sft-ckpt": Variant("sft_mixed", checkpointing=True),
+    "sft-compile": Variant("sft_mixed", compile=True),
 }
+DEFAULT_VARIANTS = ["sft", "ssft", "ssft-recompute", "ssft-full", "sft-packed", "ssft-packed"]
 # Dense bf16 peak FLOP/s by device name (no sparsity), for MFU.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
 
@@ -145,11 +169,24 @@ def build_model(name: str, num_tags: int, device: torch.device, seed: int):
 
 
 def synthetic_questions(
-    count: int, traces: int, w: Workload, id_range: tuple[int, int], eot: int, seed: int
+    count: int,
+    traces: int,
+    w: Workload,
+    id_range: tuple[int, int],
+    eot: int,
+    seed: int,
+    spread: float = 0.0,
 ) -> list[TokenizedQuestion]:
-    """Fixed-length random prompts and traces (the last trace token is the end-of-turn)."""
+    """Random prompts and traces (the last trace token is the end-of-turn).
+
+    ``spread`` s: every prompt and trace length is drawn uniformly from [(1 - s) n, (1 + s) n]
+    around the workload's n (mean n), as real traces vary; 0 = all exactly n.
+    """
     rng = np.random.default_rng(seed)
     low, high = id_range
+
+    def length(n: int, least: int) -> int:
+        return max(least, round(n * rng.uniform(1 - spread, 1 + spread))) if spread else n
 
     def ids(n: int) -> tuple[int, ...]:
         return tuple(rng.integers(low, high, size=n).tolist())
@@ -157,8 +194,8 @@ def synthetic_questions(
     return [
         TokenizedQuestion(
             f"bench-{k}",
-            ids(w.prompt),
-            tuple((*ids(w.trace - 1), eot) for _ in range(traces)),
+            ids(length(w.prompt, 1)),
+            tuple((*ids(length(w.trace, 2) - 1), eot) for _ in range(traces)),
             trace_keys=tuple(f"bench-{k}-{j}" for j in range(traces)),
         )
         for k in range(count)
@@ -178,22 +215,28 @@ class VariantRun:
     """One variant's model, optimizer and data, stepped by ``train_step``."""
 
     def __init__(self, variant: str, args, w: Workload, device: torch.device):
-        method, uses_prefix, prompt_cache = VARIANTS[variant]
+        v = VARIANTS[variant]
         model, tok, tags, pad_id, id_range = build_model(args.model, args.tags, device, args.seed)
         eot = tok.eos_token_id if tok is not None else 151645
-        questions = synthetic_questions(w.questions, args.traces, w, id_range, eot, args.seed)
+        questions = synthetic_questions(
+            w.questions, args.traces, w, id_range, eot, args.seed, args.length_spread
+        )
         cfg = tiny_cpu()
-        cfg.method = method
+        cfg.method = v.method
         cfg.seed = args.seed
         cfg.forking.num_tags = args.tags
-        cfg.matching.prefix_tokens = (w.prefix or None) if uses_prefix else None
-        cfg.matching.prompt_cache = prompt_cache
+        cfg.matching.prefix_tokens = (w.prefix or None) if v.prefix else None
+        cfg.matching.prompt_cache = v.prompt_cache
         cfg.matching.cost_batch_size = w.cost_batch
         cfg.train.questions_per_step = w.questions
         cfg.train.micro_batch_sequences = w.micro_batch
+        cfg.train.packing = v.packing
+        cfg.train.activation_checkpointing = v.checkpointing
+        cfg.train.compile = v.compile
         cfg.train.epochs = args.warmup + args.steps  # one step per epoch: the same questions
         cfg.train.lr, cfg.train.warmup_steps, cfg.train.lr_schedule = 1e-5, 0, "constant"
-        cfg.data.max_seq_len = w.prompt + 1 + w.trace
+        longest = max(len(q.prompt_ids) + 1 + max(map(len, q.trace_ids)) for q in questions)
+        cfg.data.max_seq_len = longest
         cfg.model.max_position_embeddings = max(cfg.data.max_seq_len, 512)
         self.variant, self.device, self.next_step = variant, device, 0
         self.run = build_run(cfg.validate(), TrainContext(device=device), model, tok, tags,
@@ -204,14 +247,16 @@ class VariantRun:
         self.run.timer = self.timer
         self.steps: list[float] = []
         self.shares: list[float] = []
-        traces, shape = [w.trace] * args.traces, ModelShape.of(model.config)
-        self.flops = w.questions * train_flops(shape, w.prompt, traces)
-        if method == "ssft":
-            prefix = cfg.matching.prefix_tokens
-            self.flops += w.questions * cost_flops(
-                shape, w.prompt, traces, args.tags, prefix, prompt_cache
-            )
-        self.tokens = w.questions * args.traces * (w.prompt + 1 + w.trace)
+        shape, prefix = ModelShape.of(model.config), cfg.matching.prefix_tokens
+        self.flops, self.tokens = 0.0, 0
+        for q in questions:  # the FLOP model of the real lengths (no padding: model FLOPs)
+            traces = [len(t) for t in q.trace_ids]
+            self.flops += train_flops(shape, len(q.prompt_ids), traces)
+            if v.method == "ssft":
+                self.flops += cost_flops(
+                    shape, len(q.prompt_ids), traces, args.tags, prefix, v.prompt_cache
+                )
+            self.tokens += sum(len(q.prompt_ids) + 1 + t for t in traces)
 
     def step(self, timed: bool) -> None:
         self.timer.seconds.clear()
@@ -267,9 +312,11 @@ def measure(variants: list[str], args, w: Workload, device: torch.device) -> lis
 
 
 def summarise(results: list[dict], peak_flops: float | None) -> list[dict]:
-    """Ratios to the ``sft`` row (the first one) and MFU."""
-    base = results[0]
+    """Ratios to the SFT row of the same layout (``sft-packed`` for ``*-packed``) and MFU."""
+    by = {r["variant"]: r for r in results}
     for r in results:
+        packed = r["variant"].endswith("-packed") and "sft-packed" in by
+        base = by["sft-packed"] if packed else results[0]
         r["ratio"] = r["step_s"] / base["step_s"]
         r["flop_ratio"] = r["model_flops"] / base["model_flops"]
         r["mem_ratio"] = (
@@ -318,12 +365,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--questions", type=int, help="questions per step")
     parser.add_argument("--micro-batch", type=int, help="sequences per forward/backward")
     parser.add_argument("--cost-batch", type=int, help="sequences per no-grad cost forward")
+    parser.add_argument(
+        "--length-spread",
+        type=float,
+        default=0.5,
+        help="prompt and trace lengths uniform in [(1-s)n, (1+s)n] (mean n); 0 = fixed lengths",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
+        default=",".join(DEFAULT_VARIANTS),
         help=f"comma-separated, 'sft' first; from {list(VARIANTS)}",
     )
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known)")
@@ -354,11 +407,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "cost_batch": args.cost_batch,
     }  # fmt: skip
     w = Workload(**{**w.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    if not 0 <= args.length_spread < 1:
+        raise SystemExit(f"--length-spread {args.length_spread}: choose 0 <= s < 1")
     seq = w.prompt + 1 + w.trace
     print(
         f"[step_cost] model={args.model} device={device} dtype={dtype} "
         f"threads={torch.get_num_threads()} | N={args.tags} M={args.traces} P={w.prompt} "
-        f"T={w.trace} S={seq} L={w.prefix or 'full'} | {w.questions} questions/step, "
+        f"T={w.trace} S={seq} (lengths +-{args.length_spread:.0%}) L={w.prefix or 'full'} | "
+        f"{w.questions} questions/step, "
         f"micro-batch {w.micro_batch}, cost batch {w.cost_batch} | warm-up {args.warmup}, "
         f"median of {args.steps} steps",
         flush=True,

@@ -5,12 +5,16 @@
 
 Both start from the same random-init model (same seed, forking tokens added) and train on
 the same synthetic sequences ``[prompt ; <think> ; trace]`` (loss on the trace and its
-end-of-turn token only). The dataset is exactly one step's batch (Q questions x M traces),
-so every step of both trainers sees the same batch in one forward/backward, and the loss
+end-of-turn token only), their lengths varying by ``--length-spread`` (as in
+``step_cost.py``). The dataset is exactly one step's batch (Q questions x M traces), so
+every step of both trainers sees the same batch in one forward/backward, and the loss
 curves are directly comparable. The optimizers are made equal: AdamW betas (0.9, 0.95),
 no weight decay, constant learning rate, gradient clipping at 1.0. TRL's activation
-checkpointing (its default) is turned off, as ours is off. Printed: median step time and
-tokens/s of each, their ratio, and the per-step losses of both.
+checkpointing (its default) is turned off, as ours is off. Each side runs in its two
+batch layouts: ours right-padded (the default) and packed (``train.packing``); TRL padded
+and ``padding_free=True`` (the whole batch flattened into one row; transformers makes the
+attention block-diagonal from the restarting position ids). Printed: median step time and
+tokens/s of each, our faster layout over TRL's faster one, and the per-step losses.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `ssft` importable
@@ -30,7 +35,9 @@ from benchmarks.step_cost import CHAR, WORKLOADS, VariantRun, Workload, build_mo
 from ssft.losses import matched_sequences
 
 
-def trl_steps(args, w: Workload, run: VariantRun, lr: float) -> tuple[list[float], list[float]]:
+def trl_steps(
+    args, w: Workload, run: VariantRun, lr: float, padding_free: bool
+) -> tuple[list[float], list[float]]:
     """(step seconds, losses) of TRL's SFTTrainer on the run's one-step dataset."""
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -61,7 +68,7 @@ def trl_steps(args, w: Workload, run: VariantRun, lr: float) -> tuple[list[float
         adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,
         gradient_checkpointing=False, max_length=None, logging_steps=1, save_strategy="no",
         report_to="none", use_cpu=True, bf16=False, seed=args.seed, dataloader_num_workers=0,
-        disable_tqdm=True,
+        disable_tqdm=True, padding_free=padding_free,
     )  # fmt: skip
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=data, processing_class=tok, callbacks=[times]
@@ -79,7 +86,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--traces", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over the four trainers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--length-spread", type=float, default=0.5,
+        help="prompt and trace lengths uniform in [(1-s)n, (1+s)n] (mean n); 0 = fixed lengths",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--workdir", default="runs/bench", help="TRL's output_dir parent")
     args = parser.parse_args(argv)
@@ -89,30 +101,43 @@ def main(argv: list[str] | None = None) -> dict:
     # One forward/backward per step for both: the micro-batch is the whole step.
     w = Workload(**{**base.__dict__, "micro_batch": base.questions * args.traces})
     args.variants, args.prompt = "sft", None
-    ours = VariantRun("sft", args, w, torch.device("cpu"))
-    ours_losses = []
-    for k in range(args.warmup + args.steps):
-        ours.step(timed=k >= args.warmup)
-        ours_losses.append(ours.out.nll.item() / ours.out.plan.global_tokens)
-    lr = ours.run.cfg.train.lr
-    trl_times, trl_losses = trl_steps(args, w, ours, lr)
-    ours_s, trl_s = statistics.median(ours.steps), statistics.median(trl_times)
-    tokens = ours.tokens
+    # The four trainers run one after another, ``--repeats`` times in turn, so a change in
+    # the load of a shared machine falls on all of them alike; the median is over all rounds.
+    times: dict[str, list[float]] = defaultdict(list)
+    losses: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, variant in (("ssft padded", "sft"), ("ssft packed", "sft-packed")):
+            ours = VariantRun(variant, args, w, torch.device("cpu"))
+            curve = []
+            for k in range(args.warmup + args.steps):
+                ours.step(timed=k >= args.warmup)
+                curve.append(ours.out.nll.item() / ours.out.plan.global_tokens)
+            times[name] += ours.steps
+            losses.setdefault(name, curve)
+        lr, tokens = ours.run.cfg.train.lr, ours.tokens
+        for name, padding_free in (("TRL padded", False), ("TRL padding_free", True)):
+            step_times, curve = trl_steps(args, w, ours, lr, padding_free)
+            times[name] += step_times
+            losses.setdefault(name, curve)
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+    lengths = [len(q.prompt_ids) + 1 + len(t) for q in ours.run.questions for t in q.trace_ids]
     print(
         f"[vs_trl] model={args.model} threads={torch.get_num_threads()} | "
         f"{len(ours.run.questions)} questions x {args.traces} traces, "
-        f"{w.prompt + 1 + w.trace} tokens each, one batch per step | "
-        f"warm-up {args.warmup}, median of {args.steps} steps"
+        f"{min(lengths)}-{max(lengths)} tokens (mean {tokens / len(lengths):.0f}), one batch "
+        f"per step | warm-up {args.warmup}, median of {args.repeats} x {args.steps} steps"
     )
     print("| trainer | step (ms) | tokens/s |")
     print("|---|---|---|")
-    print(f"| ssft (sft_mixed) | {ours_s * 1e3:.1f} | {tokens / ours_s:,.0f} |")
-    print(f"| TRL SFTTrainer | {trl_s * 1e3:.1f} | {tokens / trl_s:,.0f} |")
-    print(f"tokens/s ratio ours/TRL = {trl_s / ours_s:.3f}")
-    print("losses ours: " + " ".join(f"{v:.4f}" for v in ours_losses))
-    print("losses TRL:  " + " ".join(f"{v:.4f}" for v in trl_losses), flush=True)
-    return {"ours_s": ours_s, "trl_s": trl_s, "ours_losses": ours_losses,
-            "trl_losses": trl_losses}  # fmt: skip
+    for name, step_s in seconds.items():
+        print(f"| {name} | {step_s * 1e3:.1f} | {tokens / step_s:,.0f} |")
+    trl_best = min(("TRL padded", "TRL padding_free"), key=seconds.get)
+    ours_best = min(("ssft padded", "ssft packed"), key=seconds.get)
+    ratio = seconds[trl_best] / seconds[ours_best]
+    print(f"tokens/s ratio {ours_best} / {trl_best} = {ratio:.3f} (each side's faster layout)")
+    for name, values in losses.items():
+        print(f"losses {name}: " + " ".join(f"{v:.4f}" for v in values), flush=True)
+    return {"seconds": seconds, "losses": losses, "ratio": ratio}
 
 
 if __name__ == "__main__":

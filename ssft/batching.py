@@ -22,7 +22,7 @@ replays exactly the batches an uninterrupted run would have seen from s on.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +74,7 @@ class StepPlan:
         return sorted(questions[i].question_id for c in self.chunks for r in c for i in r)
 
 
-def _balance(indices: Sequence[int], weights: Sequence[int], world_size: int):
+def _balance(indices: Sequence[int], weights: Mapping[int, int], world_size: int):
     loads, parts = [0] * world_size, [[] for _ in range(world_size)]
     for i in sorted(indices, key=lambda k: (-weights[k], k)):
         rank = min(range(world_size), key=lambda r: (loads[r], r))
@@ -98,7 +98,8 @@ def plan_step(
     epoch, batch = divmod(step, per_epoch)
     order = epoch_order(len(questions), seed, epoch)
     picked = order[batch * questions_per_step : (batch + 1) * questions_per_step].tolist()
-    weights = [supervised_tokens(q, tag_loss) for q in questions]
+    # Only the step's own questions: a step's planning cost does not grow with the data set.
+    weights = {i: supervised_tokens(questions[i], tag_loss) for i in picked}
     chunks = tuple(
         _balance(chunk.tolist(), weights, world_size)
         for chunk in np.array_split(np.asarray(picked, dtype=np.int64), grad_accum_steps)

@@ -238,6 +238,21 @@ class TrainConfig(Section):
         "-1 = unlimited.")})
     keep_checkpoints: int = field(default=2, metadata={"help": (
         "Most recent checkpoints kept on disk.")})
+    packing: bool = field(default=False, metadata={"help": (
+        "Padding-free micro-batches: pack each micro-batch's sequences into rows no wider than "
+        "its longest sequence, positions restarting per sequence and attention kept inside "
+        "each (ssft.packing; needs a transformers model that builds its mask with "
+        "create_causal_mask). Same losses and gradients as padding up to float rounding. "
+        "false = one right-padded row per sequence; micro-batches are length-sorted either "
+        "way, which already removes most padding: on CPU the two measured the same "
+        "(benchmarks/README.md).")})
+    activation_checkpointing: bool = field(default=False, metadata={"help": (
+        "Recompute each decoder layer's activations in backward (non-reentrant checkpointing): "
+        "far less activation memory for about one more forward of compute. Puts the model in "
+        "train mode (dropout, if the model has any, is then active).")})
+    compile: bool = field(default=False, metadata={"help": (
+        "torch.compile each decoder layer (dynamic shapes). Pays a compile at the first steps "
+        "and on new shapes; on CPU it needs a C++ compiler.")})
     # fmt: on
 
     def _check_values(self) -> None:

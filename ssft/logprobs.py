@@ -12,6 +12,12 @@ checkpointing) so only one chunk's logits are alive at a time. Models whose logi
 post-processed after the output projection (soft-capping, logit scaling) fall back to the
 model's own ``logits``, still converted to float32 chunk by chunk.
 
+A packed batch (``ssft.packing``: several sequences per row, ``position_ids`` restarting
+at 0 for each and no attention mask) is scored the same way: transformers' mask builder
+(``masking_utils.find_packed_sequence_indices``) turns the restarts into a block-diagonal
+causal mask, and the first label of every sequence is ignored, so each token's NLL is the
+one it has alone.
+
 A ``CachedPrompt`` (the cost pass's shared-prompt KV cache, ``ssft.prompt_cache``) makes the
 batch a continuation: its rows attend to the cached prompt keys first, at positions after
 the prompt. The NLL of a continuation token is then the one it has in the whole sequence.
@@ -55,7 +61,12 @@ def cache_kwarg_name(module: torch.nn.Module) -> str:
 
 def _model_inputs(module: torch.nn.Module, batch: PaddedBatch, cached_prompt: CachedPrompt | None):
     if cached_prompt is None:
-        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        # No KV cache is built for a training forward (transformers makes one by default).
+        if batch.position_ids is not None:  # packed: no mask, positions restart per sequence
+            return {"input_ids": batch.input_ids, "position_ids": batch.position_ids,
+                    "use_cache": False}  # fmt: skip
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                "use_cache": False}  # fmt: skip
     width = batch.input_ids.shape[1]
     steps = torch.arange(width, device=batch.input_ids.device)
     return {

@@ -56,17 +56,25 @@ class TokenizedQuestion:
 
 @dataclass
 class PaddedBatch:
-    """Right-padded sequences: ``input_ids``, ``attention_mask``, ``labels``, each [B, T]."""
+    """Right-padded sequences: ``input_ids``, ``attention_mask``, ``labels``, each [B, T].
+
+    A packed batch (``ssft.packing``) has several sequences per row: no ``attention_mask``
+    but ``position_ids`` restarting at 0 for each sequence, from which transformers builds
+    attention that cannot cross sequences.
+    """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     labels: torch.Tensor
+    position_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> PaddedBatch:
-        return PaddedBatch(*(t.to(device, non_blocking=True) for t in self._tensors()))
+        return PaddedBatch(
+            *(None if t is None else t.to(device, non_blocking=True) for t in self._tensors())
+        )
 
-    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.input_ids, self.attention_mask, self.labels
+    def _tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return self.input_ids, self.attention_mask, self.labels, self.position_ids
 
     @property
     def num_sequences(self) -> int:

@@ -8,7 +8,8 @@
 Per optimizer step (see ``ssft.batching`` for who gets which questions)::
 
     plan -> for each chunk: cost -> assign -> matched sequences -> micro-batches fwd/bwd
-         -> clip -> finite check -> step -> schedule -> log -> maybe checkpoint
+         -> clip -> step (skipped on the device if the norm is not finite) -> schedule
+         -> log (the step's one host sync: loss and norm) -> maybe checkpoint
 
 No Ray here: rank, world size, device, reporting, checkpoint reporting and model wrapping
 come in a ``TrainContext``, so the same function runs under Ray Train, torchrun or in a
@@ -16,10 +17,15 @@ notebook. Non-zero ranks get a no-op tracker. Every rank runs the same number of
 and backwards per step (zero-weight padding micro-batches), and each micro-batch
 backpropagates ``local NLL sum * world_size / global token count`` (DDP and FSDP average
 over ranks), so the gradient equals the token mean over the global batch for any worker
-count. Under DDP the cost pass runs on the unwrapped model (no collectives) and rank 0's
-own state is the checkpoint; under FSDP (``ssft.parallel``) the cost pass goes through the
-wrapped module with the same number of forwards on every rank (dummy ones pad), and the
-checkpoints and the final model are gathered collectively, then written by rank 0.
+count. A chunk's matched sequences go longest first into micro-batches of
+``train.micro_batch_sequences``, each packed into rows without padding between sequences
+(``train.packing``, ``ssft.packing``) or right-padded. Clipping and the optimizer step read
+nothing on the host (a non-finite gradient norm skips the update inside the fused AdamW
+kernel; the loop warns when it logs the norm). Under DDP the cost pass runs on the
+unwrapped model (no collectives) and rank 0's own state is the checkpoint; under FSDP
+(``ssft.parallel``) the cost pass goes through the wrapped module with the same number of
+forwards on every rank (dummy ones pad), and the checkpoints and the final model are
+gathered collectively, then written by rank 0.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from ssft.checkpointing import save_checkpoint
 from ssft.losses import matched_sequences
 from ssft.matching import assign_tags, cost_forward_count, cost_matrices
 from ssft.matching_stats import AssignmentRecord, MatchingTracker, second_best_gap
+from ssft.packing import pack_batch
 from ssft.parallel import clip_grad_norm, full_model_state, full_optimizer_state
 from ssft.sequences import build_sequence, pad_batch
 from ssft.train_report import write_final_model
@@ -104,19 +111,27 @@ def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.
             for b, (q, a) in enumerate(zip(mine, assigned, strict=True))
         ]  # fmt: skip
         seqs = matched_sequences(mine, assigned, run.tag_ids, tag_loss=cfg.forking.tag_loss)
+        # Longest first, so each micro-batch holds similar lengths: little padding (or packing
+        # slack) per row. The gradient is a sum over sequences: the order does not change it.
+        seqs.sort(key=lambda seq: len(seq[0]), reverse=True)
     n_micro = micro_batch_count(chunk, run.questions, mbs)
     nll = torch.zeros((), device=run.device)
     with run.phase("loss"):
         for m in range(n_micro):
             part = seqs[m * mbs : (m + 1) * mbs]
             weight = 1.0 if part else 0.0  # a padding pass: same collectives, zero gradient
-            batch = pad_batch(part or [dummy], run.pad_id).to(run.device)
+            if cfg.train.packing:  # rows of several sequences, attention kept inside each
+                batch = pack_batch(part or [dummy], run.pad_id).batch.to(run.device)
+            else:
+                batch = pad_batch(part or [dummy], run.pad_id).to(run.device)
             # DDP all-reduces once per step (only the last backward syncs); FSDP has no no_sync
             # and reduce-scatters every backward (its gradients stay sharded between them).
             syncs = (last_chunk and m == n_micro - 1) or not hasattr(run.wrapped, "no_sync")
             with contextlib.nullcontext() if syncs else run.wrapped.no_sync():
                 with run.autocast():
-                    sums, _ = run.wrapped(batch.input_ids, batch.attention_mask, batch.labels)
+                    sums, _ = run.wrapped(
+                        batch.input_ids, batch.attention_mask, batch.labels, batch.position_ids
+                    )
                 (sums.sum() * (weight * ctx.world_size / plan.global_tokens)).backward()
             nll += sums.sum().detach() * weight
     return nll, records
@@ -155,10 +170,12 @@ def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepO
             grad_norm = clip_grad_norm(params, max_norm)
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), max_norm)
-        if torch.isfinite(grad_norm):  # one host sync per step, on purpose: skip bad updates
+        # A non-finite gradient norm skips the update (the loop warns when it logs the norm).
+        if run.skips_on_device:  # fused AdamW reads the flag on the device: no host sync
+            run.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
             run.optimizer.step()
-        else:
-            log.warning("step %d: gradient norm is %s; skipping this update", step, grad_norm)
+        elif torch.isfinite(grad_norm):  # FSDP shards: a host sync per step
+            run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
     return StepOutput(plan, nll, records, grad_norm)
@@ -218,6 +235,9 @@ def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
             "lr": run.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
             "tokens_per_s": plan.global_tokens / (time.perf_counter() - t0), **matching_metrics,
         }  # fmt: skip
+        if not math.isfinite(metrics["grad_norm"]):  # train_step skipped this update
+            log.warning("step %d: gradient norm is %s; the update was skipped",
+                        step, metrics["grad_norm"])  # fmt: skip
         if ctx.rank == 0 and ((step + 1) % tc.log_every == 0 or step + 1 == run.total_steps):
             ctx.tracker.log_metrics(metrics, step=step + 1)
             done = step + 1 - run.start

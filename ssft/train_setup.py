@@ -58,8 +58,9 @@ class SequenceNLL(torch.nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids, attention_mask, labels):
-        return sequence_nll(self.lm, PaddedBatch(input_ids, attention_mask, labels))
+    def forward(self, input_ids, attention_mask, labels, position_ids=None):
+        """Per-row NLL sums and counts; ``position_ids`` (no mask) for packed rows."""
+        return sequence_nll(self.lm, PaddedBatch(input_ids, attention_mask, labels, position_ids))
 
 
 def load_training_data(cfg, tokenizer, path: str | None = None):
@@ -122,6 +123,8 @@ class Run:
     data_log: list[list] = field(default_factory=list)
     # Benchmarks time the step's phases with it (``phase``); None: no timing, no extra syncs.
     timer: Callable[[str], AbstractContextManager] | None = None
+    # The optimizer skips a non-finite update on the device (``skip_nonfinite_on_device``).
+    skips_on_device: bool = False
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -159,7 +162,8 @@ def setup_run(cfg, ctx: TrainContext) -> Run:
         if run.sharded:
             load_full_optimizer_state(run.net, run.optimizer, optim_state["optimizer"])
         else:
-            run.optimizer.load_state_dict(optim_state["optimizer"])
+            run.optimizer.load_state_dict(optim_state["optimizer"])  # restores param_groups
+            run.skips_on_device = skip_nonfinite_on_device(run.optimizer)
         run.scheduler.load_state_dict(optim_state["scheduler"])
         run.stats.load_state_dict(state["matching"])
         run.start, run.data_log, run.losses = state["step"], state["data_log"], state["losses"]
@@ -187,15 +191,51 @@ def build_run(
     """
     policy_name, shared = method_policy(cfg.method)
     tag_ids = tags.ids_for(shared)
+    tc = cfg.train
+    speed_up(model, activation_checkpointing=tc.activation_checkpointing, compile=tc.compile)
     net = SequenceNLL(model)
     wrapped = ctx.wrap_model(net) if ctx.wrap_model else net
-    tc = cfg.train
     optimizer = build_optimizer(net, tc.lr, tc.weight_decay)  # after wrapping (FSDP shards)
     total = tc.epochs * steps_per_epoch(len(questions), tc.questions_per_step)
+    sharded = is_sharded(net)
     return Run(
         cfg, ctx, torch.device(ctx.device), model, tokenizer, tags, list(questions),
         get_policy(policy_name), tag_ids, shared, net, wrapped, optimizer,
         build_scheduler(optimizer, total, tc.warmup_steps, tc.lr_schedule), total,
-        MatchingTracker(len(tag_ids)), sharded=is_sharded(net),
+        MatchingTracker(len(tag_ids)), sharded=sharded,
         pad_id=tokenizer.pad_token_id if pad_id is None else pad_id,
+        skips_on_device=not sharded and skip_nonfinite_on_device(optimizer),
     )  # fmt: skip
+
+
+def speed_up(model: torch.nn.Module, *, activation_checkpointing: bool, compile: bool) -> None:
+    """``train.activation_checkpointing`` and ``train.compile``, before any DDP/FSDP wrapping."""
+    if activation_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+        model.train()  # transformers checkpoints a layer only in train mode
+    if compile:
+        layers = getattr(model.base_model, "layers", None)
+        if layers is None:
+            raise ValueError(
+                f"train.compile: {type(model).__name__} has no base_model.layers to compile; "
+                "set train.compile=false."
+            )
+        for layer in layers:  # per layer: small graphs, one compile reused by every layer
+            layer.compile(dynamic=True)
+
+
+def skip_nonfinite_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Switch AdamW to its fused kernel, which skips an update on the device when told to.
+
+    The training step sets ``optimizer.found_inf`` (1.0 = skip) from the gradient norm
+    without reading it on the host. Fused kernels exist for float parameters on CPU and
+    CUDA; anything else (or another optimizer) keeps the host-side check (returns False).
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) or not all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    ):
+        return False
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+    return True

@@ -5,16 +5,16 @@ import math
 import pytest
 
 from benchmarks.flops import ModelShape, closed_form_ratio, cost_flops, train_flops
-from benchmarks.step_cost import VARIANTS, main
+from benchmarks.step_cost import DEFAULT_VARIANTS, main
 
 TINY = ["--model", "tiny", "--threads", "1", "--warmup", "1", "--steps", "2"]
 SIZES = ["--prompt", "8", "--trace", "12", "--prefix", "4", "--questions", "2"]
 
 
 def test_tiny_benchmark_prints_every_variant_with_sane_figures(capsys):
-    results = main([*TINY, *SIZES, "--tags", "3", "--traces", "2"])
+    results = main([*TINY, *SIZES, "--tags", "3", "--traces", "2", "--length-spread", "0"])
     out = capsys.readouterr().out
-    assert [r["variant"] for r in results] == list(VARIANTS)
+    assert [r["variant"] for r in results] == DEFAULT_VARIANTS
     for r in results:
         assert f"| {r['variant']} |" in out
         assert r["step_s"] > 0 and r["tokens_per_s"] > 0 and math.isfinite(r["loss"])
@@ -31,6 +31,24 @@ def test_tiny_benchmark_prints_every_variant_with_sane_figures(capsys):
     # first losses are both about log(vocab) and close to each other.
     assert by["ssft"]["loss"] == pytest.approx(by["sft"]["loss"], rel=0.05)
     assert "closed form" in out and "| SSFT/SFT | FLOP model |" in out
+    # Packing changes the layout, not the model: same loss and FLOPs as padding; the packed
+    # rows are compared with the packed SFT row.
+    for method in ("sft", "ssft"):
+        padded, packed = by[method], by[f"{method}-packed"]
+        assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+        assert packed["model_flops"] == padded["model_flops"]
+    assert by["sft-packed"]["ratio"] == 1.0
+
+
+def test_length_spread_varies_lengths_around_the_same_mean(capsys):
+    args = [*TINY, *SIZES, "--tags", "3", "--traces", "4", "--questions", "4"]
+    fixed = main([*args, "--variants", "sft", "--length-spread", "0"])[0]
+    spread = main([*args, "--variants", "sft,sft-ckpt", "--length-spread", "0.5"])
+    assert "lengths +-50%" in capsys.readouterr().out
+    assert spread[0]["step_tokens"] != fixed["step_tokens"]
+    assert spread[0]["step_tokens"] == pytest.approx(fixed["step_tokens"], rel=0.25)
+    # Activation checkpointing recomputes activations: the same loss from the same start.
+    assert spread[1]["loss"] == pytest.approx(spread[0]["loss"], rel=1e-5)
 
 
 def test_variants_must_start_with_sft_and_dtype_must_match_the_device():

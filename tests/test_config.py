@@ -363,7 +363,7 @@ def test_flatten_has_one_dotted_key_per_field():
     }
     teacher_fields = [f.name for f in dataclasses.fields(TeacherConfig)]
     expected |= {f"build.teachers.{i}.{f}" for i in range(4) for f in teacher_fields}
-    assert set(flat) == expected and len(flat) == 50 + 13 + 14 + 3 + 7 + 4 * 19
+    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 4 * 19
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())

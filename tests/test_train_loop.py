@@ -1,6 +1,8 @@
 """The training loop without Ray: every method, saved models, accumulation, resuming."""
 
 import json
+import logging
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -9,8 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ssft.checkpointing import LocalCheckpoints
 from ssft.config import load_config
-from ssft.sequences import format_prompt
-from ssft.train_loop import TrainContext, train
+from ssft.sequences import build_sequence, format_prompt
+from ssft.train_loop import TrainContext, train, train_step
+from ssft.train_setup import setup_run
 
 
 def tiny(path, *overrides):
@@ -64,6 +67,62 @@ def test_accumulation_chunks_do_not_change_the_trajectory(known_modes_traces):
     torch.testing.assert_close(
         torch.tensor(many.losses), torch.tensor(one.losses), rtol=2e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("setting", ["train.packing=false", "train.activation_checkpointing=true"])
+def test_padding_and_checkpointing_do_not_change_the_trajectory(known_modes_traces, setting):
+    """Packed (the default) vs padded micro-batches, and with activation checkpointing."""
+    overrides = ("train.epochs=2", "train.micro_batch_sequences=8")
+    packed = train(tiny(known_modes_traces, *overrides, "train.packing=true"))
+    other = train(tiny(known_modes_traces, *overrides, setting))
+    torch.testing.assert_close(
+        torch.tensor(other.losses), torch.tensor(packed.losses), rtol=2e-4, atol=1e-5
+    )
+
+
+@pytest.mark.slow  # torch.compile takes about a minute on a small CPU
+def test_compiled_layers_train_the_same(known_modes_traces):
+    eager = train(tiny(known_modes_traces))
+    compiled = train(tiny(known_modes_traces, "train.compile=true"))
+    torch.testing.assert_close(
+        torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=2e-4, atol=1e-5
+    )
+
+
+def test_a_nonfinite_gradient_skips_the_update_on_the_device(known_modes_traces):
+    run = setup_run(tiny(known_modes_traces), TrainContext())
+    assert run.skips_on_device  # fused AdamW: the step reads the flag, the host never does
+    q0 = run.questions[0]
+    dummy = build_sequence(q0.prompt_ids, run.tag_ids[0], q0.trace_ids[0])
+    before = [p.detach().clone() for p in run.model.parameters()]
+    weight = run.model.get_input_embeddings().weight
+    hook = weight.register_hook(lambda g: torch.full_like(g, math.nan))
+    out = train_step(run, 0, dummy)
+    hook.remove()
+    assert not math.isfinite(float(out.grad_norm))
+    assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
+    steps = {float(s["step"]) for s in run.optimizer.state.values()}
+    assert steps == {0.0}  # the skipped update is not counted either
+    out = train_step(run, 1, dummy)  # a finite step after it trains normally
+    assert math.isfinite(float(out.grad_norm))
+    assert not torch.equal(before[0], next(run.model.parameters()))
+    assert {float(s["step"]) for s in run.optimizer.state.values()} == {1.0}
+
+
+def test_the_loop_warns_about_a_skipped_update(known_modes_traces, monkeypatch, caplog):
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def nan_on_second_step(params, max_norm):
+        calls.append(real(params, max_norm))
+        return calls[-1] * math.nan if len(calls) == 2 else calls[-1]
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", nan_on_second_step)
+    with caplog.at_level(logging.WARNING, logger="ssft.train"):
+        result = train(tiny(known_modes_traces, "train.questions_per_step=16"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "step 1: gradient norm is nan; the update was skipped"
+    ]
+    assert all(math.isfinite(v) for v in result.losses)
 
 
 def test_crash_then_resume_sees_every_batch_once(known_modes_traces, tmp_path):
