@@ -14,7 +14,9 @@ checkpointing (its default) is turned off, as ours is off. Each side runs in its
 batch layouts: ours right-padded (the default) and packed (``train.packing``); TRL padded
 and ``padding_free=True`` (the whole batch flattened into one row; transformers makes the
 attention block-diagonal from the restarting position ids). Printed: median step time and
-tokens/s of each, our faster layout over TRL's faster one, and the per-step losses.
+tokens/s of each, each round's median (with a warning when one trainer's rounds differ by
+more than ``ROUND_SPREAD``: the machine's load changed), our faster layout over TRL's faster
+one, and the per-step losses.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import torch
 
 from benchmarks.step_cost import CHAR, WORKLOADS, VariantRun, Workload, build_model
 from ssft.losses import matched_sequences
+
+ROUND_SPREAD = 0.10  # per-round medians of one trainer further apart than this: a noisy run
 
 
 def trl_steps(
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The four trainers run one after another, ``--repeats`` times in turn, so a change in
     # the load of a shared machine falls on all of them alike; the median is over all rounds.
     times: dict[str, list[float]] = defaultdict(list)
+    rounds: dict[str, list[float]] = defaultdict(list)  # each round's median, per trainer
     losses: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for name, variant in (("ssft padded", "sft"), ("ssft packed", "sft-packed")):
@@ -113,11 +118,13 @@ def main(argv: list[str] | None = None) -> dict:
                 ours.step(timed=k >= args.warmup)
                 curve.append(ours.out.nll.item() / ours.out.plan.global_tokens)
             times[name] += ours.steps
+            rounds[name].append(statistics.median(ours.steps))
             losses.setdefault(name, curve)
         lr, tokens = ours.run.cfg.train.lr, ours.tokens
         for name, padding_free in (("TRL padded", False), ("TRL padding_free", True)):
             step_times, curve = trl_steps(args, w, ours, lr, padding_free)
             times[name] += step_times
+            rounds[name].append(statistics.median(step_times))
             losses.setdefault(name, curve)
     seconds = {name: statistics.median(values) for name, values in times.items()}
     lengths = [len(q.prompt_ids) + 1 + len(t) for q in ours.run.questions for t in q.trace_ids]
@@ -127,17 +134,26 @@ def main(argv: list[str] | None = None) -> dict:
         f"{min(lengths)}-{max(lengths)} tokens (mean {tokens / len(lengths):.0f}), one batch "
         f"per step | warm-up {args.warmup}, median of {args.repeats} x {args.steps} steps"
     )
-    print("| trainer | step (ms) | tokens/s |")
-    print("|---|---|---|")
+    # Each round's median too: the trainers run one after another, so a load that came and
+    # went on a shared machine shows as one round far from the others (rerun, or use
+    # --threads 1 and more --repeats) instead of passing silently into the ratio.
+    print("| trainer | step (ms) | tokens/s | per round (ms) |")
+    print("|---|---|---|---|")
     for name, step_s in seconds.items():
-        print(f"| {name} | {step_s * 1e3:.1f} | {tokens / step_s:,.0f} |")
+        per_round = " / ".join(f"{r * 1e3:.0f}" for r in rounds[name])
+        print(f"| {name} | {step_s * 1e3:.1f} | {tokens / step_s:,.0f} | {per_round} |")
+    spread = {name: max(r) / min(r) - 1 for name, r in rounds.items()}
+    noisy = [f"{name} {s:.0%}" for name, s in spread.items() if s > ROUND_SPREAD]
+    if noisy:
+        print(f"warning: rounds differ by more than {ROUND_SPREAD:.0%} ({', '.join(noisy)}): "
+              "the machine's load changed during the run; the ratio is not reliable")  # fmt: skip
     trl_best = min(("TRL padded", "TRL padding_free"), key=seconds.get)
     ours_best = min(("ssft padded", "ssft packed"), key=seconds.get)
     ratio = seconds[trl_best] / seconds[ours_best]
     print(f"tokens/s ratio {ours_best} / {trl_best} = {ratio:.3f} (each side's faster layout)")
     for name, values in losses.items():
         print(f"losses {name}: " + " ".join(f"{v:.4f}" for v in values), flush=True)
-    return {"seconds": seconds, "losses": losses, "ratio": ratio}
+    return {"seconds": seconds, "losses": losses, "ratio": ratio, "rounds": dict(rounds)}
 
 
 if __name__ == "__main__":
