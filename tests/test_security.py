@@ -50,6 +50,9 @@ def test_teacher_api_key_appears_in_no_output_log_or_mlflow_record(tmp_path, mon
     )
     try:
         env = entry_env(MLFLOW_TRACKING_URI=mlflow.uri, RAY_TMPDIR=str(ray_tmp))
+        # As a user's shell: no RAY_AUTH_MODE (an embedded ray.init in this test session sets
+        # it in our own environment), so Ray's default decides, and says so.
+        env.pop("RAY_AUTH_MODE", None)
         done = run_entry("workflows.build_traces", "--config", str(config), env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Token authentication is enabled" in done.stderr  # the embedded Ray's too
