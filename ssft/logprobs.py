@@ -25,6 +25,7 @@ the prompt. The NLL of a continuation token is then the one it has in the whole 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,12 @@ class CachedPrompt:
 
 def cache_kwarg_name(module: torch.nn.Module) -> str:
     """``cache`` in recent transformers 5.x, ``past_key_values`` before it was renamed."""
-    params = inspect.signature(module.forward).parameters
+    return _cache_kwarg_name(type(module))
+
+
+@functools.cache
+def _cache_kwarg_name(cls: type) -> str:  # once per model class, not per cost forward
+    params = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

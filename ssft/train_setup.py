@@ -63,15 +63,17 @@ class SequenceNLL(torch.nn.Module):
         return sequence_nll(self.lm, PaddedBatch(input_ids, attention_mask, labels, position_ids))
 
 
-def load_training_data(cfg, tokenizer, path: str | None = None):
-    """Tokenized questions for ``cfg.method`` (``single`` keeps one trace per question)."""
+def load_training_data(cfg, tokenizer, path: str | None = None, sets=None):
+    """Tokenized questions for ``cfg.method`` (``single`` keeps one trace per question).
+
+    ``sets``: the trace sets already read from ``path`` (the file is then not read again)."""
     path = path or cfg.data.train_path
     if path is None:
         raise ValueError("data.train_path is not set: point it at a trace-set Parquet file.")
     _, shared = method_policy(cfg.method)
     data = cfg.data
     return tokenize_trace_sets(
-        read_trace_sets(path),
+        read_trace_sets(path) if sets is None else sets,
         tokenizer,
         num_tags=cfg.forking.num_tags,
         injective=not shared,

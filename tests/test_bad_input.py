@@ -217,3 +217,23 @@ def test_driver_check_prepares_data_with_the_forking_tags_added(tmp_path):
         else:
             with pytest.raises(InputError, match=r"over data\.max_seq_len=256"):
                 check_training_data(cfg)
+
+
+def test_sweep_with_more_traces_than_a_grid_points_tags_exits_2_before_ray(tmp_path):
+    """The sweep checks its data once per (method, N) of the grid before Ray starts: N=4 fits
+    this file's 3 traces, N=2 does not (with data.too_many_traces=error)."""
+    path = tmp_path / "three.parquet"
+    traces = tuple(Trace(f"t{k}", "m", f"{k}+1={k + 1}", None, True) for k in range(3))
+    write_trace_sets(path, [TraceSet("q-three", "p", "g", "s", traces)])
+    out = tmp_path / "sweeps"
+    before = earlier_outputs(out)
+    done = run_entrypoint(
+        "workflows.sweep", f"data.train_path={path}", "data.too_many_traces=error",
+        "sweep.num_tags=4,2", "sweep.costs=mean_nll", "sweep.prefixes=none", "sweep.baselines=",
+        f"sweep.output_dir={out}", cwd=tmp_path,
+        config=ROOT / "workflows" / "configs" / "sweep_tiny.yaml",
+    )  # fmt: skip
+    line = error_line(done)
+    assert f"trace set {str(path)!r}, row 0 (question_id='q-three')" in line
+    assert "field 'traces' has 3 usable traces but forking.num_tags=2" in line
+    assert snapshot(out) == before

@@ -177,23 +177,22 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
     if cfg.data.train_path is None:
         outputs["build.output_dir"] = cfg.build.output_dir
     uri = preflight(outputs)  # MLflow and the folders, before any compute
-    if cfg.data.train_path is not None:  # bad data: one line now, not a failed trial per point
-        checked = set()
-        for variant in grid(args.num_tags, args.costs, args.prefixes, args.baselines, cfg):
-            trial = apply_variant(_absolute(cfg), variant, cfg.name)
-            key = (trial.method, trial.forking.num_tags)
-            if key not in checked:
-                check_training_data(trial)
-                checked.add(key)
+    variants = grid(args.num_tags, args.costs, args.prefixes, args.baselines, cfg)
+    trials = [apply_variant(cfg, v, cfg.name) for v in variants]  # each one valid, up front
+    prebuilt = cfg.data.train_path is not None
+    if prebuilt:  # bad data: one line now, not a failed trial per grid point
+        cfg = _absolute(cfg)
+        sets = read_trace_sets(cfg.data.train_path)
+        # Only the method and N change how the data is prepared (M > N, the shared tag).
+        distinct = {(t.method, t.forking.num_tags): t for t in trials}
+        for trial in distinct.values():
+            check_training_data(dataclasses.replace(trial, data=cfg.data), sets)
     init_ray()
-    if cfg.data.train_path is None:
+    if not prebuilt:
         traces = build_traces.run(cfg)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_path=str(traces)))
-    cfg = _absolute(cfg)
-    sets = read_trace_sets(cfg.data.train_path)
-    variants = grid(args.num_tags, args.costs, args.prefixes, args.baselines, cfg)
-    for variant in variants:  # every trial's config is valid before anything starts
-        apply_variant(cfg, variant, cfg.name)
+        cfg = _absolute(cfg)
+        sets = read_trace_sets(cfg.data.train_path)
     root = Path(args.storage).resolve() / cfg.name
     concurrent = _max_concurrent(cfg, args.max_concurrent)
     if uri.startswith("sqlite") and concurrent > 1:

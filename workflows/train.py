@@ -35,7 +35,7 @@ from ssft.config_checks import ConfigError, InputError
 from ssft.forking_tokens import add_forking_tokens
 from ssft.models import load_tokenizer
 from ssft.parallel import wrap_fsdp
-from ssft.trace_set import read_trace_sets, trace_set_digest
+from ssft.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.tracking import NullTracker, git_commit, start_run
 from ssft.train_loop import TrainContext, train
 from ssft.train_report import log_training_artifacts
@@ -161,7 +161,7 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, data=data, model=model)
 
 
-def check_training_data(cfg: ExperimentConfig) -> str:
+def check_training_data(cfg: ExperimentConfig, sets: list[TraceSet] | None = None) -> str:
     """Validate and prepare ``cfg``'s training data on the driver; returns its digest.
 
     Runs before Ray starts, so bad data costs a second and one line naming the file, row and
@@ -170,6 +170,7 @@ def check_training_data(cfg: ExperimentConfig) -> str:
     configured tokenizer with the forking tokens added (no model is loaded), the same
     ``load_training_data``. That raises on more usable traces than tags (M > N, with
     ``data.too_many_traces=error``) and on an overlong trace (``data.overlong=error``).
+    ``sets``: the file's trace sets when the caller has read them already.
     """
     path = cfg.data.train_path
     if path is None:
@@ -177,12 +178,13 @@ def check_training_data(cfg: ExperimentConfig) -> str:
             "data.train_path=null: training needs trace sets. Set data.train_path=<path to the "
             "trace_sets.parquet written by workflows.build_traces>."
         )
-    digest = trace_set_digest(read_trace_sets(path))
+    sets = read_trace_sets(path) if sets is None else sets
+    digest = trace_set_digest(sets)
     tokenizer = load_tokenizer(cfg.model)
     f = cfg.forking
     add_forking_tokens(tokenizer, num_tags=f.num_tags, tag_format=f.tag_format,
                        shared_tag=f.shared_tag)  # fmt: skip
-    questions, prep = load_training_data(cfg, tokenizer, path)
+    questions, prep = load_training_data(cfg, tokenizer, path, sets)
     if not questions:
         raise InputError(
             f"trace set file {path!r}: no trainable question ({prep.summary()}). Every question "
