@@ -111,10 +111,18 @@ def micro_batch_count(
     plan_chunk: Sequence[Sequence[int]],
     questions: Sequence[TokenizedQuestion],
     micro_batch_sequences: int,
+    sequences_per_question: int = 0,
 ) -> int:
-    """Micro-batches EVERY rank runs for this chunk: the most any rank needs (at least 1)."""
+    """Micro-batches EVERY rank runs for this chunk: the most any rank needs (at least 1).
+
+    A question trains ``max(M, sequences_per_question)`` sequences (N with
+    ``matching.spare_tags=fill``, which gives every tag a sequence; else 0: its M traces).
+    """
     needed = [
-        math.ceil(sum(questions[i].num_traces for i in rank) / micro_batch_sequences)
+        math.ceil(
+            sum(max(questions[i].num_traces, sequences_per_question) for i in rank)
+            / micro_batch_sequences
+        )
         for rank in plan_chunk
     ]
     return max(1, *needed)

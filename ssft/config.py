@@ -62,6 +62,9 @@ from ssft.config_schema import (
     ModelConfig,
     ModelInit,
     Overlong,
+    Pass1Rule,
+    SpareTags,
+    TagSelectionConfig,
     TooManyTraces,
     TrainConfig,
 )
@@ -81,12 +84,16 @@ __all__ = [
     "ModelConfig",
     "ModelInit",
     "Overlong",
+    "Pass1Rule",
     "QuestionSource",
+    "SpareTags",
     "Split",
+    "TagSelectionConfig",
     "TeacherConfig",
     "TeacherKind",
     "TooManyTraces",
     "TrainConfig",
+    "apply_overrides",
     "config_from_dict",
     "config_help",
     "config_to_dict",
@@ -288,6 +295,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"got {type(loaded).__name__}."
         )
     return dict(loaded)
+
+
+def apply_overrides(
+    cfg: ExperimentConfig, overrides: Sequence[str], source: str
+) -> ExperimentConfig:
+    """A validated copy of ``cfg`` with ``key=value`` overrides applied (e.g. a pipeline
+    variant's); errors name ``source``."""
+    d = config_to_dict(cfg)
+    try:
+        for item in overrides:
+            _parse_override(item, d)
+        return config_from_dict(d)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

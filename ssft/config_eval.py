@@ -33,6 +33,9 @@ class EvalConfig(Section):
         "Samples per forking token per question. Shared-tag methods (sft_mixed, single) draw "
         "num_tags x samples_per_tag samples under their one tag, so every method gets the same "
         "number of samples.")})
+    greedy: bool = field(default=True, metadata={"help": (
+        "Also decode one greedy (temperature 0) answer per question and tag: greedy accuracy "
+        "per tag and distinct modes among the N greedy answers (rows with decoding=greedy).")})
     temperature: float = field(default=0.7, metadata={"help": (
         "Sampling temperature (the paper's 0.7). 0 = greedy.")})
     top_p: float = field(default=0.95, metadata={"help": (
@@ -45,8 +48,8 @@ class EvalConfig(Section):
         "k of Cons@k (samples spread round-robin over the tags, majority vote). None = all "
         "samples of a question.")})
     pass1_tag: str | None = field(default=None, metadata={"help": (
-        "Tag whose samples give Pass@1. None = the one training chose (most distinct traces "
-        "matched), read from the model's ssft_tags.json.")})
+        "Tag whose samples give Pass@1. None = the one training chose by "
+        "tag_selection.pass1_rule, read from the model's ssft_tags.json.")})
     questions_per_task: int = field(default=16, metadata={"help": (
         "Questions per Ray evaluation task.")})
     gpus_per_task: float = field(default=0.0, metadata={"help": (

@@ -30,6 +30,8 @@ ModelInit = Literal["pretrained", "random"]
 TooManyTraces = Literal["error", "keep_most_distinct"]
 Overlong = Literal["error", "drop"]
 MatchingCost = Literal["mean_nll", "sum_nll"]
+SpareTags = Literal["unused", "fill"]
+Pass1Rule = Literal["coverage", "coverage_last_epoch", "validation"]
 Parallelism = Literal["ddp", "fsdp"]
 LRSchedule = Literal["cosine", "linear", "constant"]
 
@@ -174,6 +176,13 @@ class MatchingConfig(Section):
         "end-of-turn token. Short prefixes are cheaper but may split modes by their openings.")})
     cost_batch_size: int = field(default=32, metadata={"help": (
         "Sequences per no-grad forward pass when building cost matrices (memory, not results).")})
+    spare_tags: SpareTags = field(default="unused", metadata={"help": (
+        "Tags a question's matching leaves without a trace (N > M): 'unused' = no loss for "
+        "them (the paper); 'fill' = each also trains on the trace it scores best (its "
+        "cheapest column of C), so every tag learns to answer every question and no spare "
+        "tag becomes a twin that is right only on the questions it was matched to. Costs "
+        "N - M extra training sequences per question; the loss is still divided by the "
+        "matched traces' tokens (README, 'Spare tags').")})
     prompt_cache: bool = field(default=True, metadata={"help": (
         "Encode each question's prompt once and score the N x M (tag, trace prefix) "
         "continuations from its KV cache; false recomputes the prompt in every pair. Same costs "
@@ -187,6 +196,52 @@ class MatchingConfig(Section):
             fix = "Set matching.prefix_tokens=256, or remove it."
             raise invalid("matching.prefix_tokens", self.prefix_tokens, rule, fix)
         positive(self, "cost_batch_size")
+
+
+@dataclass
+class TagSelectionConfig(Section):
+    """After training: the Pass@1 tag and the tags worth sampling (ssft.tag_selection)."""
+
+    SECTION: ClassVar[str] = "tag_selection"
+
+    # fmt: off
+    pass1_rule: Pass1Rule = field(default="validation", metadata={"help": (
+        "How the model folder names its Pass@1 tag: 'coverage' = the paper's heuristic (the "
+        "tag matched to the most distinct traces over all of training); "
+        "'coverage_last_epoch' = most traces in the last epoch's matching; 'validation' = "
+        "best accuracy on tag_selection.validation_questions held-out questions. All three "
+        "are recorded; eval.pass1_tag overrides the choice.")})
+    validation_questions: int = field(default=64, metadata={"help": (
+        "Questions of the training trace set held out of training (the same ones for every "
+        "method and seed: lowest hash of the question id; at most a quarter of the file's "
+        "questions) and sampled under every tag after training. 0 = none (then pass1_rule "
+        "cannot be 'validation').")})
+    samples_per_tag: int = field(default=4, metadata={"help": (
+        "Samples per tag per validation question (temperature, top_p and max_new_tokens "
+        "from the eval section).")})
+    min_relative_accuracy: float = field(default=0.0, metadata={"help": (
+        "Usable tags: those whose validation accuracy is at least this times the best tag's; "
+        "evaluation also reports Cons@N and the minimum tag accuracy over them. 0 = every "
+        "tag is usable; 0.95 retires spare-tag twins that answer worse.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        non_negative(self, "validation_questions")
+        positive(self, "samples_per_tag")
+        if not 0.0 <= self.min_relative_accuracy <= 1.0:
+            raise invalid("tag_selection.min_relative_accuracy", self.min_relative_accuracy,
+                          "must be in [0, 1]",
+                          "Set 0 (every tag usable) or e.g. 0.95.")  # fmt: skip
+        if self.pass1_rule == "validation" and self.validation_questions == 0:
+            raise invalid("tag_selection.pass1_rule", self.pass1_rule,
+                          "needs held-out questions, but tag_selection.validation_questions=0",
+                          "Set tag_selection.validation_questions=64, or "
+                          "tag_selection.pass1_rule=coverage_last_epoch.")  # fmt: skip
+        if self.min_relative_accuracy > 0 and self.validation_questions == 0:
+            raise invalid("tag_selection.min_relative_accuracy", self.min_relative_accuracy,
+                          "needs held-out questions, but tag_selection.validation_questions=0",
+                          "Set tag_selection.validation_questions=64, or "
+                          "tag_selection.min_relative_accuracy=0.")  # fmt: skip
 
 
 @dataclass
@@ -294,6 +349,7 @@ class ExperimentConfig(Section):
     forking: ForkingConfig = field(default_factory=ForkingConfig)
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tag_selection: TagSelectionConfig = field(default_factory=TagSelectionConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -310,7 +366,9 @@ class ExperimentConfig(Section):
         the bare defaults (``presets.base()``) can be built and then completed.
         """
         check_types(self)
-        for section in (self.model, self.data, self.forking, self.matching, self.train, self.build):
+        sections = (self.model, self.data, self.forking, self.matching, self.train,
+                    self.tag_selection, self.build)  # fmt: skip
+        for section in sections:
             section.validate()
         non_empty(self, "name")
         if not 0 <= self.seed < 2**32:

@@ -5,7 +5,8 @@ Input: a list of row mappings or a pyarrow table, one row per sample, with colum
 
     question_id  tag ("<think2>")  sample_index (per question and tag)  text
     parsed_answer (boxed content or None)  correct (grade(gold, text))  num_tokens
-    strategy (known_modes.classify(text), "unknown", or None when not classified)
+    strategy (known_modes.classify_layout(text), "unknown", or None when not classified)
+    teacher (ssft.teacher_attribution: the teacher the sample reads like, "unknown" or None)
 
 "The samples of a question under a tag" are its rows for that (question_id, tag), ordered by
 sample_index; the g-th of them is "sample g". Averages over questions are macro averages: each
@@ -16,13 +17,16 @@ the earliest sample of the winning group) and the vote is correct iff that sampl
 answers vote together when ``math_verify.verify(representative, answer)`` holds (the
 representative first, as gold is in grading) or the stripped strings are equal.
 
-Known-modes diagnostics (``tag_strategy_counts``, ``mode_purity``,
-``distinct_strategies_per_question``) ignore rows whose strategy is None.
+Mode diagnostics (``tag_label_counts``, ``mode_purity``, ``question_tag_purity``,
+``distinct_labels_per_question``) read one label column: ``strategy`` (the known-modes
+layout classifier) or ``teacher`` (``ssft.teacher_attribution``); rows whose label is None
+are ignored.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -241,67 +245,117 @@ def min_tag_accuracy(rows: Rows, tags: Sequence[str] | None = None) -> float:
     return min(pass1([r for r in rows if r["tag"] == t], t) for t in tags)
 
 
-# ---- known-modes diagnostics ---------------------------------------------------------------
+# ---- mode diagnostics: a label per sample (strategy or attributed teacher) -------------------
 
 
-def tag_strategy_counts(rows: Rows) -> tuple[list[str], list[str], np.ndarray]:
-    """(tags, strategies, counts[len(tags), len(strategies)]) over rows with a strategy.
+def tag_label_counts(
+    rows: Rows, label: str = "strategy"
+) -> tuple[list[str], list[str], np.ndarray]:
+    """(tags, labels, counts[len(tags), len(labels)]) over rows whose ``label`` is not None.
 
-    Tags in natural order; strategies alphabetical with "unknown" last; counts int64."""
-    rows = [r for r in _as_rows(rows) if r.get("strategy") is not None]
+    Tags in natural order; labels alphabetical with "unknown" last; counts int64."""
+    rows = [r for r in _as_rows(rows) if r.get(label) is not None]
     tags = sorted({r["tag"] for r in rows}, key=tag_sort_key)
-    strategies = sorted({r["strategy"] for r in rows}, key=lambda s: (s == UNKNOWN, s))
-    counts = np.zeros((len(tags), len(strategies)), dtype=np.int64)
+    labels = sorted({r[label] for r in rows}, key=lambda s: (s == UNKNOWN, s))
+    counts = np.zeros((len(tags), len(labels)), dtype=np.int64)
     for r in rows:
-        counts[tags.index(r["tag"]), strategies.index(r["strategy"])] += 1
-    return tags, strategies, counts
+        counts[tags.index(r["tag"]), labels.index(r[label])] += 1
+    return tags, labels, counts
 
 
-def mode_purity(rows: Rows) -> tuple[dict[str, tuple[str, float]], float]:
-    """Per tag (dominant strategy, share of its classified samples that follow it), and the
-    mean of the shares weighted by each tag's samples (= all dominant counts / all classified
-    samples).
+def _dominant(counts: np.ndarray, labels: Sequence[str]) -> tuple[str, int]:
+    """(most frequent KNOWN label, its count) of one count row; ("unknown", 0) if none."""
+    known = [j for j, s in enumerate(labels) if s != UNKNOWN]
+    if not known or counts[known].max() == 0:
+        return UNKNOWN, 0
+    best = known[int(np.argmax(counts[known]))]  # first maximum: alphabetical tie-break
+    return labels[best], int(counts[best])
 
-    The dominant strategy is the most frequent KNOWN one (ties: alphabetically first);
+
+def mode_purity(rows: Rows, label: str = "strategy") -> tuple[dict[str, tuple[str, float]], float]:
+    """Per tag (dominant label, share of its labelled samples that carry it), and the mean of
+    the shares weighted by each tag's samples (= all dominant counts / all labelled samples).
+
+    The dominant label is the most frequent KNOWN one (ties: alphabetically first);
     "unknown" samples never dominate and always count against purity, so a tag whose samples
     are garbage is impure, not "purely unknown". A tag with no known sample reports
-    ("unknown", 0.0).
+    ("unknown", 0.0). This is purity ACROSS questions: does a tag mean one mode everywhere?
     """
-    tags, strategies, counts = tag_strategy_counts(rows)
+    tags, labels, counts = tag_label_counts(rows, label)
     if not tags:
-        raise ValueError("mode purity needs rows with a strategy; classify the samples first")
-    known = [j for j, s in enumerate(strategies) if s != UNKNOWN]
+        raise ValueError(
+            f"mode purity needs rows with a {label!r}; classify or attribute the samples first"
+        )
     per, dominant_total = {}, 0
     for i, tag in enumerate(tags):
-        total = int(counts[i].sum())
-        if not known or counts[i, known].max() == 0:
-            per[tag] = (UNKNOWN, 0.0)
-            continue
-        best = known[int(np.argmax(counts[i, known]))]  # first maximum: alphabetical tie-break
-        dominant_total += int(counts[i, best])
-        per[tag] = (strategies[best], float(counts[i, best] / total))
+        name, count = _dominant(counts[i], labels)
+        dominant_total += count
+        per[tag] = (name, float(count / counts[i].sum()))
     return per, float(dominant_total / counts.sum())
 
 
-def unknown_share(rows: Rows) -> float:
-    """Share of classified samples whose strategy is "unknown" (unparseable or mixed traces)."""
-    _, strategies, counts = tag_strategy_counts(rows)
-    if UNKNOWN not in strategies or counts.sum() == 0:
+def question_tag_purity(rows: Rows, label: str = "strategy") -> float:
+    """Mean over (question, tag) pairs of the share of that pair's labelled samples carrying
+    its dominant known label ("unknown" counts against, as in ``mode_purity``).
+
+    Purity WITHIN a question: 1.0 means every tag is consistent for each question, even if a
+    tag means different modes on different questions (which ``mode_purity`` would show).
+    """
+    shares = []
+    for by_tag in _index(rows).values():
+        for samples in by_tag.values():
+            values = [r[label] for r in samples if r.get(label) is not None]
+            if values:
+                known = Counter(v for v in values if v != UNKNOWN)
+                top = max(known.values()) if known else 0
+                shares.append(top / len(values))
+    if not shares:
+        raise ValueError(f"question-tag purity needs rows with a {label!r}")
+    return float(np.mean(shares))
+
+
+def unknown_share(rows: Rows, label: str = "strategy") -> float:
+    """Share of labelled samples whose label is "unknown" (unparseable or mixed traces)."""
+    _, labels, counts = tag_label_counts(rows, label)
+    if UNKNOWN not in labels or counts.sum() == 0:
         return 0.0
-    return float(counts[:, strategies.index(UNKNOWN)].sum() / counts.sum())
+    return float(counts[:, labels.index(UNKNOWN)].sum() / counts.sum())
 
 
-def distinct_strategies_per_question(rows: Rows, tags: Sequence[str]) -> float:
-    """Mean over questions of the number of distinct known strategies among sample_index 0 of
+def distinct_labels_per_question(rows: Rows, tags: Sequence[str], label: str = "strategy") -> float:
+    """Mean over questions of the number of distinct known labels among sample_index 0 of
     each tag ("unknown" and None excluded): N = len(tags) is the most, 1 means no diversity."""
     per_q = []
     for qid, by_tag in _index(rows).items():
-        firsts = {t: r.get("strategy") for t in tags for r in by_tag.get(t, [])[:1]
+        firsts = {t: r.get(label) for t in tags for r in by_tag.get(t, [])[:1]
                   if r["sample_index"] == 0}  # fmt: skip
         if missing := [t for t in tags if t not in firsts]:
             raise ValueError(f"question {qid!r} has no sample_index 0 under tags {missing}")
         per_q.append(len(set(firsts.values()) - {None, UNKNOWN}))
     return float(np.mean(per_q))
+
+
+# label column -> (purity key stem, plural for "distinct ..."): the metric names it gets.
+LABEL_KEYS = {"strategy": ("mode", "strategies"), "teacher": ("teacher", "teachers")}
+
+
+def label_metrics(rows: Rows, tags: Sequence[str], label: str) -> dict[str, float]:
+    """Mode diagnostics of one label column (``LABEL_KEYS``), {} when no row carries it.
+
+    For "strategy": "mode_purity" (+ "mode_purity/<tag>"), "question_tag_mode_purity",
+    "distinct_strategies", "unknown_strategy_share"; for "teacher": "teacher_purity", ...,
+    "distinct_teachers", "unknown_teacher_share".
+    """
+    if not any(r.get(label) is not None for r in _as_rows(rows)):
+        return {}
+    stem, plural = LABEL_KEYS[label]
+    per, purity = mode_purity(rows, label)
+    out = {f"{stem}_purity": purity}
+    out |= {f"{stem}_purity/{t}": share for t, (_, share) in per.items()}
+    out[f"question_tag_{stem}_purity"] = question_tag_purity(rows, label)
+    out[f"distinct_{plural}"] = distinct_labels_per_question(rows, tags, label)
+    out[f"unknown_{label}_share"] = unknown_share(rows, label)
+    return out
 
 
 # ---- everything, flat ----------------------------------------------------------------------
@@ -313,10 +367,11 @@ def summarize(
     """All metrics over the rows under ``tags`` (other tags are dropped), as a flat dict.
 
     Keys: "pass1" (under pass1_tag); per tag t "pass1/t", "length_mean/t", "length_median/t",
-    "n_samples/t"; "tag_accuracy_min"; "cons_native"; for k in ks "pass@k" (all tags pooled)
-    and "cons@k"; "n_samples" (the n of pass@k) and "n_questions". With strategies also
-    "mode_purity", "mode_purity/t" and "distinct_strategies". MLflow does not accept "@", "<"
-    and ">" in keys: ``ssft.tracking`` logs them with "_" instead.
+    "n_samples/t"; "tag_accuracy_min", "tag_accuracy_mean" (over tags); "cons_native"; for
+    k in ks "pass@k" (all tags pooled) and "cons@k"; "n_samples" (the n of pass@k) and
+    "n_questions". With strategies or teachers also their ``label_metrics`` ("mode_purity",
+    "teacher_purity", ...). MLflow does not accept "@", "<" and ">" in keys:
+    ``ssft.tracking`` logs them with "_" instead.
     """
     if pass1_tag not in tags:
         raise ValueError(f"pass1_tag {pass1_tag!r} is not one of the tags {list(tags)}")
@@ -331,15 +386,13 @@ def summarize(
         out |= {f"pass1/{t}": s.accuracy, f"length_mean/{t}": s.mean_tokens}
         out |= {f"length_median/{t}": s.median_tokens, f"n_samples/{t}": float(s.n)}
     out["tag_accuracy_min"] = min(stats[t].accuracy for t in tags)
+    out["tag_accuracy_mean"] = float(np.mean([stats[t].accuracy for t in tags]))
     out["cons_native"] = cons_native(rows, tags)
     table = pass_at_k_table(rows, ks)
     for k in ks:
         out[f"pass@{k}"] = table.values[k]
         out[f"cons@{k}"] = cons_at_k(rows, tags, k)
     out |= {"n_samples": float(table.n), "n_questions": float(table.n_questions)}
-    if any(r.get("strategy") is not None for r in rows):
-        per, out["mode_purity"] = mode_purity(rows)
-        out |= {f"mode_purity/{t}": share for t, (_, share) in per.items()}
-        out["distinct_strategies"] = distinct_strategies_per_question(rows, tags)
-        out["unknown_strategy_share"] = unknown_share(rows)
+    for label in LABEL_KEYS:  # known-modes strategies; teachers attributed to samples
+        out |= label_metrics(rows, tags, label)
     return out

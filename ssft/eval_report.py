@@ -1,9 +1,10 @@
 """What an evaluation leaves behind, for a person to look at rather than read.
 
 Files under the evaluation folder: ``samples.parquet`` (one row per question, tag and
-sample: text, parsed answer, correct, strategy), ``tag_probabilities.parquet``,
-``metrics.json``. Plots (PNG): per-tag accuracy and answer length, tag x strategy heat map
-(known-modes), pass@k curves of one or several methods on one chart. MLflow metric keys
+sample: decoding, text, parsed answer, correct, strategy, attributed teacher),
+``tag_probabilities.parquet``, ``metrics.json``. Plots (PNG): per-tag accuracy and answer
+length, tag x strategy (known-modes) and tag x teacher heat maps, pass@k curves of one or
+several methods on one chart. MLflow metric keys
 are made safe here ("pass@4" -> "pass_at_4", "<think2>" -> "think2").
 """
 
@@ -55,9 +56,15 @@ def per_tag_figure(rows: Sequence[Mapping[str, Any]], title: str):
     return fig
 
 
-def strategy_figure(rows: Sequence[Mapping[str, Any]], title: str):
-    tags, strategies, counts = eval_metrics.tag_strategy_counts(rows)
-    return heatmap(counts, list(tags), list(strategies), title) if len(strategies) else None
+def label_figure(rows: Sequence[Mapping[str, Any]], label: str, title: str):
+    """Tag x label (strategy or attributed teacher) counts as a heat map; None if unlabelled."""
+    tags, labels, counts = eval_metrics.tag_label_counts(rows, label)
+    return heatmap(counts, list(tags), list(labels), title) if len(labels) else None
+
+
+def sampled(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of the sampling protocol (not the greedy answers)."""
+    return [r for r in rows if r.get("decoding", "sampled") == "sampled"]
 
 
 def pass_at_k_figure(curves: Mapping[str, Mapping[int, float]], title: str):
@@ -94,10 +101,11 @@ def log_eval(tracker, out_dir: Path, rows, metrics: Mapping[str, float], label: 
     tracker.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=0)
     for name in ("samples.parquet", "tag_probabilities.parquet", "metrics.json"):
         tracker.log_artifact(out_dir / name, "eval")
-    tracker.log_figure(per_tag_figure(rows, label), "plots/per_tag.png")
-    fig = strategy_figure(rows, f"{label}: tag x strategy")
-    if fig is not None:
-        tracker.log_figure(fig, "plots/tag_by_strategy.png")
+    tracker.log_figure(per_tag_figure(sampled(rows), label), "plots/per_tag.png")
+    for column in eval_metrics.LABEL_KEYS:  # tag x strategy (known-modes), tag x teacher
+        fig = label_figure(sampled(rows), column, f"{label}: tag x {column}")
+        if fig is not None:
+            tracker.log_figure(fig, f"plots/tag_by_{column}.png")
     tracker.log_figure(
         pass_at_k_figure({label: pass_at_k_curve(metrics)}, label), "plots/pass_at_k.png"
     )

@@ -5,7 +5,10 @@ For each question and each tag the model was trained with, ``samples_per_tag`` s
 drawn after ``[prompt ; tag]`` (``ssft.sampling``), graded against the gold answer
 (math-verify, gold first) and, on the known-modes benchmark, classified into a strategy by
 its layout (``known_modes.classify_layout``: the reasoning mode, even with wrong arithmetic;
-the stricter data-flow classifier's verdict is kept as ``strategy_strict``).
+the stricter data-flow classifier's verdict is kept as ``strategy_strict``). On any data,
+each sample is also attributed to the teacher whose training traces it reads like
+(``ssft.teacher_attribution``, from the model folder's ``teacher_profiles.json``), and with
+``eval.greedy`` one greedy answer per question and tag is decoded as well.
 Shared-tag methods sample ``num_tags x samples_per_tag`` times under their one tag, so every
 method is judged on the same number of samples. Metrics come from ``ssft.eval_metrics``.
 
@@ -27,6 +30,7 @@ from ssft import eval_metrics, known_modes
 from ssft.grading import grade
 from ssft.models import load_model_and_tokenizer, load_tokenizer
 from ssft.sampling import sample_with_tags, sample_with_tags_vllm
+from ssft.teacher_attribution import read_profiles
 from ssft.teachers.base import Question
 from ssft.train_report import TAGS_FILE
 
@@ -83,18 +87,23 @@ def evaluate_questions(
     model=None,
     tokenizer=None,
     trust_remote_code: bool = False,
+    greedy: bool = False,
 ) -> list[dict[str, Any]]:
     """Graded sample rows for ``questions`` (one row per question, tag and sample).
 
-    Pass an already loaded ``model``/``tokenizer`` (``load_eval_model``) to avoid loading
-    them again; the ``vllm`` backend builds its own engine from ``model_dir``.
+    ``greedy``: one greedy (temperature 0) answer per question and tag instead of the
+    sampling protocol, rows tagged ``decoding="greedy"`` (else ``"sampled"``). Pass an
+    already loaded ``model``/``tokenizer`` (``load_eval_model``) to avoid loading them again;
+    the ``vllm`` backend builds its own engine from ``model_dir``.
     """
     info = read_model_tags(model_dir)
     tokenizer = tokenizer or load_tokenizer(_model_dir_cfg(model_dir, trust_remote_code))
     tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
+    if greedy:
+        per_tag = 1
     common = dict(
-        samples_per_tag=per_tag, temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
-        max_new_tokens=eval_cfg.max_new_tokens, seed=seed,
+        samples_per_tag=per_tag, temperature=0.0 if greedy else eval_cfg.temperature,
+        top_p=eval_cfg.top_p, max_new_tokens=eval_cfg.max_new_tokens, seed=seed,
         use_chat_template=data_cfg.use_chat_template, prompt_template=data_cfg.prompt_template,
     )  # fmt: skip
     if eval_cfg.backend == "vllm":
@@ -106,13 +115,17 @@ def evaluate_questions(
             model, tokenizer, questions, tags, batch_size=eval_cfg.batch_size, **common
         )
     gold = {q.question_id: q for q in questions}
+    profiles = read_profiles(model_dir)
     for row in rows:
         q = gold[row["question_id"]]
+        row["decoding"] = "greedy" if greedy else "sampled"
         row["parsed_answer"], row["correct"] = grade(q.gold_answer, row["text"])
         is_known_modes = q.source.startswith("known_modes")
         # The mode a sample follows is its layout; "strict" also needs its numbers to flow.
         row["strategy"] = known_modes.classify_layout(row["text"]) if is_known_modes else None
         row["strategy_strict"] = known_modes.classify(row["text"]) if is_known_modes else None
+        # Any data set: the teacher whose training traces the sample reads like.
+        row["teacher"] = profiles.attribute(row["text"]) if profiles is not None else None
     return rows
 
 
@@ -126,24 +139,40 @@ def _grouped_for_votes(rows: list[dict], shared_tag: str, n: int) -> tuple[list[
     return out, pseudo
 
 
+def sample_ks(total: int) -> list[int]:
+    """The k of pass@k and Cons@k reported for ``total`` samples per question: powers of two
+    up to it, and ``total`` itself (so every method has k = 16 when it draws 16 or more)."""
+    return sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= total} | {total})
+
+
 def compute_metrics(
     rows: list[dict[str, Any]], info: dict[str, Any], eval_cfg: Any
 ) -> dict[str, float]:
-    """Pass@1 (chosen tag and every tag), Cons@N, Cons@k, pass@k, lengths, mode purity."""
+    """Pass@1 (chosen tag and every tag), Cons@N, Cons@k, pass@k, lengths, mode purity.
+
+    Rows with ``decoding="greedy"`` (``evaluate_questions(greedy=True)``) add the greedy
+    figures: ``greedy_pass1/<tag>``, ``greedy_accuracy_mean`` and greedy distinct modes.
+    With usable tags narrower than all tags (``ssft.tag_selection``), ``cons_native_usable``
+    and ``tag_accuracy_min_usable`` give the figures over those.
+    """
+    greedy = [r for r in rows if r.get("decoding") == "greedy"]
+    rows = [r for r in rows if r.get("decoding", "sampled") == "sampled"]
     tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
     n_tags = len(info["tags"])
     total = per_tag * len(tags)
-    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= total} | {total})
+    ks = sample_ks(total)
     pass1_tag = eval_cfg.pass1_tag or info["pass1_tag"]
     metrics = eval_metrics.summarize(rows, tags, pass1_tag, ks)
     vote_rows, vote_tags = (rows, tags)
     if len(tags) == 1:  # shared tag: votes over groups of N consecutive samples
         vote_rows, vote_tags = _grouped_for_votes(rows, tags[0], n_tags)
     metrics["cons_native"] = eval_metrics.cons_native(vote_rows, vote_tags)
-    if "distinct_strategies" in metrics:
-        metrics["distinct_strategies"] = eval_metrics.distinct_strategies_per_question(
-            vote_rows, vote_tags
-        )
+    for label in eval_metrics.LABEL_KEYS:  # diversity among N parallel samples, one per tag
+        _, plural = eval_metrics.LABEL_KEYS[label]
+        if f"distinct_{plural}" in metrics:
+            metrics[f"distinct_{plural}"] = eval_metrics.distinct_labels_per_question(
+                vote_rows, vote_tags, label
+            )
     for k in ks:
         metrics[f"cons@{k}"] = eval_metrics.cons_at_k(vote_rows, vote_tags, k)
     cons_k = eval_cfg.cons_k or total
@@ -154,4 +183,23 @@ def compute_metrics(
         )
     metrics["cons_k"] = eval_metrics.cons_at_k(vote_rows, vote_tags, cons_k)
     metrics["num_tags"] = float(n_tags)
+    usable = [t for t in info.get("usable_tags") or tags if t in tags]
+    metrics["num_usable_tags"] = float(len(usable))
+    if len(tags) > 1 and usable != tags:
+        metrics["cons_native_usable"] = eval_metrics.cons_native(rows, usable)
+        metrics["tag_accuracy_min_usable"] = min(metrics[f"pass1/{t}"] for t in usable)
+    if greedy:
+        metrics |= _greedy_metrics(greedy, tags)
     return metrics
+
+
+def _greedy_metrics(rows: list[dict[str, Any]], tags: list[str]) -> dict[str, float]:
+    """One greedy answer per tag: accuracy per tag and its mean, distinct modes per question."""
+    out = {f"greedy_pass1/{t}": eval_metrics.pass1(rows, t) for t in tags}
+    out["greedy_accuracy_mean"] = sum(out.values()) / len(tags)
+    for label, (_, plural) in eval_metrics.LABEL_KEYS.items():
+        if any(r.get(label) is not None for r in rows):
+            out[f"distinct_{plural}_greedy"] = eval_metrics.distinct_labels_per_question(
+                rows, tags, label
+            )
+    return out

@@ -9,7 +9,10 @@ laid out along the batch dimension question by question, traces in stored order:
     ...
 
 The N - M unmatched (tag, trace) pairs are never forwarded with gradient: an unused tag
-gets no gradient from that question through its input embedding.
+gets no gradient from that question through its input embedding. The exception is the
+``matching.spare_tags=fill`` option: each unused tag then also trains on its cheapest trace
+(extra rows after the question's matched ones); the denominator stays the matched traces'
+token count, so the matched part of the loss is unchanged and the spare rows add to it.
 
 Normalisation ("token mean over the global batch"): every micro-batch returns its local
 NLL SUM and its supervised-token COUNT; the training loop all-reduces the counts of the
@@ -37,17 +40,26 @@ def matched_sequences(
     tag_ids: Sequence[int],
     *,
     tag_loss: bool = False,
+    spare: Sequence[Sequence[tuple[int, int]]] | None = None,
 ) -> list[tuple[list[int], list[int]]]:
-    """``(input_ids, labels)`` of every matched sequence, question-major (see diagram)."""
+    """``(input_ids, labels)`` of every matched sequence, question-major (see diagram).
+
+    ``spare[b]``: extra ``(tag index, trace index)`` pairs of question b
+    (``matching.spare_tags=fill``, ``ssft.matching.spare_tag_fill``), appended after that
+    question's matched sequences.
+    """
     if len(questions) != len(assignments):
         raise ValueError(f"{len(questions)} questions but {len(assignments)} assignments")
     out = []
-    for q, tags in zip(questions, assignments, strict=True):
+    for b, (q, tags) in enumerate(zip(questions, assignments, strict=True)):
         assert len(tags) == q.num_traces, (
             f"{q.question_id}: {len(tags)} tags, {q.num_traces} traces"
         )
-        for trace, tag in zip(q.trace_ids, tags, strict=True):
-            out.append(build_sequence(q.prompt_ids, tag_ids[int(tag)], trace, tag_loss=tag_loss))
+        pairs = [(int(tag), j) for j, tag in enumerate(tags)] + list(spare[b] if spare else [])
+        for tag, j in pairs:
+            out.append(
+                build_sequence(q.prompt_ids, tag_ids[tag], q.trace_ids[j], tag_loss=tag_loss)
+            )
     return out
 
 

@@ -278,6 +278,17 @@ def get_policy(name: str) -> AssignmentPolicy:
         ) from None
 
 
+def spare_tag_fill(cost: np.ndarray, tags: np.ndarray) -> list[tuple[int, int]]:
+    """``matching.spare_tags=fill``: ``(tag, trace)`` pairs for the tags ``tags`` leaves unused.
+
+    ``cost`` is one question's [N, M] block, ``tags`` its injective assignment (int [M]).
+    Each unused tag i takes its cheapest trace, ``argmin_j cost[i, j]`` (ties: the lowest j),
+    in tag order; a trace may serve several spare tags. Returns [] when M == N.
+    """
+    used = set(np.asarray(tags).tolist())
+    return [(i, int(np.argmin(cost[i]))) for i in range(cost.shape[0]) if i not in used]
+
+
 def question_rng(seed: int, epoch: int, question_id: str) -> np.random.Generator:
     """A generator fixed by (seed, epoch, question): same draws on any worker layout."""
     digest = hashlib.sha256(question_id.encode("utf-8")).digest()

@@ -199,6 +199,14 @@ class MatchingTracker:
         """Per tag index, how many distinct traces were ever matched to it."""
         return [len(s) for s in self._covered]
 
+    def latest_coverage(self) -> list[int]:
+        """Per tag index, traces matched to it in each question's LATEST assignment (with one
+        pass over the data per epoch: the last epoch's matching, once it has settled)."""
+        counts = np.zeros(self.num_tags, dtype=np.int64)
+        for seen in self._latest.values():
+            np.add.at(counts, np.asarray(seen.record.tags, dtype=np.int64), 1)
+        return counts.tolist()
+
     def pass1_tag(self) -> int:
         """Tag INDEX with the largest coverage (the paper's Pass@1 tag); ties -> lowest.
 
@@ -257,6 +265,7 @@ class MatchingTracker:
             "pass1_tag": self.pass1_tag() + 1,
             "pass1_tag_index": self.pass1_tag(),
             "coverage": self.coverage(),
+            "coverage_last_epoch": self.latest_coverage(),
             "usage": self._usage.tolist(),
             "questions": len(self._latest),
         }

@@ -9,6 +9,7 @@ write a function that calls its parent, changes only what differs (say why), ret
 from collections.abc import Callable
 
 from ssft.config import ConfigError, ExperimentConfig
+from ssft.config_pipeline import VariantConfig
 
 
 def base() -> ExperimentConfig:
@@ -16,12 +17,15 @@ def base() -> ExperimentConfig:
     return ExperimentConfig()
 
 
-def tiny_cpu() -> ExperimentConfig:
-    """A 2-layer, 64-wide random Llama with the character tokenizer: tests and CPU demos."""
+def tiny_test() -> ExperimentConfig:
+    """A 2-layer, 64-wide random Llama with the character tokenizer: the test suite's preset.
+
+    Fast, not meant to learn its task: tests check what the code does, not what it learns.
+    No validation questions (they would cost every test training a sampling pass)."""
     cfg = base()
     cfg.name = "tiny-cpu"
     cfg.experiment = "tiny-cpu"
-    # Random weights and the built-in tokenizer: no download, trains in minutes on a CPU.
+    # Random weights and the built-in tokenizer: no download, trains in seconds on a CPU.
     cfg.model.init = "random"
     cfg.model.tokenizer = "char"
     cfg.model.hidden_size = 64
@@ -35,10 +39,10 @@ def tiny_cpu() -> ExperimentConfig:
     # A from-scratch model needs a far larger step than fine-tuning a pretrained one.
     cfg.train.lr = 3e-3
     cfg.train.warmup_steps = 10
-    # 256 questions x 12 epochs / 32 per step = 96 steps: the main job (three trainings and
-    # evaluations) finishes in a few minutes on 2 CPU cores.
     cfg.train.questions_per_step = 32
     cfg.train.epochs = 12
+    cfg.tag_selection.validation_questions = 0
+    cfg.tag_selection.pass1_rule = "coverage_last_epoch"
     # Traces come from the four rule-based strategy teachers (the default): no model, seconds.
     cfg.build.questions = "known_modes"
     cfg.build.num_questions = 256
@@ -48,15 +52,53 @@ def tiny_cpu() -> ExperimentConfig:
     return cfg.validate()
 
 
+def tiny_cpu() -> ExperimentConfig:
+    """The main job: a model small enough for 2 CPU cores that still learns known-modes."""
+    cfg = tiny_test()
+    # TUNED BELOW (README "Results", tiny_cpu): measured recipe.
+    cfg.tag_selection.validation_questions = 32
+    cfg.tag_selection.pass1_rule = "validation"
+    return cfg.validate()
+
+
 def known_modes_experiment() -> ExperimentConfig:
-    """The mode-collapse experiment on 2 CPU cores: SSFT vs SFT-mixed vs random, 3 seeds."""
+    """The paper's claims on known-modes, 2 CPU cores: SSFT (N = 4 and 6), SFT-mixed, random σ.
+
+    Measured in README "Results" (3 seeds; two trainings at a time)."""
     cfg = tiny_cpu()
     cfg.name = cfg.experiment = "known-modes"
-    cfg.build.num_questions = 512  # the shipped train split
-    cfg.train.questions_per_step = 32
-    cfg.train.epochs = 10  # 160 steps
-    cfg.eval.num_questions = 128  # the whole shipped test split
+    # Width, not depth, is what lets a from-scratch model learn the carries (192 wide reached
+    # 0.995 where 128 wide reached 0.95 with the same steps, SFT-mixed).
+    cfg.model.hidden_size, cfg.model.num_heads, cfg.model.intermediate_size = 192, 6, 512
+    cfg.build.num_questions = 2000
+    cfg.train.questions_per_step = 16  # steps, more than tokens, decide what it learns
+    cfg.train.epochs = 6
+    cfg.train.lr = 2e-3
+    cfg.train.warmup_steps = 50
+    cfg.tag_selection.validation_questions = 64
+    # Retire tags that answer worse than 0.95x the best on held-out questions (spare tags):
+    # reported beside the all-tags figures, never instead of them.
+    cfg.tag_selection.min_relative_accuracy = 0.95
+    cfg.eval.num_questions = 128  # the whole test split
     cfg.pipeline.seeds = "0,1,2"
+    cfg.pipeline.variants = [
+        VariantConfig("ssft-n4", "method=ssft forking.num_tags=4"),
+        VariantConfig("ssft-n6", "method=ssft forking.num_tags=6"),
+        VariantConfig("sft-mixed", "method=sft_mixed"),
+        VariantConfig("random", "method=random forking.num_tags=4"),
+    ]
+    return cfg.validate()
+
+
+def known_modes_hard() -> ExperimentConfig:
+    """Three-digit additions: the strategies' difficulty drifts apart (round and count_on add
+    three-digit numbers in one line, column and split one digit at a time), so averaging the
+    modes costs SFT-mixed accuracy that a chosen forking token need not pay."""
+    cfg = known_modes_experiment()
+    cfg.name = cfg.experiment = "known-modes-hard"
+    cfg.build.digits = 3
+    cfg.eval.max_new_tokens = 96  # three-digit split traces reach ~60 characters
+    cfg.pipeline.variants = [v for v in cfg.pipeline.variants if v.name != "ssft-n6"]
     return cfg.validate()
 
 
@@ -67,17 +109,19 @@ def known_modes_gpu() -> ExperimentConfig:
     cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads = 256, 6, 8
     cfg.model.intermediate_size = 1024
     cfg.train.use_gpu = True
-    cfg.train.epochs = 40
+    cfg.train.epochs = 12
     cfg.train.lr = 1e-3
     cfg.eval.gpus_per_task = 1.0
-    cfg.build.num_questions = 4096
+    cfg.build.num_questions = 3000
     return cfg.validate()
 
 
 PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "base": base,
+    "tiny_test": tiny_test,
     "tiny_cpu": tiny_cpu,
     "known_modes_experiment": known_modes_experiment,
+    "known_modes_hard": known_modes_hard,
     "known_modes_gpu": known_modes_gpu,
 }
 

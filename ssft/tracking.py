@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _BAD_KEY = re.compile(r"[^\w.\-:/ ]")  # MLflow allows word chars, . - : / and space
 _MAX_PARAM_CHARS = 6000
 OFFLINE_RETRY_S = 30.0  # after a failed call, how long the tracker stops calling the server
+LOCKED_RETRY_S = (0.2, 0.5, 1.0, 2.0, 4.0)  # waits before retrying a call SQLite found locked
 UNLOGGED_FILE = "unlogged.jsonl"
 # MLflow's own HTTP defaults (7 retries, backoff factor 2, 120 s timeout) make each call to a
 # dead server hang for minutes; these apply unless the environment sets them.
@@ -243,12 +244,20 @@ class MLflowTracker(NullTracker):
         if not self._online():
             error = "not sent: the tracking server was unreachable"
         else:
-            try:
-                send()
-                self._offline_until = 0.0
-            except Exception as err:  # tracking must never kill the work it logs
-                self._offline_until = time.monotonic() + OFFLINE_RETRY_S
-                error = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+            for wait in (*LOCKED_RETRY_S, None):
+                try:
+                    send()
+                    self._offline_until = 0.0
+                    break
+                except Exception as err:  # tracking must never kill the work it logs
+                    # Several processes writing one SQLite file (concurrent trainings of the
+                    # pipeline) collide now and then: a short wait, not an outage.
+                    if wait is not None and "database is locked" in str(err):
+                        time.sleep(wait)
+                        continue
+                    self._offline_until = time.monotonic() + OFFLINE_RETRY_S
+                    error = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+                    break
         if error is not None:
             self._record(call, {**detail, **(keep() if keep else {})}, error)
 

@@ -44,13 +44,15 @@ import torch
 
 from ssft.batching import StepPlan, micro_batch_count, plan_step
 from ssft.checkpointing import save_checkpoint
+from ssft.evaluation import load_eval_model
 from ssft.losses import matched_sequences
-from ssft.matching import assign_tags, cost_forward_count, cost_matrices
+from ssft.matching import assign_tags, cost_forward_count, cost_matrices, spare_tag_fill
 from ssft.matching_stats import AssignmentRecord, MatchingTracker, second_best_gap
 from ssft.packing import pack_batch
 from ssft.parallel import clip_grad_norm, full_model_state, full_optimizer_state
 from ssft.sequences import build_sequence, pad_batch
-from ssft.train_report import write_final_model
+from ssft.tag_selection import TagSelection, select_tags, validation_accuracy
+from ssft.train_report import write_final_model, write_tag_selection
 from ssft.train_setup import Run, SequenceNLL, TrainContext, load_training_data, setup_run
 
 __all__ = [
@@ -74,6 +76,7 @@ class TrainResult:
     data_log: list[list]
     matching: MatchingTracker
     final_dir: Path | None = None
+    selection: TagSelection | None = None  # rank 0 only
 
 
 def _gather(obj: Any, world_size: int) -> list[Any]:
@@ -110,11 +113,24 @@ def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.
                              second_best_gap(costs[b], a) if costs is not None else None)
             for b, (q, a) in enumerate(zip(mine, assigned, strict=True))
         ]  # fmt: skip
-        seqs = matched_sequences(mine, assigned, run.tag_ids, tag_loss=cfg.forking.tag_loss)
+        fill = run.policy.needs_cost and mc.spare_tags == "fill"
+        spare = None
+        if fill and mine:  # every unused tag also trains on its cheapest trace
+            spare = [spare_tag_fill(c, a) for c, a in zip(costs, assigned, strict=True)]
+        seqs = matched_sequences(
+            mine, assigned, run.tag_ids, tag_loss=cfg.forking.tag_loss, spare=spare
+        )
+        # Rows that carry the method's own loss (the logged loss); spare-tag rows do not.
+        matched = [True] * len(seqs)
+        if spare:
+            matched = [m for q, extra in zip(mine, spare, strict=True)
+                       for m in [True] * q.num_traces + [False] * len(extra)]  # fmt: skip
         # Longest first, so each micro-batch holds similar lengths: little padding (or packing
         # slack) per row. The gradient is a sum over sequences: the order does not change it.
-        seqs.sort(key=lambda seq: len(seq[0]), reverse=True)
-    n_micro = micro_batch_count(chunk, run.questions, mbs)
+        order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]), reverse=True)
+        seqs, matched = [seqs[k] for k in order], [matched[k] for k in order]
+    per_question = len(run.tag_ids) if fill else 0
+    n_micro = micro_batch_count(chunk, run.questions, mbs, per_question)
     nll = torch.zeros((), device=run.device)
     with run.phase("loss"):
         for m in range(n_micro):
@@ -133,7 +149,11 @@ def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.
                         batch.input_ids, batch.attention_mask, batch.labels, batch.position_ids
                     )
                 (sums.sum() * (weight * ctx.world_size / plan.global_tokens)).backward()
-            nll += sums.sum().detach() * weight
+            if spare and part:
+                keep = torch.tensor(matched[m * mbs : (m + 1) * mbs], device=sums.device)
+                nll += (sums.detach() * keep).sum()
+            else:
+                nll += sums.sum().detach() * weight
     return nll, records
 
 
@@ -243,7 +263,7 @@ def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
             done = step + 1 - run.start
             eta = (time.perf_counter() - began) / done * (run.total_steps - step - 1)
             print(
-                f"[train] step {step + 1}/{run.total_steps} | epoch {plan.epoch} | "
+                f"[train {cfg.name}] step {step + 1}/{run.total_steps} | epoch {plan.epoch} | "
                 f"loss {loss:.4f} | lr {metrics['lr']:.2e} | "
                 f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta:.0f}s",
                 flush=True,
@@ -257,9 +277,48 @@ def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
         if ctx.rank == 0:
             log_ = {"steps": run.total_steps, "losses": run.losses, "data_log": run.data_log}
             final_dir = write_final_model(
-                ctx.final_dir, run.model, run.tokenizer, run.stats, run.tags, run.pass1_tag,
-                cfg, log_, state_dict=weights,
+                ctx.final_dir, run.model, run.tokenizer, run.stats, run.tags, cfg, log_,
+                state_dict=weights, profiles=run.profiles,
             )  # fmt: skip
+    selection = select_final_tags(run, final_dir) if ctx.rank == 0 else None
+    if final_dir is not None:
+        write_tag_selection(final_dir, selection)  # last: its presence = a finished model
+    pass1 = selection.pass1_tag if selection else run.pass1_tag
     return TrainResult(
-        run.total_steps, run.losses, run.pass1_tag, run.data_log, run.stats, final_dir
+        run.total_steps, run.losses, pass1, run.data_log, run.stats, final_dir, selection
     )
+
+
+def select_final_tags(run: Run, final_dir: Path | None) -> TagSelection:
+    """Validation accuracy of every tag on the held-out questions, then the Pass@1 rule.
+
+    The trained model samples in eval mode (as evaluation does). A sharded (FSDP) model
+    cannot sample on one rank: then the final model just written is loaded instead.
+    """
+    cfg, ts = run.cfg, run.cfg.tag_selection
+    tags = list(run.tags.tags) if not run.shared else [run.tags.shared_tag]
+    accuracy = None
+    if run.validation:
+        t0 = time.perf_counter()
+        if run.sharded:
+            if final_dir is None:
+                raise ValueError("a sharded run validates its tags from the final model: "
+                                 "give TrainContext.final_dir")  # fmt: skip
+            model = load_eval_model(final_dir)[0]
+        else:
+            model = run.model.eval()
+        accuracy = validation_accuracy(
+            model, run.tokenizer, run.validation, tags, cfg.eval, cfg.data,
+            samples_per_tag=ts.samples_per_tag, seed=cfg.seed,
+        )  # fmt: skip
+        shown = " ".join(f"{t} {a:.3f}" for t, a in accuracy.items())
+        print(f"[train] validation accuracy on {len(run.validation)} held-out questions "
+              f"({time.perf_counter() - t0:.0f}s): {shown}", flush=True)  # fmt: skip
+    selection = select_tags(  # the tracker counts the tags of tag_ids: [<think>] when shared
+        tags, run.stats.coverage(), run.stats.latest_coverage(), accuracy, rule=ts.pass1_rule,
+        min_relative_accuracy=ts.min_relative_accuracy,
+        validation_questions=len(run.validation),
+    )  # fmt: skip
+    usable = "" if selection.usable_tags == tags else f"; usable tags {selection.usable_tags}"
+    print(f"[train] Pass@1 tag {selection.why()}{usable}", flush=True)
+    return selection

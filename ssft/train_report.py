@@ -2,9 +2,10 @@
 
 The final model directory loads with plain ``transformers`` (``from_pretrained``); beside the
 weights and the tokenizer (tags included, as single special tokens) it holds
-``ssft_tags.json``: the tags, the shared tag, the Pass@1 tag chosen as in the paper (the
-tag matched to the most distinct traces over training) and the statistics behind it, so
-evaluation needs nothing else. It is written under a temp name and renamed into place.
+``ssft_tags.json``: the tags, the shared tag, the matching statistics, the Pass@1 tag and the
+usable tags chosen after training (``ssft.tag_selection``, with their evidence), and
+``teacher_profiles.json`` (``ssft.teacher_attribution``), so evaluation needs nothing else.
+It is written under a temp name and renamed into place.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from ssft.atomic_io import write_text_atomic
 from ssft.checkpointing import save_model
 from ssft.config import config_to_yaml
 from ssft.matching_stats import MatchingTracker, heatmap
+from ssft.tag_selection import TagSelection
+from ssft.teacher_attribution import TeacherProfiles, write_profiles
 
 TAGS_FILE, ASSIGNMENTS_FILE = "ssft_tags.json", "assignments.parquet"
 LOG_FILE = "training_log.json"
@@ -30,18 +34,20 @@ def write_final_model(
     tokenizer,
     stats: MatchingTracker,
     tags,
-    pass1: str,
     cfg,
     log: dict,
     state_dict: dict | None = None,
+    profiles: TeacherProfiles | None = None,
 ):
     """Save the trained model + tokenizer + tag summary to ``final_dir`` atomically.
 
     ``state_dict``: full weights gathered from a sharded (FSDP) model, written instead of
-    ``model``'s own (see ``ssft.checkpointing.save_model``).
+    ``model``'s own (see ``ssft.checkpointing.save_model``). ``profiles``: the training
+    traces' teacher profiles, for evaluation's teacher attribution.
 
     ``log`` (steps, per-step losses, per-step data digests) goes to ``training_log.json``:
-    it shows that every batch was trained exactly once, also across resumes.
+    it shows that every batch was trained exactly once, also across resumes. The Pass@1 tag
+    is not known yet: ``write_tag_selection`` adds it once the tags are validated.
     """
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -53,10 +59,11 @@ def write_final_model(
             "method": cfg.method,
             "tags": list(tags.tags),
             "shared_tag": tags.shared_tag,
-            "pass1_tag": pass1,
             "matching": stats.summary(),
         }
         (staging / TAGS_FILE).write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        if profiles is not None:
+            write_profiles(staging, profiles)
         pq.write_table(stats.assignment_table(), staging / ASSIGNMENTS_FILE)
         (staging / LOG_FILE).write_text(json.dumps(log), encoding="utf-8")
         if final_dir.exists():
@@ -66,6 +73,38 @@ def write_final_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final_dir
+
+
+def write_tag_selection(final_dir: str | Path, selection: TagSelection) -> None:
+    """Add the Pass@1 tag, the usable tags and their evidence to ``ssft_tags.json``.
+
+    Written last (atomically): a model folder whose tags file has ``pass1_tag`` is finished
+    (``is_finished_model``)."""
+    path = Path(final_dir) / TAGS_FILE
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary |= {"pass1_tag": selection.pass1_tag, "usable_tags": selection.usable_tags,
+                "tag_selection": selection.to_json()}  # fmt: skip
+    write_text_atomic(path, json.dumps(summary, indent=1))
+
+
+def is_finished_model(final_dir: str | Path) -> bool:
+    """Whether ``final_dir`` holds a final model whose tags were selected (training done)."""
+    path = Path(final_dir) / TAGS_FILE
+    try:
+        return "pass1_tag" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def log_tag_selection(tracker, selection: TagSelection) -> None:
+    """The Pass@1 tag, its rule and the usable tags as tags; validation accuracy per tag."""
+    tracker.set_tags({"pass1_tag": selection.pass1_tag, "pass1_rule": selection.rule,
+                      "pass1_why": selection.why(),
+                      "usable_tags": ",".join(selection.usable_tags)})  # fmt: skip
+    accuracy = {f"validation/accuracy/{t.strip('<>')}": a
+                for t, a in selection.validation_accuracy.items()}  # fmt: skip
+    if accuracy:
+        tracker.log_metrics(accuracy)
 
 
 def log_training_artifacts(tracker, cfg, stats: MatchingTracker, final_dir: Path | None) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from ssft.batching import method_policy, steps_per_epoch
 from ssft.checkpointing import MODEL_DIR, load_state
+from ssft.config_checks import InputError
 from ssft.data_prep import tokenize_trace_sets
 from ssft.forking_tokens import ForkingTokens, add_forking_tokens
 from ssft.logprobs import sequence_nll
@@ -29,7 +30,9 @@ from ssft.models import load_model_and_tokenizer
 from ssft.optim import build_optimizer, build_scheduler
 from ssft.parallel import is_sharded, load_full_optimizer_state
 from ssft.sequences import PaddedBatch, TokenizedQuestion
-from ssft.trace_set import read_trace_sets
+from ssft.tag_selection import held_out_count, validation_split
+from ssft.teacher_attribution import TeacherProfiles
+from ssft.trace_set import TraceSet, read_trace_sets
 from ssft.tracking import NullTracker
 
 
@@ -64,7 +67,8 @@ class SequenceNLL(torch.nn.Module):
 
 
 def load_training_data(cfg, tokenizer, path: str | None = None, sets=None):
-    """Tokenized questions for ``cfg.method`` (``single`` keeps one trace per question).
+    """Tokenized questions for ``cfg.method`` (``single`` keeps one trace per question),
+    without the validation questions (``ssft.tag_selection.validation_split``).
 
     ``sets``: the trace sets already read from ``path`` (the file is then not read again)."""
     path = path or cfg.data.train_path
@@ -72,8 +76,17 @@ def load_training_data(cfg, tokenizer, path: str | None = None, sets=None):
         raise ValueError("data.train_path is not set: point it at a trace-set Parquet file.")
     _, shared = method_policy(cfg.method)
     data = cfg.data
+    sets = read_trace_sets(path) if sets is None else sets
+    ts = cfg.tag_selection
+    if ts.pass1_rule == "validation" and held_out_count(ts.validation_questions, len(sets)) == 0:
+        raise InputError(
+            f"trace set file {str(path)!r} has {len(sets)} questions, too few to hold out "
+            "validation questions (at most a quarter are), but tag_selection.pass1_rule="
+            "validation needs them. Set tag_selection.pass1_rule=coverage_last_epoch."
+        )
+    sets, _ = validation_split(sets, ts.validation_questions)
     return tokenize_trace_sets(
-        read_trace_sets(path) if sets is None else sets,
+        sets,
         tokenizer,
         num_tags=cfg.forking.num_tags,
         injective=not shared,
@@ -127,6 +140,10 @@ class Run:
     timer: Callable[[str], AbstractContextManager] | None = None
     # The optimizer skips a non-finite update on the device (``skip_nonfinite_on_device``).
     skips_on_device: bool = False
+    # Held out of training, sampled under every tag at the end (``ssft.tag_selection``).
+    validation: list[TraceSet] = field(default_factory=list)
+    # Per-teacher n-gram profiles of the training traces (``ssft.teacher_attribution``).
+    profiles: TeacherProfiles | None = None
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -153,12 +170,22 @@ def setup_run(cfg, ctx: TrainContext) -> Run:
         shared_tag=f.shared_tag, init_noise=f.init_noise, seed=cfg.seed,
     )  # fmt: skip
     model.to(device)
-    questions, prep = load_training_data(cfg, tokenizer)
+    if cfg.data.train_path is None:
+        raise ValueError("data.train_path is not set: point it at a trace-set Parquet file.")
+    sets = read_trace_sets(cfg.data.train_path)
+    questions, prep = load_training_data(cfg, tokenizer, sets=sets)
+    _, held_out = validation_split(sets, cfg.tag_selection.validation_questions)
     if ctx.rank == 0:
-        print(f"[train] {cfg.method}: {prep.summary()}", flush=True)
+        held = f", {len(held_out)} questions held out for validation" if held_out else ""
+        print(f"[train] {cfg.method}: {prep.summary()}{held}", flush=True)
     if not questions:
         raise ValueError(f"no trainable question in {cfg.data.train_path}: {prep.summary()}")
     run = build_run(cfg, ctx, model, tokenizer, tags, questions)
+    run.validation = held_out
+    trained = {q.question_id for q in questions}
+    run.profiles = TeacherProfiles.from_traces(
+        (t.teacher, t.text) for s in sets if s.question_id in trained for t in s.traces if t.correct
+    )
     if ctx.resume_from is not None:
         state, optim_state = load_state(ctx.resume_from)
         if run.sharded:

@@ -89,12 +89,12 @@ def ray_local(tmp_path_factory):
 @pytest.fixture(scope="session")
 def known_modes_traces(tmp_path_factory):
     """A trace-set Parquet of 48 known-modes questions from the four strategy teachers."""
-    from ssft.presets import tiny_cpu
+    from ssft.presets import tiny_test
     from ssft.question_sources import load_questions
     from ssft.trace_building import build_shard
     from ssft.trace_set import write_trace_sets
 
-    cfg = tiny_cpu()
+    cfg = tiny_test()
     cfg.build.num_questions = 48
     sets, _ = build_shard(load_questions(cfg.build), cfg.build, cfg.seed)
     path = tmp_path_factory.mktemp("traces") / "trace_sets.parquet"

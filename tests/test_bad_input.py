@@ -19,14 +19,14 @@ import pytest
 
 from ssft.config_checks import InputError
 from ssft.models import build_char_tokenizer
-from ssft.presets import tiny_cpu
+from ssft.presets import tiny_test
 from ssft.sequences import format_prompt
 from ssft.trace_set import TRACE_SET_SCHEMA, Trace, TraceSet, write_trace_sets
 from ssft.train_setup import load_training_data
 from tests.test_trace_set import make_sets
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_YAML = str(ROOT / "workflows" / "configs" / "tiny_cpu.yaml")
+TINY_YAML = str(ROOT / "tests" / "configs" / "tiny_test.yaml")
 
 
 def run_entrypoint(
@@ -102,7 +102,7 @@ def test_build_traces_with_a_bad_replay_file_fails_before_ray(tmp_path):
     replay.write_text(json.dumps(good) + "\n" + json.dumps({**good, "text": " \t "}) + "\n")
     config = tmp_path / "replay.yaml"
     teacher = {"name": "rp", "kind": "replay", "replay_path": str(replay)}
-    config.write_text(json.dumps({"preset": "tiny_cpu", "build": {"teachers": [teacher]}}))
+    config.write_text(json.dumps({"preset": "tiny_test", "build": {"teachers": [teacher]}}))
     out = tmp_path / "traces"
     before = earlier_outputs(out)
     done = run_entrypoint(
@@ -140,7 +140,7 @@ def test_train_with_a_bad_trace_set_exits_2_and_keeps_earlier_outputs(tmp_path):
 def test_more_traces_than_tags_in_a_file_names_file_row_and_field(tmp_path):
     """The M > N policy on the real path: Parquet file -> read -> tokenize (default 'error')."""
     path = many_traces_file(tmp_path)
-    cfg = tiny_cpu()  # forking.num_tags = 4
+    cfg = tiny_test()  # forking.num_tags = 4
     with pytest.raises(InputError) as err:
         load_training_data(cfg, build_char_tokenizer(), str(path))
     message = str(err.value)
@@ -153,7 +153,7 @@ def test_more_traces_than_tags_in_a_file_names_file_row_and_field(tmp_path):
 
 
 def many_traces_file(tmp_path: Path) -> Path:
-    """Row 1 has 5 correct traces: more than tiny_cpu's forking.num_tags = 4."""
+    """Row 1 has 5 correct traces: more than tiny_test's forking.num_tags = 4."""
     traces = tuple(Trace(f"t{k}", "m", f"{k}+1={k + 1}", None, True) for k in range(5))
     sets = [
         TraceSet("q-ok", "1+1=?", "2", "s", traces[:2]),
@@ -198,7 +198,7 @@ def test_driver_check_prepares_data_with_the_forking_tags_added(tmp_path):
     at exactly data.max_seq_len passes the driver's check, one token more fails it."""
     from workflows.train import check_training_data
 
-    cfg = tiny_cpu()
+    cfg = tiny_test()
     cfg.data.overlong = "error"
     prompt = "1+1=?"
     prompt_len = len(format_prompt(

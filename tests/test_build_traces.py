@@ -19,7 +19,7 @@ def tiny_build(tmp_path, *extra):
     return parse_cli(
         [
             "--config",
-            "workflows/configs/tiny_cpu.yaml",
+            "tests/configs/tiny_test.yaml",
             f"build.output_dir={tmp_path / 'traces'}",
             "build.num_questions=24",
             "build.questions_per_shard=8",
@@ -102,7 +102,7 @@ def test_hf_teacher_in_ray_tasks(ray_local, tmp_path, mlflow_uri):
     tok.save_pretrained(tmp_path / "model")
     config = tmp_path / "build.yaml"
     config.write_text(
-        "preset: tiny_cpu\n"
+        "preset: tiny_test\n"
         "build:\n"
         "  num_questions: 6\n"
         f"  output_dir: {tmp_path / 'traces'}\n"

@@ -135,7 +135,7 @@ def pipeline_job(services):
     out = services.root / "out"
     log = services.submit(
         "pipeline", sys.executable, "-m", "workflows.pipeline",
-        "--config", "workflows/configs/tiny_cpu.yaml",
+        "--config", "tests/configs/tiny_test.yaml",
         f"build.output_dir={out / 'traces'}", f"train.output_dir={out / 'train'}",
         f"eval.output_dir={out / 'eval'}", f"pipeline.output_dir={out / 'cmp'}",
         "build.num_questions=24", "train.epochs=1", "train.questions_per_step=8",

@@ -26,10 +26,10 @@ from ssft.config import (
     load_config,
     parse_cli,
 )
-from ssft.presets import PRESETS, base, get_preset, tiny_cpu
+from ssft.presets import PRESETS, base, get_preset, tiny_cpu, tiny_test
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_YAML = REPO / "workflows" / "configs" / "tiny_cpu.yaml"
+TINY_YAML = REPO / "tests" / "configs" / "tiny_test.yaml"
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -72,9 +72,9 @@ def test_bare_defaults_name_no_model_so_full_validation_asks_for_one():
     assert "model.init=random model.tokenizer=char" in msg
 
 
-def test_presets_derive_and_tiny_cpu_has_the_promised_values():
+def test_presets_derive_and_tiny_test_has_the_promised_values():
     assert base() == ExperimentConfig()
-    cfg = tiny_cpu()
+    cfg = tiny_test()
     assert cfg.name == "tiny-cpu"
     assert (cfg.model.init, cfg.model.tokenizer) == ("random", "char")
     m = cfg.model
@@ -82,25 +82,32 @@ def test_presets_derive_and_tiny_cpu_has_the_promised_values():
     assert m.max_position_embeddings == 512 and cfg.data.max_seq_len == 256
     assert cfg.forking.num_tags == 4
     assert cfg.train.lr == 3e-3 and cfg.train.questions_per_step == 32
-    assert set(PRESETS) == {"base", "tiny_cpu", "known_modes_experiment", "known_modes_gpu"}
-    assert get_preset("tiny_cpu") is tiny_cpu
+    # No held-out questions: a test training does not pay for a validation sampling pass.
+    assert cfg.tag_selection.validation_questions == 0
+    assert set(PRESETS) == {"base", "tiny_test", "tiny_cpu", "known_modes_experiment",
+                            "known_modes_hard", "known_modes_gpu"}  # fmt: skip
+    assert get_preset("tiny_test") is tiny_test
+    # Every preset builds and validates; the main job's picks its Pass@1 tag on held-out data.
+    assert all(p().validate() for p in PRESETS.values())
+    assert tiny_cpu().tag_selection.pass1_rule == "validation"
 
 
 def test_unknown_preset_lists_valid_names(tmp_path):
-    assert "base, tiny_cpu" in error(get_preset, "tiny")
+    assert "base, tiny_test, tiny_cpu" in error(get_preset, "tiny")
     msg = error(load_config, write(tmp_path, "preset: tiny\n"))
     assert "preset='tiny'" in msg and "tiny_cpu" in msg
 
 
-def test_shipped_yaml_loads_to_the_tiny_cpu_preset():
-    assert load_config(TINY_YAML) == tiny_cpu()
+def test_shipped_yaml_loads_to_its_preset():
+    assert load_config(TINY_YAML) == tiny_test()
+    assert load_config(REPO / "workflows" / "configs" / "tiny_cpu.yaml") == tiny_cpu()
 
 
 # --- layering ---------------------------------------------------------------------------------
 
 
 def test_layering_preset_then_yaml_then_overrides(tmp_path):
-    path = write(tmp_path, "preset: tiny_cpu\ntrain:\n  lr: 0.01\n  epochs: 3\nname: from-yaml\n")
+    path = write(tmp_path, "preset: tiny_test\ntrain:\n  lr: 0.01\n  epochs: 3\nname: from-yaml\n")
     cfg = load_config(path, ["train.lr=0.02", "method=sft_mixed"])
     assert cfg.train.lr == 0.02  # override beats YAML
     assert cfg.train.epochs == 3  # YAML beats preset
@@ -132,9 +139,9 @@ def test_empty_yaml_file_is_the_preset(tmp_path):
 
 
 def test_unknown_key_in_yaml_names_path_file_and_suggestion(tmp_path):
-    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\ntrain:\n  lrr: 0.1\n", "x.yaml"))
+    msg = error(load_config, write(tmp_path, "preset: tiny_test\ntrain:\n  lrr: 0.1\n", "x.yaml"))
     assert "'train.lrr'" in msg and "x.yaml" in msg and "'train.lr'" in msg
-    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\nmodle:\n  init: random\n"))
+    msg = error(load_config, write(tmp_path, "preset: tiny_test\nmodle:\n  init: random\n"))
     assert "'modle'" in msg and "'model'" in msg
 
 
@@ -153,7 +160,7 @@ def test_config_from_dict_is_strict():
     assert "'train.bogus'" in msg
     msg = error(config_from_dict, {"train": 5})
     assert "train=5" in msg and "section" in msg
-    assert "'preset'" in error(config_from_dict, {"preset": "tiny_cpu"})
+    assert "'preset'" in error(config_from_dict, {"preset": "tiny_test"})
 
 
 def test_malformed_and_misplaced_overrides():
@@ -166,19 +173,19 @@ def test_malformed_and_misplaced_overrides():
 
 def test_config_file_that_is_not_utf8_names_file_and_line(tmp_path):
     path = tmp_path / "latin.yaml"
-    path.write_bytes(b"preset: tiny_cpu\nname: caf\xe9\n")
+    path.write_bytes(b"preset: tiny_test\nname: caf\xe9\n")
     msg = error(load_config, path)
     assert "latin.yaml" in msg and "line 2" in msg and "not valid UTF-8" in msg
 
 
 def test_key_written_twice_in_yaml_is_an_error(tmp_path):
     """PyYAML would keep the last one silently; a pasted duplicate must not change a run."""
-    text = "preset: tiny_cpu\ntrain:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n"
+    text = "preset: tiny_test\ntrain:\n  lr: 0.1\n  epochs: 2\n  lr: 0.5\n"
     msg = error(load_config, write(tmp_path, text, "dup.yaml"))
     assert "dup.yaml" in msg and "key 'lr' repeats line 3" in msg and "line 5" in msg
-    text = "preset: tiny_cpu\nbase: &b {lr: 0.1, epochs: 2}\n"
+    text = "preset: tiny_test\nbase: &b {lr: 0.1, epochs: 2}\n"
     assert "'base'" in error(load_config, write(tmp_path, text))  # still an unknown key
-    merged = "preset: tiny_cpu\ntrain:\n  <<: {lr: 0.1, epochs: 2}\n  lr: 0.5\n"
+    merged = "preset: tiny_test\ntrain:\n  <<: {lr: 0.1, epochs: 2}\n  lr: 0.5\n"
     assert load_config(write(tmp_path, merged)).train.lr == 0.5  # a merge may be overridden
 
 
@@ -188,7 +195,7 @@ def test_unreadable_config_path_is_a_config_error(tmp_path):
 
 
 def test_value_rule_errors_name_the_config_file(tmp_path):
-    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\nforking:\n  num_tags: 0\n"))
+    msg = error(load_config, write(tmp_path, "preset: tiny_test\nforking:\n  num_tags: 0\n"))
     assert "forking.num_tags=0" in msg and "run.yaml" in msg
 
 
@@ -198,20 +205,21 @@ def test_value_rule_errors_name_the_config_file(tmp_path):
 def test_type_errors_name_field_and_expected_type(tmp_path):
     msg = error(tiny, "train.epochs=abc")
     assert "train.epochs='abc'" in msg and "expected an integer" in msg and "got str" in msg
-    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\ntrain:\n  epochs: abc\n"))
+    msg = error(load_config, write(tmp_path, "preset: tiny_test\ntrain:\n  epochs: abc\n"))
     assert "train.epochs='abc'" in msg
     assert "expected an integer" in error(tiny, "train.epochs=1.5")
     assert "expected an integer" in error(tiny, "train.epochs=true")  # bools are not ints
     msg = error(tiny, "model.trust_remote_code=1")  # nor ints bools
     assert "model.trust_remote_code=1" in msg and "expected true or false" in msg
-    msg = error(load_config, write(tmp_path, "preset: tiny_cpu\nname: 7\n"))
+    msg = error(load_config, write(tmp_path, "preset: tiny_test\nname: 7\n"))
     assert "name=7" in msg and "expected a string" in msg and "Quote" in msg
     with pytest.raises(ConfigError, match=r"train.lr='fast'.*expected a number"):
         TrainConfig(lr="fast")
 
 
 def test_float_fields_accept_ints_and_yaml_exponent_strings(tmp_path):
-    cfg = load_config(write(tmp_path, "preset: tiny_cpu\ntrain:\n  lr: 1e-4\n  max_grad_norm: 2\n"))
+    text = "preset: tiny_test\ntrain:\n  lr: 1e-4\n  max_grad_norm: 2\n"
+    cfg = load_config(write(tmp_path, text))
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)  # PyYAML: "1e-4" is a str
     assert cfg.train.max_grad_norm == 2.0 and isinstance(cfg.train.max_grad_norm, float)
     assert tiny("train.lr=2e-3").train.lr == 2e-3
@@ -325,10 +333,10 @@ def test_forking_token_equal_to_shared_tag_is_an_error():
 
 
 def test_validate_rechecks_fields_assigned_after_construction():
-    cfg = tiny_cpu()
+    cfg = tiny_test()
     cfg.train.epochs = "2"
     assert "train.epochs='2'" in error(cfg.validate)
-    cfg = tiny_cpu()
+    cfg = tiny_test()
     cfg.forking.num_tags = 2
     cfg.data.max_traces_per_question = 3
     assert "forking.num_tags=2" in error(cfg.validate)
@@ -353,17 +361,18 @@ def test_dict_round_trip_and_dict_is_plain():
 
 
 def test_flatten_has_one_dotted_key_per_field():
-    flat = flatten_config(tiny_cpu())
+    flat = flatten_config(tiny_test())
     expected = {"name", "experiment", "method", "seed"} | {
         f"{section.name}.{f.name}"
         for section in dataclasses.fields(ExperimentConfig)
         if dataclasses.is_dataclass(section.type)
         for f in dataclasses.fields(section.type)
-        if f.name != "teachers"
+        if f.name not in ("teachers", "variants")  # lists: one key per entry field
     }
     teacher_fields = [f.name for f in dataclasses.fields(TeacherConfig)]
     expected |= {f"build.teachers.{i}.{f}" for i in range(4) for f in teacher_fields}
-    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 4 * 19
+    # 4 tag_selection fields, matching.spare_tags, eval.greedy, pipeline.max_concurrent
+    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 4 * 19
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())
@@ -372,7 +381,7 @@ def test_flatten_has_one_dotted_key_per_field():
 # --- build stage: the list of teachers -------------------------------------------------------
 
 TEACHERS_YAML = """\
-preset: tiny_cpu
+preset: tiny_test
 build:
   num_questions: 16
   teachers:
@@ -406,7 +415,7 @@ def test_default_teachers_are_the_four_strategy_solvers():
         )
     assert BuildConfig().validate() == build
     assert BuildConfig().teachers is not BuildConfig().teachers  # no shared mutable default
-    assert tiny_cpu().build == dataclasses.replace(build, num_questions=256)
+    assert tiny_test().build == dataclasses.replace(build, num_questions=256)
 
 
 def test_build_copies_of_known_modes_constants_are_in_sync():
@@ -570,7 +579,7 @@ def test_overrides_address_a_teacher_by_index_or_by_name():
     # A renamed teacher is found by its new name; names with dots work too.
     cfg = tiny("build.teachers.0.name=qwen2.5", "build.teachers.qwen2.5.error_rate=0")
     assert cfg.build.teachers[0].error_rate == 0.0
-    assert cfg.build.teachers[1:] == tiny_cpu().build.teachers[1:]
+    assert cfg.build.teachers[1:] == tiny_test().build.teachers[1:]
 
 
 def test_override_by_name_in_a_yaml_list(tmp_path):
@@ -613,10 +622,10 @@ def test_flatten_numbers_the_teachers(tmp_path):
 
 
 def test_validate_rechecks_teachers_assigned_by_hand():
-    cfg = tiny_cpu()
+    cfg = tiny_test()
     cfg.build.teachers[2].error_rate = 2.0
     assert "build.teachers[2].error_rate=2.0" in error(cfg.validate)
-    cfg = tiny_cpu()
+    cfg = tiny_test()
     cfg.build.teachers.append(
         TeacherConfig(name="strategy:split", kind="strategy", strategy="split")
     )
@@ -629,7 +638,7 @@ def test_validate_rechecks_teachers_assigned_by_hand():
 def test_parse_cli_config_and_overrides():
     cfg = parse_cli(["--config", str(TINY_YAML), "train.lr=0.5", "forking.num_tags=5"])
     assert cfg.train.lr == 0.5 and cfg.forking.num_tags == 5 and cfg.name == "tiny-cpu"
-    assert parse_cli([f"--config={TINY_YAML}"]) == tiny_cpu()
+    assert parse_cli([f"--config={TINY_YAML}"]) == tiny_test()
     assert parse_cli(["model.name_or_path=org/m"]).model.name_or_path == "org/m"
 
 
@@ -645,7 +654,7 @@ def test_help_exits_zero_and_lists_every_field(capsys):
         assert info.value.code == 0
         out = capsys.readouterr().out
         assert "--config" in out
-        for key in flatten_config(tiny_cpu()):
+        for key in flatten_config(tiny_test()):
             key = re.sub(r"^build\.teachers\.\d+\.", "build.teachers[i].", key)
             assert f"  {key}: " in out, key
         assert out.count("  build.teachers[i].temperature: float = 0.7\n") == 1

@@ -13,7 +13,8 @@ import pytest
 from ssft.eval_metrics import (
     cons_at_k,
     cons_native,
-    distinct_strategies_per_question,
+    distinct_labels_per_question,
+    label_metrics,
     majority_vote,
     min_tag_accuracy,
     mode_purity,
@@ -21,9 +22,10 @@ from ssft.eval_metrics import (
     pass_at_k,
     pass_at_k_table,
     per_tag,
+    question_tag_purity,
     summarize,
+    tag_label_counts,
     tag_sort_key,
-    tag_strategy_counts,
     vote_correct,
 )
 from ssft.grading import grade
@@ -174,8 +176,8 @@ def test_tag_sort_key_is_natural():
 # ---- known modes -------------------------------------------------------------------------
 
 
-def test_tag_strategy_counts():
-    tags, strategies, counts = tag_strategy_counts(make_rows())
+def test_tag_label_counts():
+    tags, strategies, counts = tag_label_counts(make_rows())
     assert tags == TAGS and strategies == ["column", "round", "split", "unknown"]
     np.testing.assert_array_equal(counts, [[3, 0, 0, 1], [0, 1, 1, 2], [0, 2, 0, 2]])
 
@@ -195,13 +197,13 @@ def test_mode_purity():
         mode_purity(unclassified)
 
 
-def test_distinct_strategies_per_question():
+def test_distinct_labels_per_question():
     rows = make_rows()
     # sample 0: q1 column/split/round -> 3; q2 column/round/round -> 2.
-    assert distinct_strategies_per_question(rows, TAGS) == 2.5
-    assert distinct_strategies_per_question(rows, [T2, T3]) == 1.5  # q2: round, round
+    assert distinct_labels_per_question(rows, TAGS) == 2.5
+    assert distinct_labels_per_question(rows, [T2, T3]) == 1.5  # q2: round, round
     with pytest.raises(ValueError, match="no sample_index 0"):
-        distinct_strategies_per_question([r for r in rows if r["sample_index"]], TAGS)
+        distinct_labels_per_question([r for r in rows if r["sample_index"]], TAGS)
 
 
 # ---- summarize ---------------------------------------------------------------------------
@@ -213,7 +215,7 @@ def test_summarize():
     out = summarize(rows + extra, TAGS, T1, [1, 4])
     expected_keys = {"pass1", "tag_accuracy_min", "cons_native", "n_samples", "n_questions"}
     expected_keys |= {"pass@1", "pass@4", "cons@1", "cons@4", "mode_purity"}
-    expected_keys |= {"unknown_strategy_share"}
+    expected_keys |= {"unknown_strategy_share", "question_tag_mode_purity", "tag_accuracy_mean"}
     expected_keys |= {"distinct_strategies"}
     for t in TAGS:
         expected_keys |= {f"{m}/{t}" for m in ("pass1", "length_mean", "length_median")}
@@ -222,6 +224,7 @@ def test_summarize():
     assert all(isinstance(v, float) for v in out.values())
     assert out["pass1"] == 0.5 and out["pass1/<think3>"] == 0.25
     assert out["tag_accuracy_min"] == 0.25 and out["cons_native"] == 0.75
+    assert out["tag_accuracy_mean"] == pytest.approx(sum(out[f"pass1/{t}"] for t in TAGS) / 3)
     assert out["pass@1"] == pytest.approx(5 / 12) and out["pass@4"] == pytest.approx(29 / 30)
     assert out["cons@4"] == 1.0 and out["n_samples"] == 6.0 and out["n_questions"] == 2.0
     assert out["mode_purity"] == pytest.approx(6 / 12)
@@ -287,3 +290,30 @@ def test_agrees_with_lighteval_itself():
             theirs = maj.compute(doc=doc, model_response=ModelResponse(text=list(answers)))
             assert (majority_vote(answers) == gold) == bool(theirs)
             assert vote_correct(gold, answers) == bool(theirs)
+
+
+def test_question_tag_purity_counts_unknown_against_each_question_tag_pair():
+    # q1: T1 column,column -> 1; T2 split,unknown -> 1/2; T3 round,unknown -> 1/2;
+    # q2: T1 column,unknown; T2 round,unknown; T3 round,unknown -> 1/2 each.
+    assert question_tag_purity(make_rows()) == pytest.approx((1 + 5 * 0.5) / 6)
+    # A tag that means different modes on different questions is impure across questions
+    # (mode_purity) but pure within each question.
+    rows = [dict(question_id=q, tag=T1, sample_index=i, correct=True, strategy=s)
+            for q, s in (("a", "column"), ("b", "split")) for i in range(2)]  # fmt: skip
+    assert question_tag_purity(rows) == 1.0
+    assert mode_purity(rows)[1] == 0.5
+
+
+def test_label_metrics_name_their_keys_after_the_label_column():
+    rows = [dict(r, teacher=r["strategy"]) for r in make_rows()]
+    strategy = label_metrics(rows, TAGS, "strategy")
+    teacher = label_metrics(rows, TAGS, "teacher")
+    assert strategy["mode_purity"] == teacher["teacher_purity"] == pytest.approx(6 / 12)
+    assert strategy["distinct_strategies"] == teacher["distinct_teachers"] == 2.5
+    assert teacher["unknown_teacher_share"] == strategy["unknown_strategy_share"] == 5 / 12
+    assert set(teacher) == {
+        "teacher_purity", "teacher_purity/<think1>", "teacher_purity/<think2>",
+        "teacher_purity/<think3>", "question_tag_teacher_purity", "distinct_teachers",
+        "unknown_teacher_share",
+    }  # fmt: skip
+    assert label_metrics(make_rows(), TAGS, "teacher") == {}  # no row carries a teacher

@@ -22,7 +22,7 @@ def trained(known_modes_traces, tmp_path_factory):
     out = {}
     for method in ("ssft", "sft_mixed"):
         cfg = load_config(
-            "workflows/configs/tiny_cpu.yaml",
+            "tests/configs/tiny_test.yaml",
             [f"data.train_path={known_modes_traces}", f"method={method}", "train.epochs=4",
              "train.questions_per_step=8", "train.warmup_steps=0",
              "train.log_every=100", "eval.num_questions=6", "eval.samples_per_tag=2",

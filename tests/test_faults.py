@@ -22,7 +22,7 @@ import pytest
 from ssft.tracking import TrackingUnavailable, check_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = "workflows/configs/tiny_cpu.yaml"
+TINY = "tests/configs/tiny_test.yaml"
 
 
 def free_port() -> int:

@@ -348,10 +348,10 @@ def test_damaged_replay_parquet_reads_or_raises_replay_error(workdir, compressio
 
 # -- config files and overrides ---------------------------------------------------------------
 
-TINY_YAML = (ROOT / "workflows" / "configs" / "tiny_cpu.yaml").read_bytes()
+TINY_YAML = (ROOT / "tests" / "configs" / "tiny_test.yaml").read_bytes()
 YAML_SNIPPETS = st.sampled_from(
     [
-        b"preset: tiny_cpu\n",
+        b"preset: tiny_test\n",
         b"train:\n  lr: 0.1\n",
         b"train:\n  lrr: 0.1\n",
         b"forking:\n  num_tags: 0\n",
@@ -397,6 +397,6 @@ OVERRIDE_VALUES = st.one_of(
 def test_overrides_apply_or_raise_config_error(items):
     overrides = [f"{key}={value}" for key, value in items]
     try:
-        load_config(ROOT / "workflows" / "configs" / "tiny_cpu.yaml", overrides)
+        load_config(ROOT / "tests" / "configs" / "tiny_test.yaml", overrides)
     except ConfigError as err:
         assert str(err)

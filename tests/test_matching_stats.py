@@ -107,6 +107,8 @@ def test_coverage_usage_and_pass1_tie_break():
         "pass1_tag": 1,
         "pass1_tag_index": 0,
         "coverage": [4, 4, 3],
+        # Each question's latest assignment: A [0,1], B [2,0,1], C [2,0,1], D [2].
+        "coverage_last_epoch": [3, 3, 3],
         "usage": [6, 6, 4],
         "questions": 4,
     }

@@ -12,7 +12,7 @@ from workflows.pipeline import run
 pytestmark = pytest.mark.slow
 
 
-CONFIG = Path(__file__).resolve().parents[1] / "workflows" / "configs" / "tiny_cpu.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "tests" / "configs" / "tiny_test.yaml"
 
 
 def small(tmp_path, *extra):

@@ -39,7 +39,7 @@ def test_teacher_api_key_appears_in_no_output_log_or_mlflow_record(tmp_path, mon
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths
     config = tmp_path / "build.yaml"
     config.write_text(
-        "preset: tiny_cpu\n"
+        "preset: tiny_test\n"
         "build:\n"
         "  num_questions: 6\n"
         f"  output_dir: {tmp_path / 'traces'}\n"

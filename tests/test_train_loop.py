@@ -18,7 +18,7 @@ from ssft.train_setup import setup_run
 
 def tiny(path, *overrides):
     return load_config(
-        "workflows/configs/tiny_cpu.yaml",
+        "tests/configs/tiny_test.yaml",
         # The step counts below assume 48 questions, 8 per step, one epoch unless overridden.
         [
             f"data.train_path={path}",
@@ -165,6 +165,6 @@ def test_trained_model_learns_to_stop(known_modes_traces, tmp_path):
 
 
 def test_missing_train_path_is_a_clear_error():
-    cfg = load_config("workflows/configs/tiny_cpu.yaml")
+    cfg = load_config("tests/configs/tiny_test.yaml")
     with pytest.raises(ValueError, match=r"data\.train_path is not set"):
         train(cfg)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def tiny(path, tmp_path, name, *overrides):
     return load_config(
-        "workflows/configs/tiny_cpu.yaml",
+        "tests/configs/tiny_test.yaml",
         [
             f"data.train_path={path}", f"name={name}", f"train.output_dir={tmp_path / 'train'}",
             "train.epochs=2", "train.checkpoint_every=4", "train.log_every=1",

@@ -3,8 +3,11 @@
     python -m workflows.compare runs/eval/tiny-ssft-s0 runs/eval/tiny-mixed-s0 ... \
         [--out runs/compare/tiny] [--experiment tiny-cpu]
 
-Writes comparison.md (README-ready), comparison.json and pass_at_k.png to --out and logs
-them to an MLflow run "compare-<out folder name>".
+Writes comparison.md (README-ready: accuracy and modes tables at equal sample counts, the
+Pass@1 rules audited on the test set, each run's chosen tag), comparison.json and
+pass_at_k.png to --out and logs them to an MLflow run "compare-<out folder name>". Runs are
+grouped by method (and N, when a method was trained at several); the pipeline groups them
+by its variants.
 """
 
 from __future__ import annotations
@@ -14,20 +17,34 @@ import json
 from pathlib import Path
 
 from ssft.atomic_io import write_together
-from ssft.comparison import aggregate, load_eval, markdown_table, pass_at_k_curves
+from ssft.comparison import (
+    aggregate,
+    label_runs,
+    load_eval,
+    pass1_rule_audit,
+    pass_at_k_curves,
+    report,
+)
 from ssft.eval_report import mlflow_key, pass_at_k_figure
 from ssft.tracking import start_run
 from workflows.cli import preflight, run_main
 
 
-def compare(eval_dirs: list[str], out: Path, experiment: str) -> str:
-    """Table, chart and MLflow run for ``eval_dirs``; returns the Markdown table."""
+def compare(
+    eval_dirs: list[str], out: Path, experiment: str, labels: list[str] | None = None
+) -> str:
+    """Tables, chart and MLflow run for ``eval_dirs``; returns the Markdown report.
+
+    ``labels[i]`` groups ``eval_dirs[i]`` (the pipeline's variant names); None groups by
+    method."""
     preflight({"--out": out})
-    evals = [load_eval(d) for d in eval_dirs]
+    labels = labels or [None] * len(eval_dirs)
+    evals = label_runs([load_eval(d, label) for d, label in zip(eval_dirs, labels, strict=True)])
     agg = aggregate(evals)
-    table = markdown_table(agg)
+    table = report(evals)
     fig = pass_at_k_figure(pass_at_k_curves(evals), "pass@k, mean over seeds")
-    blob = json.dumps({"runs": evals, "by_method": agg}, indent=1)
+    audit, _ = pass1_rule_audit(evals)
+    blob = json.dumps({"runs": evals, "by_group": agg, "pass1_rules": audit}, indent=1)
     write_together({
         out / "comparison.md": lambda p: p.write_text(table, encoding="utf-8"),
         out / "comparison.json": lambda p: p.write_text(blob, encoding="utf-8"),

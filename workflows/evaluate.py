@@ -54,8 +54,11 @@ def evaluate_shard(cfg_dict: dict, model_dir: str, questions: list[dict]) -> tup
     # Loaded once (sampling and tag probabilities); custom model code only if opted in.
     trust = cfg.model.trust_remote_code
     model, tok = load_eval_model(model_dir, trust_remote_code=trust)
-    rows = evaluate_questions(model_dir, qs, cfg.eval, cfg.data, cfg.seed, model=model,
-                              tokenizer=tok, trust_remote_code=trust)  # fmt: skip
+    rows = []
+    for greedy in (False, True) if cfg.eval.greedy else (False,):
+        rows += evaluate_questions(model_dir, qs, cfg.eval, cfg.data, cfg.seed, model=model,
+                                   tokenizer=tok, trust_remote_code=trust,
+                                   greedy=greedy)  # fmt: skip
     tags, _ = sampling_plan(read_model_tags(model_dir), 1)
     probs = tag_probabilities(model, tok, qs, tags, use_chat_template=cfg.data.use_chat_template,
                               prompt_template=cfg.data.prompt_template)  # fmt: skip

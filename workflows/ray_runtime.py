@@ -34,6 +34,16 @@ def init_ray(num_cpus: int | None = None) -> None:
     )
 
 
+def trainings_that_fit(train_cfg) -> int:
+    """Trainings that run at once on this Ray: free GPUs (or CPUs) over each training's
+    workers (``train.num_workers``), at least 1."""
+    free = ray.available_resources()
+    workers = train_cfg.num_workers
+    if train_cfg.use_gpu:
+        return max(1, int(free.get("GPU", 0) // workers))
+    return max(1, int(free.get("CPU", 1) // workers))
+
+
 def ray_job_id() -> str | None:
     """This driver's job as ``ray job`` commands name it (a tag on every MLflow run): the
     submission id (``raysubmit_...``) under ``ray job submit``, else Ray's job id; None outside

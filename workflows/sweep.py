@@ -58,7 +58,7 @@ from ssft.trace_set import read_trace_sets, trace_set_digest
 from ssft.tracking import git_commit
 from workflows import build_traces
 from workflows.cli import preflight, run_main
-from workflows.ray_runtime import init_ray, ray_job_id
+from workflows.ray_runtime import init_ray, ray_job_id, trainings_that_fit
 from workflows.train import check_training_data, train_worker
 
 # A trial's driver only waits on its TorchTrainer: it reserves some memory and no CPU, so that
@@ -129,17 +129,6 @@ def _absolute(cfg: ExperimentConfig) -> ExperimentConfig:
     ).validate()
 
 
-def _max_concurrent(cfg: ExperimentConfig, requested: int | None) -> int:
-    """Trials that fit at once: free GPUs (or CPUs) over each trial's workers, at least 1."""
-    if requested:
-        return requested
-    free = ray.available_resources()
-    workers = cfg.train.num_workers
-    if cfg.train.use_gpu:
-        return max(1, int(free.get("GPU", 0) // workers))
-    return max(1, int(free.get("CPU", 1) // workers))
-
-
 def _scheduler(args: SweepArgs, cfg: ExperimentConfig, n_questions: int) -> ASHAScheduler | None:
     """ASHA on the training loss, one rung unit per report (= per checkpoint)."""
     if not args.asha:
@@ -194,7 +183,7 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
         cfg = _absolute(cfg)
         sets = read_trace_sets(cfg.data.train_path)
     root = Path(args.storage).resolve() / cfg.name
-    concurrent = _max_concurrent(cfg, args.max_concurrent)
+    concurrent = args.max_concurrent or trainings_that_fit(cfg.train)
     if uri.startswith("sqlite") and concurrent > 1:
         print("[sweep] MLflow is one SQLite file and trials write at once: on 'database is "
               "locked', use ops/local_services.sh start and its MLFLOW_TRACKING_URI")  # fmt: skip

@@ -38,7 +38,7 @@ from ssft.parallel import wrap_fsdp
 from ssft.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.tracking import NullTracker, git_commit, start_run
 from ssft.train_loop import TrainContext, train
-from ssft.train_report import log_training_artifacts
+from ssft.train_report import log_tag_selection, log_training_artifacts
 from ssft.train_setup import load_training_data
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
@@ -141,7 +141,7 @@ def train_worker(config: dict) -> None:
         result = train(cfg, ctx)
         if rank == 0:
             log_training_artifacts(tracker, cfg, result.matching, result.final_dir)
-            tracker.set_tags({"pass1_tag": result.pass1_tag})
+            log_tag_selection(tracker, result.selection)
 
 
 def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
