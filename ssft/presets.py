@@ -53,37 +53,51 @@ def tiny_test() -> ExperimentConfig:
 
 
 def tiny_cpu() -> ExperimentConfig:
-    """The main job: a model small enough for 2 CPU cores that still learns known-modes."""
+    """The main job: the smallest recipe that learns known-modes in minutes on 2 CPU cores.
+
+    Chosen by measurement (README "Results"): a 4-layer, 128-wide model and ~370 steps of 16
+    questions learn the easy strategies (the SSFT tag picked on held-out questions answers
+    ~0.7-0.9) while the harder ones are still being learned, so the table shows both effects
+    a newcomer should see: mode-pure tags under SSFT, mixed ones under SFT-mixed, and a
+    Pass@1 that gains from choosing the tag."""
     cfg = tiny_test()
-    # TUNED BELOW (README "Results", tiny_cpu): measured recipe.
+    cfg.model.hidden_size, cfg.model.num_layers = 128, 4
+    cfg.model.num_heads, cfg.model.intermediate_size = 4, 256
+    # No "Question: ... Answer:" boilerplate: a character model reads every character, and
+    # the short prompt learned faster in the same steps.
+    cfg.data.prompt_template = "{prompt}\n"
+    cfg.build.num_questions = 2000
+    cfg.train.lr = 2e-3
+    cfg.train.warmup_steps = 50
+    cfg.train.questions_per_step = 16  # more steps of fewer questions learn faster here
+    cfg.train.epochs = 3  # (2000 - 32 validation) / 16 * 3 = 369 steps
+    cfg.train.micro_batch_sequences = 64  # one forward/backward per step
+    cfg.matching.cost_batch_size = 256
     cfg.tag_selection.validation_questions = 32
     cfg.tag_selection.pass1_rule = "validation"
+    cfg.eval.batch_size = 64
     return cfg.validate()
 
 
 def known_modes_experiment() -> ExperimentConfig:
-    """The paper's claims on known-modes, 2 CPU cores: SSFT (N = 4 and 6), SFT-mixed, random σ.
+    """The paper's claims on known-modes, 2 CPU cores: SSFT (N = 4), SFT-mixed, random σ.
 
     Measured in README "Results" (3 seeds; two trainings at a time)."""
     cfg = tiny_cpu()
     cfg.name = cfg.experiment = "known-modes"
-    # Width, not depth, is what lets a from-scratch model learn the carries (192 wide reached
-    # 0.995 where 128 wide reached 0.95 with the same steps, SFT-mixed).
+    # Width, more than depth, lets a from-scratch model learn the carries: SFT-mixed reached
+    # 0.995 at 192 wide, 0.95 at 128 wide and 0.96 at 6 layers x 128, same 1,089 steps.
     cfg.model.hidden_size, cfg.model.num_heads, cfg.model.intermediate_size = 192, 6, 512
-    cfg.build.num_questions = 2000
-    cfg.train.questions_per_step = 16  # steps, more than tokens, decide what it learns
-    cfg.train.epochs = 6
-    cfg.train.lr = 2e-3
-    cfg.train.warmup_steps = 50
+    cfg.train.epochs = 9  # (2000 - 64) / 16 * 9 = 1,089 steps; 6 epochs reached only 0.94
     cfg.tag_selection.validation_questions = 64
     # Retire tags that answer worse than 0.95x the best on held-out questions (spare tags):
     # reported beside the all-tags figures, never instead of them.
     cfg.tag_selection.min_relative_accuracy = 0.95
     cfg.eval.num_questions = 128  # the whole test split
     cfg.pipeline.seeds = "0,1,2"
+    # SSFT at N = 6 (spare tags) is known_modes_spare_tags.yaml: it reuses these runs.
     cfg.pipeline.variants = [
         VariantConfig("ssft-n4", "method=ssft forking.num_tags=4"),
-        VariantConfig("ssft-n6", "method=ssft forking.num_tags=6"),
         VariantConfig("sft-mixed", "method=sft_mixed"),
         VariantConfig("random", "method=random forking.num_tags=4"),
     ]
@@ -98,7 +112,6 @@ def known_modes_hard() -> ExperimentConfig:
     cfg.name = cfg.experiment = "known-modes-hard"
     cfg.build.digits = 3
     cfg.eval.max_new_tokens = 96  # three-digit split traces reach ~60 characters
-    cfg.pipeline.variants = [v for v in cfg.pipeline.variants if v.name != "ssft-n6"]
     return cfg.validate()
 
 

@@ -106,3 +106,27 @@ def test_vllm_backend_without_vllm_is_a_clear_error(trained):
     eval_cfg = dataclasses.replace(cfg.eval, backend="vllm")
     with pytest.raises(ImportError, match=r"eval\.backend=hf"):
         evaluate_questions(final, _questions(cfg), eval_cfg, cfg.data, seed=0)
+
+
+def test_greedy_rows_teachers_and_usable_tags_reach_the_metrics(trained):
+    cfg, final = trained["ssft"]
+    info = read_model_tags(final)
+    qs = _questions(cfg)
+    rows = evaluate_questions(final, qs, cfg.eval, cfg.data, seed=0)
+    greedy = evaluate_questions(final, qs, cfg.eval, cfg.data, seed=0, greedy=True)
+    assert len(greedy) == 6 * 4 and {r["decoding"] for r in greedy} == {"greedy"}
+    assert {r["decoding"] for r in rows} == {"sampled"}
+    # Training wrote teacher profiles: every sample is attributed (a teacher or "unknown").
+    teachers = {f"strategy:{s}" for s in ("column", "split", "round", "count_on")}
+    assert {r["teacher"] for r in rows} <= teachers | {"unknown"}
+    narrowed = {**info, "usable_tags": ["<think1>", "<think2>"]}
+    metrics = compute_metrics(rows + greedy, narrowed, cfg.eval)
+    assert metrics["n_samples"] == 8  # greedy rows stay out of the sampling metrics
+    assert metrics["num_usable_tags"] == 2.0
+    assert metrics["tag_accuracy_min_usable"] == min(metrics["pass1/<think1>"],
+                                                     metrics["pass1/<think2>"])  # fmt: skip
+    assert {"cons_native_usable", "greedy_accuracy_mean", "distinct_strategies_greedy",
+            "teacher_purity", "distinct_teachers_greedy"} <= set(metrics)  # fmt: skip
+    greedy_acc = [metrics[f"greedy_pass1/<think{i}>"] for i in range(1, 5)]
+    assert metrics["greedy_accuracy_mean"] == pytest.approx(sum(greedy_acc) / 4)
+    assert "cons_native_usable" not in compute_metrics(rows, info, cfg.eval)  # all usable
