@@ -31,6 +31,7 @@ from ssft.config_checks import InputError
 # (metric key, column title); "{k}" is filled with the common sample count.
 ACCURACY_COLUMNS = (
     ("pass1", "Pass@1 (chosen tag)"),
+    ("pass1_coverage", "Pass@1, coverage tag (paper)"),
     ("tag_accuracy_mean", "accuracy, mean over tags"),
     ("tag_accuracy_min", "accuracy, worst tag"),
     ("tag_accuracy_min_usable", "worst usable tag"),
@@ -70,6 +71,12 @@ def load_eval(path: str | Path, label: str | None = None) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"{str(file)!r} is not an evaluation's metrics file ({err}); rerun "
                          "workflows.evaluate for that folder.") from None  # fmt: skip
+    # Pass@1 under each rule's tag (``pass1_<rule>``), so the paper's coverage heuristic gets
+    # its own column; a shared-tag model has one tag, which every rule picks.
+    candidates = (model.get("tag_selection") or {}).get("candidates", {})
+    for rule, tag in candidates.items():
+        if f"pass1/{tag}" in metrics:
+            metrics[f"pass1_{rule}"] = metrics[f"pass1/{tag}"]
     return {"label": label, "dir": str(path), "method": method, "metrics": metrics, "model": model}
 
 

@@ -11,6 +11,12 @@ Per optimizer step (see ``ssft.batching`` for who gets which questions)::
          -> clip -> step (skipped on the device if the norm is not finite) -> schedule
          -> log (the step's one host sync: loss and norm) -> maybe checkpoint
 
+After the last step rank 0 writes the final model, samples every tag on the held-out
+validation questions and records the Pass@1 tag and the usable tags (``ssft.tag_selection``)
+in its ``ssft_tags.json``: that write is the last, so a folder with it is a finished model.
+With ``matching.spare_tags=fill`` each tag the matching left unused also trains on its
+cheapest trace (``ssft.matching.spare_tag_fill``): N sequences per question instead of M.
+
 No Ray here: rank, world size, device, reporting, checkpoint reporting and model wrapping
 come in a ``TrainContext``, so the same function runs under Ray Train, torchrun or in a
 notebook. Non-zero ranks get a no-op tracker. Every rank runs the same number of forwards

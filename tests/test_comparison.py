@@ -70,6 +70,9 @@ def test_pass1_rule_audit_scores_every_rule_against_the_best_test_tag(tmp_path):
     a = _write(tmp_path, "a", "ssft", TAGS4, acc_a, {1: 0.5}, _selection(picks_a, "validation"))
     b = _write(tmp_path, "b", "ssft", TAGS4, acc_b, {1: 0.5}, _selection(picks_b, "validation"))
     mixed = _write(tmp_path, "m", "sft_mixed", ["<think>"], {"<think>": 0.7}, {1: 0.5})
+    # Each rule's pick gets a Pass@1 of its own: the paper's coverage heuristic is a column.
+    assert load_eval(a)["metrics"]["pass1_coverage"] == 0.5
+    assert load_eval(a)["metrics"]["pass1_validation"] == 1.0
     rows, summary = pass1_rule_audit([load_eval(a), load_eval(b), load_eval(mixed)])
     assert len(rows) == 2  # shared-tag runs have nothing to choose
     assert rows[0]["validation"] == {"tag": "<think1>", "test_accuracy": 1.0, "best": True}
