@@ -8,8 +8,9 @@ A run's config is built in three layers, each overriding the one before:
    YAML file has a top-level ``preset: <name>``;
 2. the YAML file, with the same nested sections (``model:``, ``data:``, ``forking:``, ...);
 3. dotted ``key=value`` overrides, e.g. ``train.lr=3e-4``; top-level fields have no dot
-   (``method=sft_mixed``). Values are parsed as YAML, except that string fields keep the raw
-   text (``name=007`` stays ``"007"``); ``null``/``none`` gives None for optional fields.
+   (``method=sft_mixed``); a key given twice is an error, as in a YAML file. Values are
+   parsed as YAML, except that string fields keep the raw text (``name=007`` stays
+   ``"007"``); ``null``/``none`` gives None for optional fields.
 
 ``build.teachers`` is a list of sections: a YAML list replaces it whole; an override sets one
 field of one teacher, by index or name (``build.teachers.0.temperature=1.0``,
@@ -241,12 +242,23 @@ def _parse_override(item: str, d: dict[str, Any]) -> None:
 
 
 class _StrictYamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key written twice in one mapping.
+    """``yaml.SafeLoader`` that rejects a key written twice in one mapping, and aliases.
 
     PyYAML keeps the last of two equal keys silently, so a setting pasted twice (or a typo
     that lands on a real key) would override the other without a word. ``<<`` merges may
-    still be overridden by explicit keys, as YAML intends.
+    still be overridden by explicit keys, as YAML intends. Aliases (``*name``) are refused:
+    nested, a few of them expand a small file into gigabytes (an "alias bomb"), and a config
+    has nothing to share that is not shorter written out.
     """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} is not allowed in a config file (aliases "
+                "can expand a small file without bound); write the value out", event.start_mark
+            )  # fmt: skip
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -297,6 +309,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return dict(loaded)
 
 
+def _check_repeated(overrides: Sequence[str]) -> None:
+    """A key given twice on the command line is an error, as it is in a YAML file: the last
+    one would win silently. Values are left out of the message (they may be secrets)."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(overrides):
+        key = item.partition("=")[0].strip().replace("[", ".").replace("]", "")
+        if key in first:
+            raise ConfigError(
+                f"override '{key}=...' is given twice (overrides {first[key] + 1} and {i + 1}); "
+                "the last would silently win. Keep one."
+            )
+        first[key] = i
+
+
 def apply_overrides(
     cfg: ExperimentConfig, overrides: Sequence[str], source: str
 ) -> ExperimentConfig:
@@ -327,11 +353,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             preset = file_values.pop("preset")
             if not isinstance(preset, str):
                 raise ConfigError(f"preset={fmt(preset)} in {str(path)!r}: must be a preset name.")
-            start = get_preset(preset)
+            try:
+                start = get_preset(preset)
+            except ConfigError as err:
+                raise ConfigError(f"{err} [in config file {str(path)!r}]") from None
     d = config_to_dict(start())
     _merge(d, file_values, f"config file {str(path)!r}")
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a list of key=value strings, got {overrides!r}.")
+    _check_repeated(overrides)
     for item in overrides:
         _parse_override(item, d)
     try:

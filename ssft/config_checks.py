@@ -28,13 +28,23 @@ class ConfigError(InputError):
     """An invalid config key, value or combination; the message names the key, rule and fix."""
 
 
+MAX_SHOWN_CHARS = 200  # an error quotes at most this much of a value, then its length
+
+
 def fmt(value: Any) -> str:
-    """A value as a user would write it: null, true/false, quoted strings, plain numbers."""
+    """A value as a user would write it: null, true/false, quoted strings, plain numbers;
+    cut to ``MAX_SHOWN_CHARS`` characters (with the full length) so a huge value cannot
+    make a huge error line."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value)
+    if isinstance(value, list | tuple | dict | set) and len(value) > MAX_SHOWN_CHARS:
+        return f"<a {type(value).__name__} of {len(value)} items>"  # never repr() a huge one
+    text = repr(value)
+    if len(text) > MAX_SHOWN_CHARS:
+        return f"{text[:MAX_SHOWN_CHARS]}... ({len(text)} characters)"
+    return text
 
 
 def key_of(cfg: Any, name: str) -> str:

@@ -26,6 +26,9 @@ from ssft.config_pipeline import PipelineConfig
 from ssft.config_sweep import SweepConfig
 
 Method = Literal["ssft", "sft_mixed", "random", "single"]
+# ssft.forking_tokens.MAX_NUM_TAGS (checked equal by the tests): copied, not imported, so that
+# loading a config never imports torch.
+MAX_NUM_TAGS = 1024
 ModelInit = Literal["pretrained", "random"]
 TooManyTraces = Literal["error", "keep_most_distinct"]
 Overlong = Literal["error", "drop"]
@@ -156,6 +159,9 @@ class ForkingConfig(Section):
 
     def _check_values(self) -> None:
         positive(self, "num_tags")
+        if self.num_tags > MAX_NUM_TAGS:
+            rule = f"must be at most {MAX_NUM_TAGS} (each tag costs M prefix forwards per question)"
+            raise invalid("forking.num_tags", self.num_tags, rule, "Set e.g. forking.num_tags=6.")
         formats(self, "tag_format", "<think{i}>", i=1)
         non_empty(self, "shared_tag")
         non_negative(self, "init_noise")

@@ -21,6 +21,16 @@ TRACES = {
 }
 
 
+def last_wins(*overrides: str) -> list[str]:
+    """Test helpers' default ``key=value`` overrides, then the test's own: one per key (the
+    later one wins), since a key given twice is an error on the command line."""
+    by_key: dict[str, str] = {}
+    for item in overrides:
+        by_key.pop(item.partition("=")[0], None)
+        by_key[item.partition("=")[0]] = item
+    return list(by_key.values())
+
+
 def tiny_model_config(tie: bool = True) -> SimpleNamespace:
     return SimpleNamespace(
         hidden_size=32,

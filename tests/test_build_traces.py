@@ -9,7 +9,7 @@ from ssft import known_modes
 from ssft.config import parse_cli
 from ssft.models import build_char_tokenizer, build_random_model
 from ssft.trace_set import read_trace_sets
-from tests.conftest import tiny_model_config
+from tests.conftest import last_wins, tiny_model_config
 from workflows.build_traces import run
 
 pytestmark = pytest.mark.slow
@@ -20,10 +20,12 @@ def tiny_build(tmp_path, *extra):
         [
             "--config",
             "tests/configs/tiny_test.yaml",
-            f"build.output_dir={tmp_path / 'traces'}",
-            "build.num_questions=24",
-            "build.questions_per_shard=8",
-            *extra,
+            *last_wins(
+                f"build.output_dir={tmp_path / 'traces'}",
+                "build.num_questions=24",
+                "build.questions_per_shard=8",
+                *extra,
+            ),
         ]
     )
 

@@ -7,6 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ssft.config import parse_cli
+from tests.conftest import last_wins
 from workflows.pipeline import run
 
 pytestmark = pytest.mark.slow
@@ -19,12 +20,13 @@ def small(tmp_path, *extra):
     # RELATIVE output folders, as a user's defaults are: Ray Train workers run in another
     # directory, so the drivers must resolve them (the test runs from inside tmp_path).
     return parse_cli([
-        "--config", str(CONFIG),
-        "build.output_dir=traces", "train.output_dir=train",
-        "eval.output_dir=eval", "pipeline.output_dir=cmp",
-        "build.num_questions=24", "train.epochs=1", "train.questions_per_step=8",
-        "eval.num_questions=4", "eval.samples_per_tag=1", "pipeline.methods=ssft,sft_mixed",
-        *extra,
+        "--config", str(CONFIG), *last_wins(
+            "build.output_dir=traces", "train.output_dir=train",
+            "eval.output_dir=eval", "pipeline.output_dir=cmp",
+            "build.num_questions=24", "train.epochs=1", "train.questions_per_step=8",
+            "eval.num_questions=4", "eval.samples_per_tag=1", "pipeline.methods=ssft,sft_mixed",
+            *extra,
+        ),
     ])  # fmt: skip
 
 

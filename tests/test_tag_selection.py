@@ -17,6 +17,7 @@ from ssft.trace_set import Trace, TraceSet
 from ssft.train_loop import TrainContext, train, train_step
 from ssft.train_report import is_finished_model
 from ssft.train_setup import setup_run
+from tests.conftest import last_wins
 
 TAGS = ["<think1>", "<think2>", "<think3>", "<think4>"]
 
@@ -85,11 +86,11 @@ def test_micro_batches_count_n_sequences_per_question_when_spare_tags_fill():
 
 
 def _cfg(path, *overrides):
-    return load_config("tests/configs/tiny_test.yaml", [
+    return load_config("tests/configs/tiny_test.yaml", last_wins(
         f"data.train_path={path}", "train.log_every=100", "train.questions_per_step=48",
         "train.epochs=1", "train.warmup_steps=0", "forking.num_tags=6",
         "model.tie_word_embeddings=false", *overrides,
-    ])  # fmt: skip
+    ))  # fmt: skip
 
 
 def test_fill_leaves_the_logged_loss_to_the_matched_sequences(known_modes_traces):

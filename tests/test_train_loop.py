@@ -14,20 +14,21 @@ from ssft.config import load_config
 from ssft.sequences import build_sequence, format_prompt
 from ssft.train_loop import TrainContext, train, train_step
 from ssft.train_setup import setup_run
+from tests.conftest import last_wins
 
 
 def tiny(path, *overrides):
     return load_config(
         "tests/configs/tiny_test.yaml",
         # The step counts below assume 48 questions, 8 per step, one epoch unless overridden.
-        [
+        last_wins(
             f"data.train_path={path}",
             "train.log_every=100",
             "train.questions_per_step=8",
             "train.epochs=1",
             "train.warmup_steps=0",
             *overrides,
-        ],
+        ),
     )
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from ssft.batching import epoch_order, steps_per_epoch
 from ssft.config import load_config
 from ssft.trace_set import read_trace_sets
+from tests.conftest import last_wins
 from workflows.train import run
 
 pytestmark = pytest.mark.slow
@@ -22,11 +23,11 @@ pytestmark = pytest.mark.slow
 def tiny(path, tmp_path, name, *overrides):
     return load_config(
         "tests/configs/tiny_test.yaml",
-        [
+        last_wins(
             f"data.train_path={path}", f"name={name}", f"train.output_dir={tmp_path / 'train'}",
             "train.epochs=2", "train.checkpoint_every=4", "train.log_every=1",
             "train.questions_per_step=8", "train.warmup_steps=0", *overrides,
-        ],
+        ),
     )  # fmt: skip
 
 
