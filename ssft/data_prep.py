@@ -3,6 +3,10 @@
 Runs once per dataset (not per step). For each question, in this order:
 
 1. Traces graded incorrect are dropped (``incorrect``): SSFT learns from correct traces.
+   A trace whose text equals an earlier one of the same question after collapsing
+   whitespace (``duplicate``) is dropped too: two copies of one trace would take two tags
+   and teach them the same mode. Case is kept (``x`` and ``X`` may be different variables);
+   near-duplicates are the build stage's to judge (``build.near_duplicate_threshold``).
 2. A trace whose sequence ``prompt + tag + trace + end-of-turn`` exceeds ``max_seq_len`` is
    an error (``overlong="error"``) or dropped (``overlong="drop"``, counted as
    ``overlong``). It is never truncated: a cut trace loses its end-of-turn token and
@@ -115,11 +119,16 @@ def tokenize_trace_sets(
             use_chat_template=use_chat_template,
             prompt_template=prompt_template,
         )
-        kept = []
+        kept, texts = [], set()
         for j, trace in enumerate(ts.traces):
             if not trace.correct:
                 stats.dropped["incorrect"] += 1
                 continue
+            text = " ".join(trace.text.split())
+            if text in texts:
+                stats.dropped["duplicate"] += 1
+                continue
+            texts.add(text)
             ids = tokenize_trace(tokenizer, trace.text, eot)
             length = len(prompt_ids) + 1 + len(ids)
             if length > max_seq_len:

@@ -187,6 +187,10 @@ class MLflowTracker(NullTracker):
     time, call, what it carried, the error); texts and figures are saved under
     ``local_dir/unlogged/`` so nothing is lost. ``client=None`` is an offline tracker: the
     server was gone when a resumed worker started, so every call is recorded that way.
+
+    ``resumed``: the run was reopened (a training resumed from its last checkpoint replays
+    the steps after it). A metric is then not logged again at a step its history already
+    holds: each step appears once, with the value the first attempt logged.
     """
 
     def __init__(
@@ -202,6 +206,17 @@ class MLflowTracker(NullTracker):
         self.local_dir = Path(local_dir or Path("runs") / "unlogged" / str(run_id))
         self.unlogged: Counter = Counter()  # dropped calls by kind
         self._offline_until = math.inf if client is None else 0.0
+        self.resumed = False
+        self._logged_through: dict[str, int] = {}  # resumed: metric -> last step in history
+
+    def _last_logged_step(self, key: str) -> int:
+        if key not in self._logged_through:
+            try:
+                history = self.client.get_metric_history(self.run_id, key)
+            except Exception:  # unreachable: log it; a duplicate beats a lost value
+                return -1
+            self._logged_through[key] = max((m.step for m in history), default=-1)
+        return self._logged_through[key]
 
     @property
     def unlogged_path(self) -> Path:
@@ -290,6 +305,8 @@ class MLflowTracker(NullTracker):
 
         now = int(time.time() * 1000)
         values = {self._key(k): float(v) for k, v in metrics.items() if v is not None}
+        if self.resumed and self.client is not None:  # replayed steps: keep the first values
+            values = {k: v for k, v in values.items() if (step or 0) > self._last_logged_step(k)}
         batch = [Metric(k, v, now, step or 0) for k, v in values.items()]
         if batch:
             self._send(
@@ -443,7 +460,9 @@ def _open_run(client, uri, experiment, run_name, tags, parent_run_id, resume_key
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             log.info("reopening MLflow run %s (%s) to continue it", run_id, resume_key)
-            return MLflowTracker(client, run_id, uri, local_dir=local_dir)
+            tracker = MLflowTracker(client, run_id, uri, local_dir=local_dir)
+            tracker.resumed = True
+            return tracker
     run = client.create_run(
         experiment_id,
         run_name=run_name,

@@ -23,6 +23,7 @@ from ssft.presets import tiny_test
 from ssft.sequences import format_prompt
 from ssft.trace_set import TRACE_SET_SCHEMA, Trace, TraceSet, write_trace_sets
 from ssft.train_setup import load_training_data
+from tests.openai_server import API_KEY_ENV, ChatServer
 from tests.test_trace_set import make_sets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,3 +238,77 @@ def test_sweep_with_more_traces_than_a_grid_points_tags_exits_2_before_ray(tmp_p
     assert f"trace set {str(path)!r}, row 0 (question_id='q-three')" in line
     assert "field 'traces' has 3 usable traces but forking.num_tags=2" in line
     assert snapshot(out) == before
+
+
+# ---- the outside corpus's cases (issue: reliability defects) ---------------------------------
+
+
+def test_a_number_of_tags_past_the_cap_exits_2_in_every_entrypoint(tmp_path):
+    for module in ("workflows.train", "workflows.build_traces"):
+        line = error_line(run_entrypoint(module, "forking.num_tags=100000", cwd=tmp_path))
+        assert "forking.num_tags=100000: must be at most 1024" in line
+
+
+def test_a_key_given_twice_on_the_command_line_exits_2(tmp_path):
+    line = error_line(run_entrypoint("workflows.train", "train.epochs=2", "train.epochs=3",
+                                     cwd=tmp_path))  # fmt: skip
+    assert "override 'train.epochs=...' is given twice" in line
+
+
+def test_a_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path):
+    levels = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("preset: tiny_test\n" + "\n".join(levels) + "\ntrain:\n  lr: *a8\n")
+    line = error_line(run_entrypoint("workflows.train", cwd=tmp_path, config=bomb))
+    assert "bomb.yaml" in line and "alias *a0 is not allowed" in line and len(line) < 600
+
+
+def test_an_unknown_preset_names_the_config_file(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("preset: tiny_cpuu\n")
+    line = error_line(run_entrypoint("workflows.train", cwd=tmp_path, config=config))
+    assert "preset='tiny_cpuu': unknown preset" in line and "mine.yaml" in line
+
+
+def test_compare_on_a_missing_or_broken_folder_exits_2_naming_it(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": "sqlite:///x.db"}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metrics.json").write_text("{not json")
+    for folder, what in ((tmp_path / "nowhere", "does not exist"),
+                         (broken, "is not an evaluation's metrics file")):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "workflows.compare", str(folder), "--out", str(tmp_path / "o")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        line = error_line(done)
+        assert str(folder.name) in line and what in line
+
+
+@pytest.mark.slow
+def test_a_teacher_refusing_the_key_stops_the_build_at_once_in_one_line(tmp_path, monkeypatch):
+    """401 is not worth a retry: no Ray task retry, no traceback, the key nowhere."""
+    wrong = "sk-wrong-0123456789abcdef0123"
+    monkeypatch.setenv(API_KEY_ENV, wrong)
+    chat = ChatServer(mode="canned")
+    chat.expected_key = "sk-the-right-one-987654321"
+    config = tmp_path / "build.yaml"
+    config.write_text(
+        "preset: tiny_test\nbuild:\n  num_questions: 6\n  questions_per_shard: 2\n"
+        f"  output_dir: {tmp_path / 'traces'}\n  teachers:\n"
+        f"    - {{name: api, kind: openai, model: tiny, base_url: '{chat.base_url}',"
+        f" api_key_env: {API_KEY_ENV}, samples_per_question: 1, batch_size: 1}}\n"
+    )
+    try:
+        done = run_entrypoint("workflows.build_traces", cwd=tmp_path, config=config)
+    finally:
+        chat.stop()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and wrong not in done.stdout + done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "teacher 'api'" in line and chat.base_url in line and "HTTP 401" in line
+    assert f"${API_KEY_ENV}" in line
+    # Three shards of 2 questions, one request at a time per shard: at most one request per
+    # shard that started before the first refusal came back; Ray retried none.
+    assert len(chat.requests) <= 3

@@ -126,3 +126,12 @@ def test_every_trace_longer_than_the_context_errors_with_overlong_error(tokenize
 def test_unknown_policy_names_the_setting(tokenizer, option, value):
     with pytest.raises(ConfigError, match=f"data.{option}={value!r}"):
         tokenize_trace_sets([trace_set("a", ["1"])], tokenizer, num_tags=2, **{option: value})
+
+
+def test_copies_of_one_trace_under_distinct_ids_are_dropped_and_counted(tokenizer):
+    """Whitespace is collapsed before comparing; case is kept (x and X may differ)."""
+    sets = [trace_set("q", ["1 + 0 = 1", "1  +  0 =\n1", "1 + 0 = 1", "X = 1", "x = 1"])]
+    questions, stats = tokenize_trace_sets(sets, tokenizer, num_tags=4)
+    assert questions[0].trace_keys == ("t0", "t3", "t4")
+    assert stats.dropped == {"duplicate": 2} and stats.traces_kept == 3
+    assert "duplicate=2" in stats.summary()

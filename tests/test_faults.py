@@ -193,6 +193,27 @@ def test_mlflow_dying_mid_training_loses_no_training_and_says_what_was_not_logge
     assert {r["run_id"] for r in records} == {mlrun.info.run_id}
 
 
+# --- Another Ray on the machine --------------------------------------------------------------
+
+
+def test_a_training_beside_another_ray_instance_prints_no_traceback(
+    ray_local, known_modes_traces, tmp_path
+):
+    """The test session's embedded Ray is the other instance. Ray Train's placement-group
+    cleaner used to look for "the" Ray and raise "Found multiple active Ray instances", and
+    to warn at every poll that the state API (no dashboard) was unavailable."""
+    assert ray_local  # started: a second Ray on this machine while the entrypoint runs
+    done = run_entry(
+        "workflows.train", "--config", TINY, f"data.train_path={known_modes_traces}",
+        "name=beside", f"train.output_dir={tmp_path / 'train'}", "train.epochs=2",
+        "train.questions_per_step=16", env=entry_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "Found multiple active Ray instances" not in out and "Traceback" not in out
+    assert "Failed to query Ray Train Controller actor state" not in out
+
+
 # --- Output folders that refuse writes; a full disk -----------------------------------------
 
 

@@ -74,6 +74,23 @@ def test_resume_key_reopens_an_unfinished_run(uri):
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
 
 
+def test_a_resumed_run_logs_each_replayed_step_once(uri):
+    """A training resumed from its last checkpoint replays steps it had logged already."""
+    first = start_run("exp", "train-b", tracking_uri=uri, resume_key="train-b")
+    for step in (1, 2, 3, 4):
+        first.log_metrics({"loss": 10.0 + step}, step=step)  # dies after step 4
+    again = start_run("exp", "train-b", tracking_uri=uri, resume_key="train-b")
+    for step in (3, 4, 5):  # resumed from the checkpoint of step 2
+        again.log_metrics({"loss": 20.0 + step, "new": 1.0}, step=step)
+    again.log_metrics({"validation": 0.5})  # a metric never logged before: logged
+    again.finish()
+    client = MlflowClient(uri)
+    history = client.get_metric_history(first.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 11), (2, 12), (3, 13), (4, 14), (5, 25)]
+    assert [m.step for m in client.get_metric_history(first.run_id, "new")] == [3, 4, 5]
+    assert len(client.get_metric_history(first.run_id, "validation")) == 1
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     import socket

@@ -112,14 +112,21 @@ def test_worker_death_is_survived_with_failure_config(
 ):
     ref_log, _ = reference
     cfg = tiny(known_modes_traces, tmp_path, "restarted", "train.max_failures=1")
-    # Step 9 of 12 is mid-epoch 1 (6 steps per epoch); the last checkpoint is step 8.
+    # Step 9 (0-based) of 12 is mid-epoch 1 (6 steps per epoch); the last checkpoint holds 8
+    # steps, so step 8, logged as step 9 before the crash, is trained again.
     (ray_local / "crash-train-step-9").write_text("")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
         restarted = training_log(run(cfg))
     assert not (ray_local / "crash-train-step-9").exists()
     assert_every_batch_trained_once(restarted, cfg)
     assert restarted["data_log"] == ref_log["data_log"]
+    # The replayed step is in MLflow's history once (the first attempt's value).
+    client = MlflowClient(uri)
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
+    steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "loss")]
+    assert steps == list(range(1, 13))
 
 
 # FSDP: cost batches of 8 sequences make the ranks need different numbers of cost forwards in

@@ -26,6 +26,7 @@ import ray
 from ssft.atomic_io import write_json_atomic
 from ssft.build_report import log_build_report
 from ssft.config import ExperimentConfig, config_from_dict, config_to_dict, parse_cli
+from ssft.config_checks import InputError
 from ssft.question_sources import load_questions
 from ssft.teachers import Question
 from ssft.teachers.replay import read_replay_rows
@@ -51,7 +52,12 @@ log = logging.getLogger("ssft.build_traces")
 def build_shard_task(cfg_dict: dict, questions: list[dict], build_dir: str, index: int) -> dict:
     cfg = config_from_dict(cfg_dict)
     _maybe_inject_fault(index)
-    sets, stats = build_shard([Question(**q) for q in questions], cfg.build, cfg.seed)
+    try:
+        sets, stats = build_shard([Question(**q) for q in questions], cfg.build, cfg.seed)
+    except InputError as err:
+        # Not worth a retry (a wrong API key, a refused model name): returned, not raised,
+        # so Ray does not retry it and the driver stops the build with this one line.
+        return {"input_error": str(err)}
     write_shard(Path(build_dir), index, sets, stats)
     return stats.to_json()
 
@@ -139,7 +145,12 @@ def run(cfg: ExperimentConfig) -> Path:
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         index = pending.pop(ready[0])
-        stats = ShardStats.from_json(ray.get(ready[0]))
+        result = ray.get(ready[0])
+        if "input_error" in result:
+            for ref in pending:  # finished shards stay on disk; a rerun reuses them
+                ray.cancel(ref)
+            raise InputError(f"shard {index}: {result['input_error']}")
+        stats = ShardStats.from_json(result)
         totals.add(stats)
         finished += 1
         elapsed = time.monotonic() - start

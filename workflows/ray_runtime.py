@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import ray
 
@@ -22,16 +23,33 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address and address.startswith(("http://", "https://")):
         # The dashboard URL `ray job submit` uses; a driver joins that cluster's GCS instead.
         address = "auto"
+    if address:
+        ray.init(address=address, runtime_env=None, log_to_driver=True)
+        return
     # The driver's working directory is shipped to local workers via PYTHONPATH, so
     # `python -m workflows.x` from the repo root finds `ssft` and `workflows` in every worker.
-    runtime_env = None if address else {"env_vars": {"PYTHONPATH": os.getcwd()}}
+    # Ray Train's PlacementGroupCleaner asks the state API (served by the dashboard) whether
+    # the training's controller is alive. Without a dashboard every poll fails with a warning;
+    # without an address it looks for "the" Ray on the machine and raises "Found multiple
+    # active Ray instances" when another one runs. So the embedded Ray gets its dashboard on
+    # a loopback port chosen here, and every worker is told where it is.
+    port = _free_loopback_port()
+    env = {"PYTHONPATH": os.getcwd(), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     ray.init(
-        address=address or "local",
-        num_cpus=None if address else num_cpus,
-        runtime_env=runtime_env,
+        address="local",
+        num_cpus=num_cpus,
+        runtime_env={"env_vars": env},
         log_to_driver=True,
-        include_dashboard=False if not address else None,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
     )
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def trainings_that_fit(train_cfg) -> int:

@@ -13,6 +13,7 @@ train.output_dir/<name>); the final model lands in train.output_dir/<name>/final
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -35,6 +36,7 @@ from ssft.config_checks import ConfigError, InputError
 from ssft.forking_tokens import add_forking_tokens
 from ssft.models import load_tokenizer
 from ssft.parallel import wrap_fsdp
+from ssft.run_lock import run_lock, wait_until_free
 from ssft.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.tracking import NullTracker, git_commit, start_run
 from ssft.train_loop import TrainContext, train
@@ -126,7 +128,14 @@ def train_worker(config: dict) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
 
-    with tracker, checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory() as d:
+    # Rank 0 writes the run directory (checkpoints, final model): one writer at a time, even
+    # when the worker of a killed driver is still finishing its step.
+    lock = run_lock(Path(config["final_dir"]).parent) if rank == 0 else contextlib.nullcontext()
+    with (
+        lock,
+        tracker,
+        checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory() as d,
+    ):
         ctx = TrainContext(
             rank=rank,
             world_size=world,
@@ -200,9 +209,10 @@ def run(cfg: ExperimentConfig) -> Path:
     # Ray Train workers run in their own directory: hand them absolute paths.
     cfg = absolute_paths(cfg)
     digest = check_training_data(cfg)  # before Ray: bad data fails fast, in one line
-    init_ray()
     storage = Path(cfg.train.output_dir).resolve()
     final_dir = storage / cfg.name / "final_model"
+    wait_until_free(final_dir.parent)  # a live earlier attempt (a killed driver's worker)
+    init_ray()
     tags = {"stage": "train", "method": cfg.method, "num_tags": cfg.forking.num_tags,
             "cost": cfg.matching.cost, "prefix_tokens": cfg.matching.prefix_tokens or "all",
             "dataset_digest": digest, "git_commit": git_commit(), "seed": cfg.seed,

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ssft.config_checks import InputError
 from ssft.teachers.base import Question, Sample, Teacher, register_teacher
 
 _MAX_ERROR_CHARS = 300
@@ -53,6 +54,11 @@ _MAX_BACKOFF_S = 60.0
 
 class TeacherRequestError(RuntimeError):
     """A chat-completions request failed for good (after retries, or a non-retryable 4xx)."""
+
+
+class TeacherRejected(InputError, TeacherRequestError):
+    """The server refused the request itself (401, 403, 404, 422, ...): a wrong key, model
+    name or URL. Retrying cannot help, so the build stops at once with this one line."""
 
 
 def _derived_seed(seed: int, question_id: str, request_no: int) -> int:
@@ -205,9 +211,18 @@ class OpenAITeacher(Teacher):
             status, message = err.code, _redact(_error_message(err), key)
             if status == 429 or status >= 500:
                 raise _Retryable(f"HTTP {status}: {message}", _retry_after(err)) from None
-            raise TeacherRequestError(
+            hint = ""
+            if status in (401, 403):
+                hint = (
+                    f"; check the key in ${self.cfg.api_key_env}"
+                    if self.cfg.api_key_env
+                    else ("; the server wants a key: set api_key_env to the variable that holds it")
+                )
+            elif status == 404:
+                hint = "; check base_url and the model name"
+            raise TeacherRejected(
                 f"teacher {self.name!r}: POST {self.url} failed with HTTP {status} (not "
-                f"retried): {message}"
+                f"retried): {message}{hint}"
             ) from None
         except TimeoutError:
             raise _Retryable(
