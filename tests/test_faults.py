@@ -193,6 +193,47 @@ def test_mlflow_dying_mid_training_loses_no_training_and_says_what_was_not_logge
     assert {r["run_id"] for r in records} == {mlrun.info.run_id}
 
 
+# --- The driver killed, the same command rerun -------------------------------------------------
+
+
+def test_a_killed_drivers_run_is_resumed_by_the_rerun_with_one_writer(known_modes_traces, tmp_path):
+    """SIGKILL the driver while rank 0 trains (paused at step 5, the lock held); the rerun
+    finds the dead writer's lock, takes it over with a warning, resumes from the step-4
+    checkpoint, trains every batch exactly once, and releases the lock at the end."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    pause = faults / "pause-train-step-5"
+    pause.write_text("")
+    out = tmp_path / "train"
+    args = ["-m", "workflows.train", "--config", TINY, f"data.train_path={known_modes_traces}",
+            "name=orphan", f"train.output_dir={out}", "train.checkpoint_every=4",
+            "train.epochs=2", "train.questions_per_step=8"]  # fmt: skip
+    env = entry_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db", SSFT_FAULT_DIR=str(faults))
+    first = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not pause.with_name(pause.name + ".reached").exists():
+            assert time.monotonic() < deadline and first.poll() is None, "never reached step 5"
+            time.sleep(0.5)
+        lock = out / "orphan" / ".writer.lock"
+        holder = json.loads(lock.read_text())["pid"]
+        first.kill()  # the driver only: its embedded Ray and the worker are left to die
+        first.wait()
+    finally:
+        first.kill()
+    pause.unlink()
+    rerun = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    log = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, log[-3000:]
+    assert f"taking over the lock of PID {holder}" in log or "waiting up to" in log
+    assert "resuming at step 4/12" in log
+    data_log = json.loads((out / "orphan" / "final_model" / "training_log.json").read_text())
+    assert [entry[0] for entry in data_log["data_log"]] == list(range(12))
+    assert not lock.exists()
+
+
 # --- Another Ray on the machine --------------------------------------------------------------
 
 
