@@ -37,6 +37,7 @@ import http.client
 import json
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -110,8 +111,19 @@ class OpenAITeacher(Teacher):
             return []
         self._api_key()  # a missing key fails before any thread or request starts
         workers = max(1, min(int(self.cfg.batch_size), len(questions)))
+        refused = threading.Event()  # set by the first refusal: queued questions send nothing
+
+        def sample(question: Question) -> list[Sample]:
+            if refused.is_set():
+                raise TeacherRejected(f"teacher {self.name!r}: not sent, the server refused")
+            try:
+                return self._sample_question(question, num_samples, seed)
+            except TeacherRejected:
+                refused.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-teacher") as pool:
-            futures = [pool.submit(self._sample_question, q, num_samples, seed) for q in questions]
+            futures = [pool.submit(sample, q) for q in questions]
             try:
                 # Reading in submission order keeps the output grouped in input order.
                 per_question = [f.result() for f in futures]
