@@ -196,6 +196,15 @@ def test_mlflow_dying_mid_training_loses_no_training_and_says_what_was_not_logge
 # --- The driver killed, the same command rerun -------------------------------------------------
 
 
+def recorded_step(snapshot: Path) -> int | None:
+    """The step of the newest checkpoint Ray Train's controller has recorded, if any."""
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None  # not written yet, or caught mid-write
+    return int(latest["metrics"]["step"]) if latest else None
+
+
 def test_a_killed_drivers_run_is_resumed_by_the_rerun_with_one_writer(known_modes_traces, tmp_path):
     """SIGKILL the driver while rank 0 trains (paused at step 5, the lock held); the rerun
     finds the dead writer's lock, takes it over with a warning, resumes from the step-4
@@ -215,6 +224,12 @@ def test_a_killed_drivers_run_is_resumed_by_the_rerun_with_one_writer(known_mode
         deadline = time.monotonic() + 240
         while not pause.with_name(pause.name + ".reached").exists():
             assert time.monotonic() < deadline and first.poll() is None, "never reached step 5"
+            time.sleep(0.5)
+        # Ray Train resumes from the checkpoints its controller has recorded; on a slow
+        # machine rank 0 can reach step 5 before the controller has written down step 4's.
+        snapshot = out / "orphan" / "checkpoint_manager_snapshot.json"
+        while recorded_step(snapshot) != 4:
+            assert time.monotonic() < deadline and first.poll() is None, "step 4 never recorded"
             time.sleep(0.5)
         lock = out / "orphan" / ".writer.lock"
         holder = json.loads(lock.read_text())["pid"]

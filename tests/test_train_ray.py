@@ -132,6 +132,10 @@ def test_worker_death_is_survived_with_failure_config(
 # FSDP: cost batches of 8 sequences make the ranks need different numbers of cost forwards in
 # some chunks, so the padding forwards are exercised (without them the run hangs).
 FSDP = ("train.num_workers=2", "train.parallelism=fsdp", "matching.cost_batch_size=8")
+# FSDP pre-divides and reduce-scatters the gradients (a different float32 rounding from one
+# worker's sum), and Adam's 1/sqrt(v) amplifies it: on CI's CPUs step 5 differs by 1.25e-4
+# relative. Ranks out of sync, a wrong shard or a wrong matching shift the loss by percents.
+FSDP_RTOL = 1e-3
 
 
 def test_two_fsdp_workers_match_one_worker(reference, known_modes_traces, tmp_path):
@@ -142,7 +146,7 @@ def test_two_fsdp_workers_match_one_worker(reference, known_modes_traces, tmp_pa
     two = training_log(final_dir)
     assert two["data_log"] == ref_log["data_log"] and two["steps"] == 12
     torch.testing.assert_close(
-        torch.tensor(two["losses"]), torch.tensor(ref_log["losses"]), rtol=1e-4, atol=1e-6
+        torch.tensor(two["losses"]), torch.tensor(ref_log["losses"]), rtol=FSDP_RTOL, atol=1e-6
     )
     # The final model is gathered from the shards: same tensors as the 1-worker model.
     weights = load_file(final_dir / "model.safetensors")
@@ -172,5 +176,5 @@ def test_killed_fsdp_run_resumes_under_the_same_name(
             tripwire.unlink(missing_ok=True)
     assert resumed["data_log"] == ref_log["data_log"]
     torch.testing.assert_close(
-        torch.tensor(resumed["losses"]), torch.tensor(ref_log["losses"]), rtol=1e-4, atol=1e-6
+        torch.tensor(resumed["losses"]), torch.tensor(ref_log["losses"]), rtol=FSDP_RTOL, atol=1e-6
     )
