@@ -147,6 +147,7 @@ def pipeline_job(services):
 def test_pipeline_job_succeeds_and_logs_to_the_mlflow_server(services, pipeline_job):
     out, log = pipeline_job
     assert "| ssft | 1 |" in log and "| sft_mixed | 1 |" in log
+    assert log.count("[train] ssft: kept") == 1  # a worker's print reaches the job log once
     comparison = json.loads((out / "cmp" / "tiny-cpu" / "comparison.json").read_text())
     assert {r["method"] for r in comparison["runs"]} == {"ssft", "sft_mixed"}
 

@@ -268,6 +268,7 @@ def test_a_training_beside_another_ray_instance_prints_no_traceback(
     assert done.returncode == 0, out[-3000:]
     assert "Found multiple active Ray instances" not in out and "Traceback" not in out
     assert "Failed to query Ray Train Controller actor state" not in out
+    assert out.count("[train] ssft: kept") == 1  # Ray Train's print patch doubled every line
 
 
 # --- Output folders that refuse writes; a full disk -----------------------------------------

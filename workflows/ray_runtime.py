@@ -33,8 +33,14 @@ def init_ray(num_cpus: int | None = None) -> None:
     # without an address it looks for "the" Ray on the machine and raises "Found multiple
     # active Ray instances" when another one runs. So the embedded Ray gets its dashboard on
     # a loopback port chosen here, and every worker is told where it is.
+    # Ray Train's print patch tees each worker print to stdout and, through the root logger,
+    # to stderr: every line would reach the driver twice (ops/runtime_env.yaml does the same).
     port = _free_loopback_port()
-    env = {"PYTHONPATH": os.getcwd(), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    env = {
+        "PYTHONPATH": os.getcwd(),
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    }
     ray.init(
         address="local",
         num_cpus=num_cpus,
