@@ -312,3 +312,26 @@ def test_a_teacher_refusing_the_key_stops_the_build_at_once_in_one_line(tmp_path
     # Three shards of 2 questions, one request at a time per shard: at most one request per
     # shard that started before the first refusal came back; Ray retried none.
     assert len(chat.requests) <= 3
+
+
+@pytest.mark.slow
+def test_copies_of_a_trace_are_trained_once_through_the_entrypoint(tmp_path):
+    """Three identical texts (whitespace aside) under distinct trace ids: one is trained, the
+    two copies are counted as ``duplicate`` in the training's data line."""
+    copies = (
+        Trace("c0", "m", "x = 7", "7", True),
+        Trace("c1", "m", "x  =\n7", "7", True),
+        Trace("c2", "m", "x = 7", "7", True),
+        Trace("d", "m", "seven: x = 7", "7", True),
+    )
+    path = tmp_path / "copies.parquet"
+    sets = make_sets()
+    write_trace_sets(path, [sets[0], sets[2], TraceSet("q-copies", "p", "7", "s", copies)])
+    done = run_entrypoint(
+        "workflows.train", f"data.train_path={path}", f"train.output_dir={tmp_path / 'out'}",
+        "name=copies", "train.epochs=1", "tag_selection.validation_questions=0", cwd=tmp_path,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    [line] = [x for x in out.splitlines() if "[train] ssft: kept" in x]
+    assert "kept 5/8 traces of 3/3 questions; dropped: duplicate=2, incorrect=1" in line, line

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 
 import ray
 
@@ -26,8 +27,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env=None, log_to_driver=True)
         return
-    # The driver's working directory is shipped to local workers via PYTHONPATH, so
-    # `python -m workflows.x` from the repo root finds `ssft` and `workflows` in every worker.
+    # Local workers get the driver's import path for `ssft` and `workflows` (and its working
+    # directory and PYTHONPATH), so `python -m workflows.x` runs from any folder.
     # Ray Train's PlacementGroupCleaner asks the state API (served by the dashboard) whether
     # the training's controller is alive. Without a dashboard every poll fails with a warning;
     # without an address it looks for "the" Ray on the machine and raises "Found multiple
@@ -37,7 +38,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     # to stderr: every line would reach the driver twice (ops/runtime_env.yaml does the same).
     port = _free_loopback_port()
     env = {
-        "PYTHONPATH": os.getcwd(),
+        "PYTHONPATH": _worker_pythonpath(),
         "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     }
@@ -50,6 +51,17 @@ def init_ray(num_cpus: int | None = None) -> None:
         dashboard_host="127.0.0.1",
         dashboard_port=port,
     )
+
+
+def _worker_pythonpath() -> str:
+    """Where this driver imports ``ssft`` and ``workflows`` from, then its working directory
+    and its own PYTHONPATH: a worker imports the same code the driver runs."""
+    import ssft
+    import workflows
+
+    roots = [str(Path(m.__file__).resolve().parent.parent) for m in (ssft, workflows)]
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys([*roots, os.getcwd(), *inherited]))
 
 
 def _free_loopback_port() -> int:
