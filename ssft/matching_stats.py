@@ -16,7 +16,7 @@ torch, no Ray), from what the training loop already has after matching:
 
 Tag conventions: method arguments and return values use the 0-based tag INDEX of
 ``ssft.matching`` (``tags[j] = i`` means ``<think{i+1}>``); what people read (metric keys,
-the table's ``tag`` column, ``summary()["pass1_tag"]``) is 1-based as in ``<think i>``.
+the table's ``tag`` column, ``summary()["coverage_tag"]``) is 1-based as in ``<think i>``.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ class MatchingTracker:
             np.add.at(counts, np.asarray(seen.record.tags, dtype=np.int64), 1)
         return counts.tolist()
 
-    def pass1_tag(self) -> int:
+    def coverage_tag(self) -> int:
         """Tag INDEX with the largest coverage (the paper's Pass@1 tag); ties -> lowest.
 
         Before any update every coverage is 0, so this is 0 (``<think1>``, the tag the
@@ -258,12 +258,12 @@ class MatchingTracker:
         return pa.Table.from_pydict(rows, schema=_TABLE_SCHEMA)
 
     def summary(self) -> dict:
-        """JSON for the checkpoint folder: the Pass@1 tag (1-based and index), coverage and
+        """JSON for the checkpoint folder: the coverage rule's tag (1-based and index), coverage and
         usage per tag index; the tag strings are the caller's to add."""
         return {
             "num_tags": self.num_tags,
-            "pass1_tag": self.pass1_tag() + 1,
-            "pass1_tag_index": self.pass1_tag(),
+            "coverage_tag": self.coverage_tag() + 1,
+            "coverage_tag_index": self.coverage_tag(),
             "coverage": self.coverage(),
             "coverage_last_epoch": self.latest_coverage(),
             "usage": self._usage.tolist(),

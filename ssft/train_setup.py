@@ -156,7 +156,7 @@ class Run:
 
     @property
     def pass1_tag(self) -> str:
-        return self.tags.shared_tag if self.shared else self.tags.tags[self.stats.pass1_tag()]
+        return self.tags.shared_tag if self.shared else self.tags.tags[self.stats.coverage_tag()]
 
 
 def setup_run(cfg, ctx: TrainContext) -> Run:

@@ -100,12 +100,12 @@ def test_coverage_usage_and_pass1_tie_break():
     tracker = MatchingTracker(3)
     run_steps(tracker, STEPS)
     assert tracker.coverage() == [4, 4, 3]
-    assert tracker.pass1_tag() == 0  # tags 0 and 1 tie: lowest index
+    assert tracker.coverage_tag() == 0  # tags 0 and 1 tie: lowest index
     summary = tracker.summary()
     assert summary == {
         "num_tags": 3,
-        "pass1_tag": 1,
-        "pass1_tag_index": 0,
+        "coverage_tag": 1,
+        "coverage_tag_index": 0,
         "coverage": [4, 4, 3],
         # Each question's latest assignment: A [0,1], B [2,0,1], C [2,0,1], D [2].
         "coverage_last_epoch": [3, 3, 3],
@@ -115,12 +115,12 @@ def test_coverage_usage_and_pass1_tie_break():
     json.dumps(summary)
 
     tracker = MatchingTracker(3)
-    assert tracker.pass1_tag() == 0  # nothing seen yet
+    assert tracker.coverage_tag() == 0  # nothing seen yet
     # The same trace matched to tag 0 many times counts once; tag 1 has two distinct traces.
     for step in range(5):
         tracker.update(step, step, [rec("q", [0], ["t"]), rec(f"r{step % 2}", [1], ["t"])])
     assert tracker.coverage() == [1, 2, 0]
-    assert tracker.pass1_tag() == 1
+    assert tracker.coverage_tag() == 1
 
 
 def test_tag_by_teacher_and_mode():
