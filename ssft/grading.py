@@ -28,6 +28,7 @@ grade untrusted model output in processes or Ray tasks, not in thread pools.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from typing import Any
 
@@ -52,6 +53,16 @@ def extract_answer(text: str) -> str | None:
                 return text[start + len(_BOX) : j]
         start = text.rfind(_BOX, 0, start)
     return None
+
+
+def _drop_timeout_notice(record: logging.LogRecord) -> bool:
+    """math-verify warns once per process that its timeout is off; off-main-thread that is
+    this module's documented choice, and Ray Train runs every training off the main thread."""
+    return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_drop_timeout_notice)
 
 
 def _timeout() -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -207,8 +208,8 @@ def recorded_step(snapshot: Path) -> int | None:
 
 def test_a_killed_drivers_run_is_resumed_by_the_rerun_with_one_writer(known_modes_traces, tmp_path):
     """SIGKILL the driver while rank 0 trains (paused at step 5, the lock held); the rerun
-    finds the dead writer's lock, takes it over with a warning, resumes from the step-4
-    checkpoint, trains every batch exactly once, and releases the lock at the end."""
+    waits for the orphaned worker or takes over its dead lock with a warning, resumes from a
+    checkpoint (never from scratch), trains every batch exactly once, and releases the lock."""
     faults = tmp_path / "faults"
     faults.mkdir()
     pause = faults / "pause-train-step-5"
@@ -243,7 +244,10 @@ def test_a_killed_drivers_run_is_resumed_by_the_rerun_with_one_writer(known_mode
     log = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, log[-3000:]
     assert f"taking over the lock of PID {holder}" in log or "waiting up to" in log
-    assert "resuming at step 4/12" in log
+    # From step 4's checkpoint, or a later one: the killed driver's worker may outlive it for
+    # a few steps (its lock makes the rerun wait), and on a loaded machine it can finish.
+    resumed = re.search(r"resuming at step (\d+)/12", log)
+    assert resumed and int(resumed.group(1)) >= 4, log[-4000:]
     data_log = json.loads((out / "orphan" / "final_model" / "training_log.json").read_text())
     assert [entry[0] for entry in data_log["data_log"]] == list(range(12))
     assert not lock.exists()

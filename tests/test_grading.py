@@ -127,3 +127,21 @@ def test_grading_works_in_worker_processes():
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, nothing inherited
     with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
         assert list(pool.map(grade, golds, texts)) == EXPECTED
+
+
+def test_off_the_main_thread_grading_prints_no_timeout_notice(caplog):
+    """math-verify's "Timeout is disabled" warning is dropped; its other warnings are not."""
+    import logging
+
+    import math_verify.grader
+    import math_verify.parser
+
+    caplog.set_level(logging.WARNING)
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = False
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = False
+    worker = threading.Thread(target=grade, args=("98761", "so \\boxed{98761}"))
+    worker.start()
+    worker.join()
+    assert not [r for r in caplog.records if "Timeout is disabled" in r.getMessage()]
+    logging.getLogger("math_verify.grader").warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]

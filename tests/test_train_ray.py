@@ -148,12 +148,17 @@ def test_two_fsdp_workers_match_one_worker(reference, known_modes_traces, tmp_pa
     torch.testing.assert_close(
         torch.tensor(two["losses"]), torch.tensor(ref_log["losses"]), rtol=FSDP_RTOL, atol=1e-6
     )
-    # The final model is gathered from the shards: same tensors as the 1-worker model.
+    # The final model is gathered from the shards: the 1-worker model's tensors, up to the
+    # rounding above. Adam's first steps move every weight by about +-lr whatever the size
+    # of its gradient, so a weight whose gradient is near 0 can step the other way: a few
+    # elements differ by 2-4 lr, each tensor by ~1% of its norm. A gather that misplaces or
+    # drops shards is off by ~100%.
     weights = load_file(final_dir / "model.safetensors")
     ref_weights = load_file(ref_dir / "train" / "reference" / "final_model" / "model.safetensors")
     assert set(weights) == set(ref_weights)
     for name, value in ref_weights.items():
-        torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=1e-4)
+        assert weights[name].shape == value.shape, name
+        assert float((weights[name] - value).norm() / value.norm()) < 0.05, name
 
 
 def test_killed_fsdp_run_resumes_under_the_same_name(
