@@ -27,23 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ssft.methods import get_method
 from ssft.sequences import TokenizedQuestion
-
-# method -> (assignment policy, trains under the single shared tag)
-METHODS: dict[str, tuple[str, bool]] = {
-    "ssft": ("hungarian", False),
-    "random": ("random", False),
-    "sft_mixed": ("shared", True),
-    "single": ("shared", True),
-}
 
 
 def method_policy(method: str) -> tuple[str, bool]:
-    """``(policy name, shared tag?)`` of a training method; unknown names list the valid ones."""
-    try:
-        return METHODS[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}; valid methods: {sorted(METHODS)}") from None
+    """``(policy name, shared tag?)`` of a training method (``ssft.methods``)."""
+    m = get_method(method)
+    return m.policy, m.shared_tag
 
 
 def supervised_tokens(q: TokenizedQuestion, tag_loss: bool = False) -> int:

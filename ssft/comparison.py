@@ -27,6 +27,7 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from ssft.config_checks import InputError
+from ssft.methods import uses_shared_tag
 
 # (metric key, column title); "{k}" is filled with the common sample count.
 ACCURACY_COLUMNS = (
@@ -155,7 +156,7 @@ def pass1_rule_audit(evals: Sequence[dict[str, Any]]) -> tuple[list[dict[str, An
     rows = []
     for e in label_runs(list(evals)):
         selection, tags = e["model"].get("tag_selection"), e["model"].get("tags", [])
-        if not selection or e["method"] in ("sft_mixed", "single") or len(tags) < 2:
+        if not selection or uses_shared_tag(e["method"]) or len(tags) < 2:
             continue
         acc = {t: e["metrics"][f"pass1/{t}"] for t in tags if f"pass1/{t}" in e["metrics"]}
         best = max(acc.values())
@@ -197,7 +198,7 @@ def chosen_tags(evals: Sequence[dict[str, Any]]) -> str:
         if selection.get("validation_accuracy"):
             why += f", validation accuracy {selection['validation_accuracy'][tag]:.3f}"
         usable = e["model"].get("usable_tags")
-        if usable and usable != e["model"].get("tags") and e["method"] not in ("sft_mixed",):
+        if usable and usable != e["model"].get("tags") and not uses_shared_tag(e["method"]):
             why += f", usable tags {', '.join(usable)}"
         lines.append(f"- {e['label']} ({Path(e['dir']).name}): {tag} ({why})")
     return "\n".join(lines) + "\n"

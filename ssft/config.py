@@ -8,7 +8,7 @@ A run's config is built in three layers, each overriding the one before:
    YAML file has a top-level ``preset: <name>``;
 2. the YAML file, with the same nested sections (``model:``, ``data:``, ``forking:``, ...);
 3. dotted ``key=value`` overrides, e.g. ``train.lr=3e-4``; top-level fields have no dot
-   (``method=sft_mixed``); a key given twice is an error, as in a YAML file. Values are
+   (``method=random``); a key given twice is an error, as in a YAML file. Values are
    parsed as YAML, except that string fields keep the raw text (``name=007`` stays
    ``"007"``); ``null``/``none`` gives None for optional fields.
 

@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 
 from ssft.config_build import Split
 from ssft.config_checks import Section, invalid, non_negative, positive
+from ssft.methods import SHARED_TAG_METHODS
 
 
 @dataclass
@@ -30,7 +31,8 @@ class EvalConfig(Section):
     num_questions: int = field(default=64, metadata={"help": (
         "Questions to evaluate (the first ones of the split).")})
     samples_per_tag: int = field(default=4, metadata={"help": (
-        "Samples per forking token per question. Shared-tag methods (sft_mixed, single) draw "
+        f"Samples per forking token per question. Shared-tag methods "
+        f"({', '.join(SHARED_TAG_METHODS)}) draw "
         "num_tags x samples_per_tag samples under their one tag, so every method gets the same "
         "number of samples.")})
     greedy: bool = field(default=True, metadata={"help": (

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ssft.config_checks import ConfigError, Section, invalid, item_errors, key_of, non_empty
-
-METHODS = ("ssft", "sft_mixed", "random", "single")
+from ssft.methods import COMPARED_BY_DEFAULT
+from ssft.methods import METHOD_NAMES as METHODS
 
 
 @dataclass
@@ -50,8 +50,8 @@ class PipelineConfig(Section):
     SECTION: ClassVar[str] = "pipeline"
 
     # fmt: off
-    methods: str = field(default="ssft,sft_mixed,random", metadata={"help": (
-        "Comma-separated training methods to compare, from ssft, sft_mixed, random, single; "
+    methods: str = field(default=",".join(COMPARED_BY_DEFAULT), metadata={"help": (
+        f"Comma-separated training methods to compare, from {', '.join(METHODS)}; "
         "each is one variant named after it. Ignored when pipeline.variants is given.")})
     variants: list[VariantConfig] = field(default_factory=list, metadata={"help": (
         "The arms of the comparison, a YAML list of {name, overrides} (e.g. SSFT at N = 4 and "

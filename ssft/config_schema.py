@@ -24,8 +24,9 @@ from ssft.config_checks import (
 from ssft.config_eval import EvalConfig
 from ssft.config_pipeline import PipelineConfig
 from ssft.config_sweep import SweepConfig
+from ssft.methods import METHOD_NAMES, SHARED_TAG_METHODS, methods_help
 
-Method = Literal["ssft", "sft_mixed", "random", "single"]
+Method = Literal[METHOD_NAMES]  # ssft.methods: the one table of methods
 # ssft.forking_tokens.MAX_NUM_TAGS (checked equal by the tests): copied, not imported, so that
 # loading a config never imports torch.
 MAX_NUM_TAGS = 1024
@@ -147,7 +148,8 @@ class ForkingConfig(Section):
     tag_format: str = field(default="<think{i}>", metadata={"help": (
         "Spelling of forking token i (1-based); must contain {i}.")})
     shared_tag: str = field(default="<think>", metadata={"help": (
-        "The single tag every trace trains under in methods sft_mixed and single. Must differ "
+        f"The single tag every trace trains under in methods {' and '.join(SHARED_TAG_METHODS)}. "
+        "Must differ "
         "from every forking token.")})
     tag_loss: bool = field(default=False, metadata={"help": (
         "Also supervise the tag token itself, so the model learns p(tag | prompt) (for tag "
@@ -343,10 +345,7 @@ class ExperimentConfig(Section):
     experiment: str = field(default="ssft", metadata={"help": (
         "MLflow experiment that groups the runs to compare (trace builds, trainings, "
         "evaluations).")})
-    method: Method = field(default="ssft", metadata={"help": (
-        "'ssft' = Hungarian matching of each question's traces to distinct forking tokens; "
-        "'sft_mixed' = every trace under forking.shared_tag; 'random' = distinct random tags per "
-        "trace, re-drawn each epoch; 'single' = one trace per question under the shared tag.")})
+    method: Method = field(default="ssft", metadata={"help": methods_help()})
     seed: int = field(default=0, metadata={"help": (
         "Seed for model init, data order and random tag draws; in [0, 2**32).")})
     # Sections: their help is the class docstring.

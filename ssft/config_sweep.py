@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ssft.config_checks import Section, invalid
+from ssft.methods import BASELINES, COMPARED_BY_DEFAULT
 
 
 @dataclass
@@ -19,8 +20,8 @@ class SweepConfig(Section):
         "Comma-separated matching cost kinds to sweep (mean_nll, sum_nll).")})
     prefixes: str = field(default="none,16", metadata={"help": (
         "Comma-separated prefix lengths L; none = the whole trace.")})
-    baselines: str = field(default="sft_mixed,random", metadata={"help": (
-        "Extra trials from sft_mixed, random, single, run once at forking.num_tags; "
+    baselines: str = field(default=",".join(COMPARED_BY_DEFAULT[1:]), metadata={"help": (
+        f"Extra trials from {', '.join(BASELINES)}, run once at forking.num_tags; "
         "empty = none.")})
     asha: bool = field(default=False, metadata={"help": (
         "Stop weak trials early with ASHA on the loss, deciding at each checkpoint.")})

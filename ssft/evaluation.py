@@ -28,6 +28,7 @@ import torch
 
 from ssft import eval_metrics, known_modes
 from ssft.grading import grade
+from ssft.methods import uses_shared_tag
 from ssft.models import load_model_and_tokenizer, load_tokenizer
 from ssft.sampling import sample_with_tags, sample_with_tags_vllm
 from ssft.teacher_attribution import read_profiles
@@ -49,7 +50,7 @@ def read_model_tags(model_dir: str | Path) -> dict[str, Any]:
 def sampling_plan(info: dict[str, Any], samples_per_tag: int) -> tuple[list[str], int]:
     """``(tags to sample under, samples per tag)`` so that every method gets N x S samples."""
     tags = list(info["tags"])
-    if info["method"] in ("sft_mixed", "single"):
+    if uses_shared_tag(info["method"]):
         return [info["shared_tag"]], samples_per_tag * len(tags)
     return tags, samples_per_tag
 

@@ -5,7 +5,7 @@ The grid is a list of *variants*, plain dicts (Tune keeps them in its experiment
     {"label": "ssft-n4-mean_nll-L16", "method": "ssft", "num_tags": 4,
      "cost": "mean_nll", "prefix_tokens": 16}
 
-SSFT runs once per (N, cost, prefix L); each baseline (``sft_mixed``, ``random``, ``single``)
+SSFT runs once per (N, cost, prefix L); each baseline (``ssft.methods.BASELINES``)
 runs once, at the base config's N, with its cost fields left as they are (they do not use
 them). ``apply_variant`` turns the base config into a trial's config; labels are unique within
 a grid, so the report joins Tune results and MLflow child runs on them.
@@ -32,7 +32,6 @@ from ssft.config import ConfigError, ExperimentConfig
 from ssft.tracking import MLflowTracker, start_run
 
 COSTS = ("mean_nll", "sum_nll")
-BASELINES = ("sft_mixed", "random", "single")
 ROW_FIELDS = (
     "label", "method", "num_tags", "cost", "prefix_tokens", "status", "final_loss", "steps",
     "trial_id", "mlflow_run_id", "error",

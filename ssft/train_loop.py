@@ -1,9 +1,10 @@
 """The one training loop for every method; the methods differ only in how traces get tags.
 
-    ssft       cost matrix (no grad) -> Hungarian -> loss on the matched sequences
+    hungarian  cost matrix (no grad) -> Hungarian -> loss on the matched sequences (SSFT)
     random     distinct random tags per trace, redrawn each epoch -> loss
-    sft_mixed  every trace under the shared <think> tag -> loss
-    single     one trace per question under the shared tag -> loss
+    shared     every trace under the shared <think> tag -> loss (the SFT baselines)
+
+(``ssft.methods`` maps each method to its policy.)
 
 Per optimizer step (see ``ssft.batching`` for who gets which questions)::
 

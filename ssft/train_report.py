@@ -21,6 +21,7 @@ from ssft.atomic_io import write_text_atomic
 from ssft.checkpointing import save_model
 from ssft.config import config_to_yaml
 from ssft.matching_stats import MatchingTracker, heatmap
+from ssft.methods import uses_shared_tag
 from ssft.tag_selection import TagSelection
 from ssft.teacher_attribution import TeacherProfiles, write_profiles
 
@@ -111,7 +112,7 @@ def log_training_artifacts(tracker, cfg, stats: MatchingTracker, final_dir: Path
     """Config, tag x teacher / tag x strategy heat maps, assignment table, final model."""
     tracker.log_text(config_to_yaml(cfg), "config.yaml")
     labels = [f"<think{i + 1}>" for i in range(stats.num_tags)]
-    if cfg.method in ("sft_mixed", "single"):
+    if uses_shared_tag(cfg.method):
         labels = [cfg.forking.shared_tag]
     for name, table in (("teacher", stats.tag_by_teacher()), ("strategy", stats.tag_by_mode())):
         if table is None:

@@ -1,3 +1,6 @@
+import dataclasses
+import typing
+
 import pytest
 
 from ssft.batching import (
@@ -76,3 +79,19 @@ def test_lr_schedule_shapes():
     assert lr_factor(9, 10, 0, "linear") == 0.0 and lr_factor(0, 10, 0, "linear") == 1.0
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_factor(5, 10, 0, "step")
+
+
+def test_every_method_list_is_derived_from_the_one_table():
+    from ssft.config_eval import EvalConfig
+    from ssft.config_pipeline import PipelineConfig
+    from ssft.config_schema import Method
+    from ssft.methods import BASELINES, METHOD_NAMES, SHARED_TAG_METHODS
+
+    assert typing.get_args(Method) == METHOD_NAMES
+    assert BASELINES == tuple(m for m in METHOD_NAMES if m != "ssft")
+    assert SHARED_TAG_METHODS == ("sft_mixed", "single")
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(EvalConfig)}
+    assert "(sft_mixed, single)" in help_text["samples_per_tag"]
+    assert PipelineConfig().methods == "ssft,sft_mixed,random"
+    with pytest.raises(ValueError, match="valid methods: ssft, sft_mixed, random, single"):
+        method_policy("sft-mixed")

@@ -42,8 +42,8 @@ from ssft.config import (
     flatten_config,
     parse_cli,
 )
+from ssft.methods import BASELINES
 from ssft.sweep_report import (
-    BASELINES,
     COSTS,
     apply_variant,
     grid,
