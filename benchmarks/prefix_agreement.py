@@ -40,7 +40,7 @@ def build_known_modes(cfg, num_questions: int, out: Path) -> Path:
     from ssft.trace_set import write_trace_sets
 
     cfg.build.num_questions = num_questions
-    sets, _ = build_shard(load_questions(cfg.build), cfg.build, cfg.seed)
+    sets, _, _ = build_shard(load_questions(cfg.build), cfg.build, cfg.seed)
     write_trace_sets(out, sets)
     return out
 

@@ -2,8 +2,10 @@
 
 Params: the whole config (flattened) plus the YAML as an artifact. Metrics: counts of
 questions and traces, per-teacher accuracy (correct / sampled) and yield (kept / sampled),
-drop counts by reason, the distribution of traces per question. Artifacts: the trace-set
-Parquet, the rejected-questions table, the summary, and a histogram PNG of traces per
+per-teacher questions with >= 2 / >= 4 distinct correct samples of its own, questions by the
+number of distinct teachers among their traces, drop counts by reason, the distribution of
+traces per question. Artifacts: the trace-set Parquet, the rejected-questions table, every
+rejected sample (Parquet), the summary, and a histogram PNG of traces per
 question (plus distinct modes per question on the known-modes benchmark).
 """
 
@@ -29,8 +31,14 @@ def build_metrics(sets: Sequence[TraceSet], totals: ShardStats) -> dict[str, flo
     }
     for name, sampled in totals.samples_by_teacher.items():
         metrics[f"teacher/{name}/samples"] = sampled
+        metrics[f"teacher/{name}/correct"] = totals.correct_by_teacher[name]
+        metrics[f"teacher/{name}/kept"] = totals.kept_by_teacher[name]
         metrics[f"teacher/{name}/accuracy"] = totals.correct_by_teacher[name] / max(1, sampled)
         metrics[f"teacher/{name}/yield"] = totals.kept_by_teacher[name] / max(1, sampled)
+        metrics[f"teacher/{name}/questions_2plus"] = totals.questions_2plus_by_teacher[name]
+        metrics[f"teacher/{name}/questions_4plus"] = totals.questions_4plus_by_teacher[name]
+    for k, count in totals.questions_by_teacher_count.items():
+        metrics[f"questions_with_teachers/{k}"] = count
     for reason, count in totals.drops.items():
         metrics[f"dropped/{reason}"] = count
     for size, count in Counter(len(s.traces) for s in sets).items():
@@ -67,7 +75,12 @@ def log_build_report(
     tracker.log_text(config_to_yaml(cfg), "config.yaml")
     metrics = build_metrics(sets, totals)
     tracker.log_metrics(metrics, step=0)
-    for name in ("trace_sets.parquet", "rejected_questions.json", "summary.json"):
+    for name in (
+        "trace_sets.parquet",
+        "rejected_questions.json",
+        "rejected_samples.parquet",
+        "summary.json",
+    ):
         if (build_dir / name).exists():
             tracker.log_artifact(build_dir / name, "traces")
     if sets:

@@ -25,6 +25,8 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]  # also model.dtype
 TeacherKind = Literal["hf", "openai", "vllm", "replay", "strategy"]
 QuestionSource = Literal["known_modes", "jsonl", "reasoning_gym", "champ"]
 Split = Literal["train", "test"]
+# ssft.grading.EXTRACTIONS, checked equal by the tests (config loading never imports math-verify).
+AnswerExtraction = Literal["boxed", "final_answer", "last_expression"]
 
 # The known-modes strategies (ssft.known_modes.STRATEGIES, checked equal by the tests): copied,
 # not imported, so that loading a config never imports task code.
@@ -83,8 +85,18 @@ class TeacherConfig(Section):
         "openai: seconds to wait for one response before it counts as failed.")})
     max_retries: int = field(default=3, metadata={"help": (
         "openai: retries of one request after a connection error, 5xx or 429. 0 = none.")})
+    answer_extraction: AnswerExtraction = field(default="boxed", metadata={"help": (
+        "Where grading finds this teacher's final answer (ssft/grading.py): 'boxed' = the last "
+        "\\boxed{} only (strict; for teachers asked to box); 'final_answer' = a box, else the "
+        "answer after 'final answer is' / 'answer:'; 'last_expression' = those, else the text's "
+        "last expression (loosest). Recorded with every trace (Trace.grading).")})
     replay_path: str | None = field(default=None, metadata={"help": (
         "replay: Parquet or JSONL file with columns question_id, teacher, text (required).")})
+    replay_source: Literal["champ"] | None = field(default=None, metadata={"help": (
+        "replay: a published set the build writes to replay_path when that file does not "
+        "exist yet: 'champ' = CHAMP's transcripts of 4 models plus its reference solutions "
+        "(teacher 'human'), with CHAMP's human annotations as verdicts. null = the file must "
+        "exist.")})
     strategy: str | None = field(default=None, metadata={"help": (
         "strategy: which known-modes strategy to render: 'column', 'split', 'round' or "
         "'count_on' (required).")})
@@ -187,7 +199,8 @@ class BuildConfig(Section):
         "questions=jsonl: file with one JSON object per line: question_id, prompt, gold_answer, "
         "source (required then).")})
     split: Split = field(default="train", metadata={"help": (
-        "known_modes/reasoning_gym: which split of the generated questions to build.")})
+        "known_modes/reasoning_gym/champ: which split of the questions to build (champ: a "
+        "seeded 80/20 split by problem). jsonl files have no split: 'test' is an error.")})
     num_questions: int | None = field(default=64, metadata={"help": (
         "Questions to build. null = all the source has (jsonl, champ); generated sources "
         "(known_modes, reasoning_gym) need a number.")})
@@ -212,6 +225,9 @@ class BuildConfig(Section):
     gpus_per_task: float = field(default=0.0, metadata={"help": (
         "GPUs each shard task reserves from Ray (fractions allowed). Set 1 when hf or vllm "
         "teachers should run on GPU nodes; 0 = CPU only.")})
+    min_coverage: float = field(default=0.5, metadata={"help": (
+        "Warn when fewer than this share of the questions end with a trace (a build with none "
+        "is always an error), in [0, 1]. 0 = never warn.")})
     teachers: list[TeacherConfig] = field(default_factory=default_teachers, metadata={"help": (
         "The teachers, a YAML list of mappings (one per teacher, each needs name and kind); a "
         "list in a YAML file replaces the preset's whole list. Default: the four known-modes "
@@ -235,6 +251,9 @@ class BuildConfig(Section):
         low, high = KNOWN_MODES_DIGITS
         if not low <= self.digits <= high:
             raise invalid("build.digits", self.digits, f"must be in [{low}, {high}]", "Set 2.")
+        if not 0 <= self.min_coverage <= 1:
+            fix = "Set e.g. build.min_coverage=0.5, or 0 to never warn."
+            raise invalid("build.min_coverage", self.min_coverage, "must be in [0, 1]", fix)
         if not 0 < self.near_duplicate_threshold <= 1:
             rule, fix = "must be in (0, 1]", "Set e.g. 0.9, or 1.0 to drop exact duplicates only."
             raise invalid(

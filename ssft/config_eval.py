@@ -8,7 +8,7 @@ as the trace build (``build.questions`` and its seed/difficulty), from ``eval.sp
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ssft.config_build import Split
+from ssft.config_build import AnswerExtraction, Split
 from ssft.config_checks import Section, invalid, non_negative, positive
 from ssft.methods import SHARED_TAG_METHODS
 
@@ -46,6 +46,11 @@ class EvalConfig(Section):
         "Longest answer sampled, in tokens; longer answers are cut and count as unfinished.")})
     batch_size: int = field(default=32, metadata={"help": (
         "Questions per generate call (each expands to samples_per_tag rows).")})
+    answer_extraction: AnswerExtraction = field(default="boxed", metadata={"help": (
+        "Where grading finds the student's final answer: 'boxed' (strict), 'final_answer' or "
+        "'last_expression' (build.teachers[i].answer_extraction says what each means). Keep "
+        "'boxed' when the traces box their answers; a student trained on free-form traces "
+        "answers free-form. Also used by tag_selection's validation sampling.")})
     cons_k: int | None = field(default=None, metadata={"help": (
         "k of Cons@k (samples spread round-robin over the tags, majority vote). None = all "
         "samples of a question.")})

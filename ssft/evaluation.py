@@ -120,7 +120,9 @@ def evaluate_questions(
     for row in rows:
         q = gold[row["question_id"]]
         row["decoding"] = "greedy" if greedy else "sampled"
-        row["parsed_answer"], row["correct"] = grade(q.gold_answer, row["text"])
+        row["parsed_answer"], row["correct"] = grade(
+            q.gold_answer, row["text"], eval_cfg.answer_extraction
+        )
         is_known_modes = q.source.startswith("known_modes")
         # The mode a sample follows is its layout; "strict" also needs its numbers to flow.
         row["strategy"] = known_modes.classify_layout(row["text"]) if is_known_modes else None

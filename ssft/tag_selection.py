@@ -88,7 +88,7 @@ def validation_accuracy(
     )  # fmt: skip
     gold = {q.question_id: q.gold_answer for q in questions}
     for row in rows:
-        row["correct"] = grade(gold[row["question_id"]], row["text"])[1]
+        row["correct"] = grade(gold[row["question_id"]], row["text"], eval_cfg.answer_extraction)[1]
     return {tag: eval_metrics.pass1(rows, tag) for tag in tags}
 
 

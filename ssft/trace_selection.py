@@ -5,8 +5,9 @@ keeps at most ``max_traces`` correct traces that differ from each other, and pre
 from different teachers: different teachers are the cheapest source of different reasoning.
 
 Each sample ends in exactly one bucket of the returned counts (``DROP_REASONS``) or is kept,
-so ``sum(counts.values()) + len(trace_set.traces) == len(graded)``. Samples are judged in
-this order:
+so ``sum(counts.values()) + len(trace_set.traces) == len(graded)``; the returned outcomes
+say which, sample by sample (``KEPT`` or the reason), for the rejected-samples table.
+Samples are judged in this order:
 
 1. ``empty``: text empty or whitespace-only (checked before grading's verdict, so a teacher
    that returns nothing shows up as such rather than as "incorrect");
@@ -26,11 +27,24 @@ samples, a rerun produces the same ids, so rebuilding a question never mints new
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from ssft.teachers.base import Question, Sample
 from ssft.trace_set import Trace, TraceSet
 
 DROP_REASONS = ("empty", "incorrect", "duplicate_exact", "duplicate_near", "over_max")
+KEPT = "kept"
+
+
+class Graded(NamedTuple):
+    """A sample and its grade (``ssft.grading.grade_sample``); ``grading`` says what decided."""
+
+    sample: Sample
+    parsed_answer: str | None
+    correct: bool
+    grading: str | None = None
+
+
 NGRAM = 3  # words per shingle in ``similarity``
 
 
@@ -67,17 +81,18 @@ def _round_robin(items: Sequence[tuple[str, int]]) -> list[int]:
 
 def select_traces(
     question: Question,
-    graded: Sequence[tuple[Sample, str | None, bool]],
+    graded: Sequence[Graded | tuple],
     *,
     max_traces: int,
     near_duplicate_threshold: float,
     classify: Callable[[str], str] | None = None,
-) -> tuple[TraceSet, dict[str, int]]:
-    """The question's trace set (possibly without traces) and the drop counts by reason.
+) -> tuple[TraceSet, dict[str, int], list[str]]:
+    """The question's trace set (possibly without traces), the drop counts by reason, and
+    each sample's outcome (``KEPT`` or its drop reason), in ``graded`` order.
 
-    ``graded`` holds ``(sample, parsed_answer, correct)`` from ``ssft.grading.grade``, in the
-    order the teachers returned them. ``classify`` labels each kept trace's ``mode`` (the
-    known-modes benchmark's strategy classifier); None leaves modes unknown (None).
+    ``graded`` holds ``Graded`` rows (or ``(sample, parsed_answer, correct[, grading])``
+    tuples), in the order the teachers returned them. ``classify`` labels each kept trace's
+    ``mode`` (the known-modes benchmark's strategy classifier); None leaves modes unknown.
     A ``near_duplicate_threshold`` of 1.0 switches the near-duplicate check off: only exact
     duplicates are dropped (see ``similarity`` for why 1.0 is not equality).
     """
@@ -88,11 +103,13 @@ def select_traces(
             f"near_duplicate_threshold={near_duplicate_threshold!r}: must be in (0, 1]; "
             "use e.g. 0.9, or 1.0 to drop exact duplicates only"
         )
+    graded = [Graded(*g) for g in graded]
     counts = dict.fromkeys(DROP_REASONS, 0)
+    outcomes = [KEPT] * len(graded)
     ids: list[str] = []
     per_teacher: dict[str, int] = {}
     candidates: list[tuple[str, int]] = []  # (teacher, position in graded)
-    for pos, (sample, _, correct) in enumerate(graded):
+    for pos, (sample, _, correct, _) in enumerate(graded):
         if sample.question_id != question.question_id:
             raise ValueError(
                 f"graded[{pos}] is a sample of question {sample.question_id!r}, not of "
@@ -102,9 +119,9 @@ def select_traces(
         per_teacher[sample.teacher] = k + 1
         ids.append(f"{question.question_id}/{sample.teacher}/{k}")
         if not sample.text.strip():
-            counts["empty"] += 1
+            outcomes[pos] = "empty"
         elif not correct:
-            counts["incorrect"] += 1
+            outcomes[pos] = "incorrect"
         else:
             candidates.append((sample.teacher, pos))
 
@@ -112,29 +129,41 @@ def select_traces(
     kept_norm: set[str] = set()
     kept_shingles: list[frozenset] = []
     for pos in _round_robin(candidates):
-        sample, parsed, _ = graded[pos]
+        sample, parsed, _, grading = graded[pos]
         norm = " ".join(sample.text.split())
         shingles = _shingles(sample.text)
         if norm in kept_norm:
-            counts["duplicate_exact"] += 1
+            outcomes[pos] = "duplicate_exact"
         elif near_duplicate_threshold < 1.0 and any(
             _jaccard(shingles, s) >= near_duplicate_threshold for s in kept_shingles
         ):
-            counts["duplicate_near"] += 1
+            outcomes[pos] = "duplicate_near"
         elif len(kept) >= max_traces:
-            counts["over_max"] += 1
+            outcomes[pos] = "over_max"
         else:
             kept_norm.add(norm)
             kept_shingles.append(shingles)
             mode = classify(sample.text) if classify is not None else None
             kept.append(
-                Trace(ids[pos], sample.teacher, sample.text, parsed, True, sample.num_tokens, mode)
+                Trace(
+                    ids[pos],
+                    sample.teacher,
+                    sample.text,
+                    parsed,
+                    True,
+                    sample.num_tokens,
+                    mode,
+                    grading,
+                )
             )
+    for outcome in outcomes:
+        if outcome != KEPT:
+            counts[outcome] += 1
     assert sum(counts.values()) + len(kept) == len(graded), (counts, len(kept), len(graded))
     trace_set = TraceSet(
         question.question_id, question.prompt, question.gold_answer, question.source, tuple(kept)
     )
-    return trace_set, counts
+    return trace_set, counts, outcomes
 
 
 def rejection_reason(counts: dict[str, int], n_samples: int) -> str:

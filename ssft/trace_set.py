@@ -21,6 +21,11 @@ Schema (one Parquet row per question; rows are numbered from 0 in every error me
       .correct         bool            graded against gold_answer; never null
       .num_tokens      int32, null     length under the teacher's tokenizer, >= 0
       .mode            string, null    reasoning-strategy label when known
+      .grading         string, null    what graded it: an answer extraction mode ("boxed",
+                                       "final_answer", ...; ssft.grading) or "human"
+
+Nullable trace fields (parsed_answer, num_tokens, mode, grading) may be absent from a file's
+schema: they read as null, so files from other writers and from before a field existed load.
 
 The schema version is stored in the Parquet schema metadata under ``SCHEMA_VERSION_KEY``. On
 read, column types must match exactly, except that ``large_string``/``large_list`` are accepted
@@ -69,6 +74,7 @@ class Trace:
     correct: bool
     num_tokens: int | None = None
     mode: str | None = None
+    grading: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,10 @@ _TRACE_TYPE = pa.struct(
         pa.field("correct", pa.bool_(), nullable=False),
         pa.field("num_tokens", pa.int32()),
         pa.field("mode", pa.string()),
+        pa.field("grading", pa.string()),
     ]
 )
+_OPTIONAL_TRACE_FIELDS = tuple(f.name for f in _TRACE_TYPE if f.nullable)
 TRACE_SET_SCHEMA = pa.schema(
     [
         pa.field("question_id", pa.string(), nullable=False),
@@ -155,8 +163,9 @@ def _check_trace(trace: Any, path: str) -> tuple[str, str] | None:
     """(field path, problem) for the first problem in one trace dict, else None."""
     if trace is None:
         return path, "is null; drop the null entry from the traces list."
-    for name in ("trace_id", "teacher", "text", "parsed_answer", "mode"):
-        problem = _str_problem(trace[name], name, optional=name in ("parsed_answer", "mode"))
+    for name in ("trace_id", "teacher", "text", "parsed_answer", "mode", "grading"):
+        optional = name in _OPTIONAL_TRACE_FIELDS
+        problem = _str_problem(trace.get(name), name, optional=optional)
         if problem:
             return f"{path}.{name}", problem
     if not isinstance(trace["correct"], bool):
@@ -261,7 +270,7 @@ def _field_problems(found: list[pa.Field], expected: list[pa.Field], prefix: str
     problems = [
         f"field {prefix + f.name!r} is missing; every trace-set file needs it ({f.type})."
         for f in expected
-        if f.name not in by_name
+        if f.name not in by_name and not (prefix == "traces[*]." and f.nullable)
     ]
     for f in found:
         if f.name not in names:
@@ -269,7 +278,8 @@ def _field_problems(found: list[pa.Field], expected: list[pa.Field], prefix: str
             hint = f" Did you mean {prefix + close[0]!r}? Rename it." if close else " Drop it."
             problems.append(f"field {prefix + f.name!r} is not in the trace-set schema.{hint}")
     for f in expected:
-        if f.name in by_name:
+        if f.name in by_name and not (f.nullable and by_name[f.name].type == pa.null()):
+            # (a writer that inferred types types an all-null column as null)
             problems += _type_problems(by_name[f.name].type, f.type, prefix + f.name)
     return problems
 
@@ -303,7 +313,11 @@ def from_table(table: pa.Table, source_name: str = "<table>") -> list[TraceSet]:
     except UnicodeDecodeError:
         raise _utf8_error(table, where) from None
     _check_rows(rows, where)
-    return [TraceSet(**{**row, "traces": tuple(Trace(**t) for t in row["traces"])}) for row in rows]
+    absent = dict.fromkeys(_OPTIONAL_TRACE_FIELDS)  # nullable fields a file may lack
+    return [
+        TraceSet(**{**row, "traces": tuple(Trace(**{**absent, **t}) for t in row["traces"])})
+        for row in rows
+    ]
 
 
 _NOT_UTF8 = (
@@ -322,7 +336,6 @@ def _undecodable(scalar: pa.Scalar) -> bool:
 
 def _utf8_error(table: pa.Table, where: str) -> TraceSetError:
     """The first string that is not valid UTF-8, by row and field (only on the error path)."""
-    trace_fields = [f.name for f in _TRACE_TYPE]
     for i in range(table.num_rows):
         qid_scalar = table.column("question_id")[i]
         qid = None if _undecodable(qid_scalar) else qid_scalar.as_py()
@@ -332,7 +345,7 @@ def _utf8_error(table: pa.Table, where: str) -> TraceSetError:
         traces = table.column("traces")[i].values
         for j in range(0 if traces is None else len(traces)):
             trace = traces[j]
-            for name in trace_fields if trace.is_valid else ():
+            for name in [f.name for f in trace.type] if trace.is_valid else ():
                 if _undecodable(trace[name]):
                     return _row_error(where, i, qid, f"traces[{j}].{name}", _NOT_UTF8)
     return TraceSetError(f"{where}: {_NOT_UTF8}")

@@ -106,7 +106,7 @@ def known_modes_traces(tmp_path_factory):
 
     cfg = tiny_test()
     cfg.build.num_questions = 48
-    sets, _ = build_shard(load_questions(cfg.build), cfg.build, cfg.seed)
+    sets, _, _ = build_shard(load_questions(cfg.build), cfg.build, cfg.seed)
     path = tmp_path_factory.mktemp("traces") / "trace_sets.parquet"
     write_trace_sets(path, sets)
     return path

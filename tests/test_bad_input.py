@@ -335,3 +335,52 @@ def test_copies_of_a_trace_are_trained_once_through_the_entrypoint(tmp_path):
     assert done.returncode == 0, out[-3000:]
     [line] = [x for x in out.splitlines() if "[train] ssft: kept" in x]
     assert "kept 5/8 traces of 3/3 questions; dropped: duplicate=2, incorrect=1" in line, line
+
+
+def _strategy_build(tmp_path: Path, error_rate: float, samples: int, questions: int) -> Path:
+    config = tmp_path / "build.yaml"
+    config.write_text(
+        f"preset: tiny_test\nbuild:\n  num_questions: {questions}\n  questions_per_shard: 4\n"
+        f"  output_dir: {tmp_path / 'traces'}\n  teachers:\n"
+        f"    - {{name: sloppy, kind: strategy, strategy: column, error_rate: {error_rate},"
+        f" samples_per_question: {samples}}}\n"
+    )
+    return config
+
+
+def test_a_build_without_any_trace_exits_2_with_the_reasons_and_writes_no_trace_set(tmp_path):
+    """Nothing to train on is an error, not an empty file; every rejected sample is kept."""
+    config = _strategy_build(tmp_path, error_rate=1.0, samples=2, questions=6)
+    done = run_entrypoint("workflows.build_traces", cwd=tmp_path, config=config)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    message = done.stderr[done.stderr.index("error: ") :]
+    assert "the build gave no trace for any of its 6 questions" in message
+    assert "sloppy: 12 sampled, 0 graded correct (0.0%), 0 kept" in message
+    assert "top reasons a question got no trace: '0 of 2 samples correct' x6" in message
+    assert "answer_extraction" in message
+    [build_dir] = (tmp_path / "traces").iterdir()
+    assert not (build_dir / "trace_sets.parquet").exists()
+    assert str(build_dir / "rejected_samples.parquet") in message
+    rejected = pq.read_table(build_dir / "rejected_samples.parquet").to_pylist()
+    assert len(rejected) == 12 and {r["reason"] for r in rejected} == {"incorrect"}
+    assert {r["teacher"] for r in rejected} == {"sloppy"}
+    assert {r["grading"] for r in rejected} == {"boxed"}
+    assert all(r["parsed_answer"] and r["text"].endswith(f"\\boxed{{{r['parsed_answer']}}}")
+               for r in rejected)  # fmt: skip
+    assert len(json.loads((build_dir / "rejected_questions.json").read_text())) == 6
+
+
+def test_a_build_below_min_coverage_warns_with_the_figures_and_succeeds(tmp_path):
+    config = _strategy_build(tmp_path, error_rate=0.8, samples=1, questions=12)
+    done = run_entrypoint("workflows.build_traces", cwd=tmp_path, config=config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [build_dir] = (tmp_path / "traces").iterdir()
+    summary = json.loads((build_dir / "summary.json").read_text())
+    covered = summary["questions_with_traces"]
+    assert 0 < covered < 6  # the seeded slips leave fewer than half the questions a trace
+    assert (
+        f"only {covered} of 12 questions ({100 * covered / 12:.0f}%) got a trace, below "
+        "build.min_coverage=0.50" in done.stderr
+    )
+    assert f"sloppy: 12 sampled, {covered} graded correct" in done.stdout

@@ -1,7 +1,9 @@
 """The trace-building stage end to end on an embedded Ray, with real MLflow (SQLite)."""
 
 import json
+from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
@@ -56,6 +58,17 @@ def test_strategy_teachers_end_to_end_then_resume(ray_local, tmp_path, mlflow_ur
         "duplicate_exact", 0
     ) - summary["drops"].get("duplicate_near", 0) - summary["drops"].get("over_max", 0)
 
+    # Every sample not kept is on disk with its reason; every kept one says how it was graded.
+    rejected = pq.read_table(out.parent / "rejected_samples.parquet").to_pylist()
+    assert Counter(r["reason"] for r in rejected) == +Counter(summary["drops"])
+    assert len(rejected) + summary["traces"] == 96
+    assert {t.grading for s in sets for t in s.traces} == {"boxed"}
+    by_count = summary["questions_by_teacher_count"]
+    assert sum(by_count.values()) == len(sets)
+    assert sum(int(k) * n for k, n in by_count.items()) == summary["traces"]  # distinct teachers
+    # One strategy teacher, one sample per question: nobody has 2 distinct traces of its own.
+    assert set(summary["questions_2plus_by_teacher"].values()) == {0}
+
     client = MlflowClient(mlflow_uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "tiny-cpu"]
     (run_info,) = client.search_runs([experiment.experiment_id])
@@ -64,7 +77,11 @@ def test_strategy_teachers_end_to_end_then_resume(ray_local, tmp_path, mlflow_ur
     assert 0.8 < run_info.data.metrics["teacher/strategy:round/accuracy"] <= 1.0
     assert run_info.data.params["build.num_questions"] == "24"
     artifacts = {f.path for f in client.list_artifacts(run_info.info.run_id, "traces")}
-    assert "traces/trace_sets.parquet" in artifacts
+    assert {"traces/trace_sets.parquet", "traces/rejected_samples.parquet"} <= artifacts
+    assert (
+        run_info.data.metrics["teacher/strategy:round/kept"]
+        == summary["kept_by_teacher"]["strategy:round"]
+    )
     assert [f.path for f in client.list_artifacts(run_info.info.run_id, "plots")] == [
         "plots/traces_per_question.png"
     ]
@@ -118,3 +135,30 @@ def test_hf_teacher_in_ray_tasks(ray_local, tmp_path, mlflow_uri):
     assert summary["samples_by_teacher"] == {"tiny-hf": 12, "strategy:split": 6}
     assert summary["correct_by_teacher"].get("tiny-hf", 0) == 0
     assert {t.teacher for s in read_trace_sets(out) for t in s.traces} == {"strategy:split"}
+
+
+def test_champ_preset_writes_its_replay_file_then_builds_from_every_teacher(
+    ray_local, tmp_path, mlflow_uri, capsys
+):
+    """One command: the replay file is written on first use; models, reference solutions and
+    human verdicts all reach the trace set."""
+    replay = tmp_path / "champ" / "replay.parquet"
+    cfg = parse_cli(
+        ["--config", "workflows/configs/champ.yaml", f"build.output_dir={tmp_path / 'traces'}",
+         "build.num_questions=6", "build.questions_per_shard=3",
+         f"build.teachers.champ.replay_path={replay}"]
+    )  # fmt: skip
+    out = run(cfg)
+    assert f"writing CHAMP's transcripts to {replay}" in capsys.readouterr().out
+    sets = read_trace_sets(out)
+    assert len(sets) == 6  # every problem has its reference solution
+    teachers = {t.teacher for s in sets for t in s.traces}
+    assert "champ:human" in teachers and len(teachers) >= 3
+    gradings = {t.grading for s in sets for t in s.traces}
+    assert gradings <= {"human", "last_expression"} and "human" in gradings
+    assert all(t.correct for s in sets for t in s.traces)
+    # A rerun finds the file and does not rewrite it.
+    mtime = replay.stat().st_mtime_ns
+    capsys.readouterr()
+    run(cfg)
+    assert "writing CHAMP" not in capsys.readouterr().out and replay.stat().st_mtime_ns == mtime

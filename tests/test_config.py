@@ -85,7 +85,7 @@ def test_presets_derive_and_tiny_test_has_the_promised_values():
     # No held-out questions: a test training does not pay for a validation sampling pass.
     assert cfg.tag_selection.validation_questions == 0
     assert set(PRESETS) == {"base", "tiny_test", "tiny_cpu", "known_modes_experiment",
-                            "known_modes_hard", "known_modes_gpu"}  # fmt: skip
+                            "known_modes_hard", "known_modes_gpu", "champ_traces"}  # fmt: skip
     assert get_preset("tiny_test") is tiny_test
     # Every preset builds and validates; the main job's picks its Pass@1 tag on held-out data.
     assert all(p().validate() for name, p in PRESETS.items() if name != "base")
@@ -374,8 +374,9 @@ def test_flatten_has_one_dotted_key_per_field():
     }
     teacher_fields = [f.name for f in dataclasses.fields(TeacherConfig)]
     expected |= {f"build.teachers.{i}.{f}" for i in range(4) for f in teacher_fields}
-    # 4 tag_selection fields, matching.spare_tags, eval.greedy, pipeline.max_concurrent
-    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 4 * 19
+    # 4 tag_selection fields, matching.spare_tags, eval.greedy, pipeline.max_concurrent;
+    # build.min_coverage, eval.answer_extraction; per teacher answer_extraction, replay_source
+    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 2 + 4 * 21
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())

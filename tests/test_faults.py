@@ -364,7 +364,7 @@ qs = load_questions(b)
 shards = [qs[i : i + b.questions_per_shard] for i in range(0, len(qs), b.questions_per_shard)]
 for index in (0, 2):
     write_shard(build_dir, index, *build_shard(shards[index], b, cfg.seed))
-sets, stats = build_shard(shards[1], b, cfg.seed)
+sets, stats, _ = build_shard(shards[1], b, cfg.seed)
 scratch = build_dir / "scratch.parquet"
 write_trace_sets(scratch, sets)
 size = scratch.stat().st_size

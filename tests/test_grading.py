@@ -145,3 +145,53 @@ def test_off_the_main_thread_grading_prints_no_timeout_notice(caplog):
     assert not [r for r in caplog.records if "Timeout is disabled" in r.getMessage()]
     logging.getLogger("math_verify.grader").warning("another warning")
     assert [r.getMessage() for r in caplog.records] == ["another warning"]
+
+
+# -- extraction modes ------------------------------------------------------------------------
+
+
+def test_extraction_modes_are_the_configs_choices():
+    from typing import get_args
+
+    from ssft.config_build import AnswerExtraction
+
+    assert tuple(grading.EXTRACTIONS) == get_args(AnswerExtraction)
+
+
+@pytest.mark.parametrize(
+    ("text", "boxed", "final_answer", "last_expression"),
+    [
+        # A box wins in every mode.
+        ("3 + 4 = 7, so \\boxed{7}.", ("7", True), ("7", True), ("7", True)),
+        # An anchored answer: only the free-form modes read it.
+        ("3 + 4 = 7. The final answer is 7.", (None, False), ("7", True), ("7", True)),
+        ("So the answer is $\\frac{7}{1}$.", (None, False), ("\\frac{7}{1}", True),
+         ("\\frac{7}{1}", True)),
+        # No anchor: only last_expression guesses, and reads the sentence's last number.
+        ("There are 7 ways to pick 2.", (None, False), (None, False), ("2", False)),
+        ("We get 3 + 4 = 7", (None, False), (None, False), ("7", True)),
+        ("", (None, False), (None, False), (None, False)),
+    ],
+)  # fmt: skip
+def test_extraction_modes_on_constructed_texts(text, boxed, final_answer, last_expression):
+    assert grade("7", text, "boxed") == boxed
+    assert grade("7", text, "final_answer") == final_answer
+    assert grade("7", text, "last_expression") == last_expression
+
+
+def test_free_form_modes_read_only_the_end_of_a_long_text():
+    answer = "The final answer is 7."
+    assert grade("7", answer + " x" * grading.MAX_FREE_FORM_CHARS, "final_answer") == (None, False)
+    assert grade("7", "x " * grading.MAX_FREE_FORM_CHARS + answer, "final_answer") == ("7", True)
+
+
+def test_unknown_extraction_mode_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"'boxd' is not a mode; choose one of \['boxed', "):
+        grade("7", "\\boxed{7}", "boxd")
+
+
+def test_a_human_verdict_overrules_the_extraction_and_says_so():
+    assert grading.grade_sample("7", "\\boxed{7}", "boxed", None) == ("7", True, "boxed")
+    assert grading.grade_sample("7", "\\boxed{7}", "boxed", False) == ("7", False, "human")
+    assert grading.grade_sample("7", "no answer here", "boxed", True) == (None, True, "human")
+    assert grading.grade_sample("7", "answer: 7", "final_answer") == ("7", True, "final_answer")

@@ -17,6 +17,7 @@ from ssft.question_sources import (
     KNOWN_MODES_TEST_SIZE,
     REASONING_GYM_TEST_SEED_OFFSET,
     QuestionFileError,
+    champ_split,
     load_questions,
     read_questions_jsonl,
 )
@@ -175,15 +176,32 @@ def test_reasoning_gym_unknown_task_suggests_names():
 # --- champ and others --------------------------------------------------------------------
 
 
-def test_champ_reads_replay_champ_questions(monkeypatch):
+def test_champ_is_split_by_problem_with_the_seed(monkeypatch):
     fake = types.ModuleType("ssft.teachers.replay")
-    fake.champ_questions = lambda: [Question(f"champ-{i}", "p", "1", "champ") for i in range(5)]
+    fake.champ_questions = lambda: [Question(f"champ-{i}", "p", "1", "champ") for i in range(50)]
     monkeypatch.setitem(sys.modules, "ssft.teachers.replay", fake)
-    assert len(load_questions(cfg(questions="champ", num_questions=None))) == 5
-    assert [q.question_id for q in load_questions(cfg(questions="champ", num_questions=2))] == [
-        "champ-0",
-        "champ-1",
-    ]
+
+    def ids(**kw):
+        return [q.question_id for q in load_questions(cfg(questions="champ", **kw))]
+
+    train, test = ids(num_questions=None), ids(num_questions=None, split="test")
+    assert sorted(train + test, key=lambda i: int(i.split("-")[1])) == [
+        f"champ-{i}" for i in range(50)
+    ]  # disjoint, complete, each in dataset order
+    assert train == sorted(train, key=lambda i: int(i.split("-")[1])) and 3 <= len(test) <= 20
+    assert ids(num_questions=2) == train[:2]  # the cap never moves a problem across splits
+    assert ids(num_questions=None, question_seed=1) != train  # the seed picks another split
+    assert all(champ_split(i, 0) == "test" for i in test)
+
+
+def test_a_questions_file_has_no_test_split(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question_id": "a", "prompt": "p", "gold_answer": "1",
+                                "source": "mine"}) + "\n")  # fmt: skip
+    assert len(load_questions(cfg(questions="jsonl", questions_path=str(path)))) == 1
+    with pytest.raises(ConfigError, match=r"split 'test' of build.questions='jsonl' .*"
+                       r"build.questions_path=<held-out.jsonl> eval.split=train"):  # fmt: skip
+        load_questions(cfg(questions="jsonl", questions_path=str(path), split="test"))
 
 
 @pytest.mark.skipif(
@@ -192,9 +210,13 @@ def test_champ_reads_replay_champ_questions(monkeypatch):
 )
 def test_champ_real_questions():
     everything = load_questions(cfg(questions="champ", num_questions=None))
-    assert len({q.question_id for q in everything}) == len(everything) >= 3
+    assert len({q.question_id for q in everything}) == len(everything) == 215
     assert all(q.prompt and q.gold_answer for q in everything)
     assert load_questions(cfg(questions="champ", num_questions=3)) == everything[:3]
+    test = load_questions(cfg(questions="champ", num_questions=None, split="test"))
+    assert len(test) == 55 and not {q.question_id for q in test} & {
+        q.question_id for q in everything
+    }
 
 
 def test_unknown_source_and_bad_cap():

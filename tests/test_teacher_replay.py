@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -12,6 +13,8 @@ import pytest
 from ssft.config_checks import ConfigError
 from ssft.teachers.base import Question, build_teacher
 from ssft.teachers.replay import (
+    CHAMP_MODELS,
+    CHAMP_REFERENCE_TEACHER,
     ReplayFileError,
     champ_gold_answer,
     champ_questions,
@@ -79,7 +82,7 @@ def test_jsonl_skips_blank_lines_and_ignores_extra_fields(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('\n{"question_id": "a", "teacher": "t", "text": "x", "extra": 1}\n\n')
     assert read_replay_rows(path) == [
-        {"question_id": "a", "teacher": "t", "text": "x", "num_tokens": None}
+        {"question_id": "a", "teacher": "t", "text": "x", "num_tokens": None, "human_correct": None}
     ]
 
 
@@ -194,10 +197,19 @@ def test_champ_questions_and_rows(tmp_path):
 
     rows = champ_replay_rows()
     assert len(rows) > 10_000
-    assert {r["teacher"] for r in rows} == {"GPT-3.5", "GPT-4", "GPT-4 Turbo", "PaLM 2 Medium"}
+    assert {r["teacher"] for r in rows} == {*CHAMP_MODELS, CHAMP_REFERENCE_TEACHER}
     assert {r["question_id"] for r in rows} <= {q.question_id for q in questions}
     assert not {"1/3 Soln", "2/3 Soln"} & {r["variant"] for r in rows}
     assert len(champ_replay_rows(exclude_variants=())) > len(rows)
+    # The official solution of every problem, as teacher "human", judged correct by CHAMP.
+    reference = [r for r in rows if r["teacher"] == CHAMP_REFERENCE_TEACHER]
+    assert len(reference) == 270 and all(r["human_correct"] is True for r in reference)
+    assert {r["variant"] for r in reference} == {"reference"}
+    # CHAMP's first-wrong-step annotations: no wrong step = correct, one = incorrect.
+    verdicts = Counter(r["human_correct"] for r in rows if r["teacher"] in CHAMP_MODELS)
+    assert verdicts[True] == 96 and verdicts[False] == 438, verdicts
+    assert sum(r["summary"] is not None for r in rows) > 10_000  # the one-sentence answers
+    assert len(champ_replay_rows(include_reference=False)) == len(rows) - 270
 
     path = write_champ_replay(tmp_path / "champ" / "replay.parquet")
     assert [p.name for p in path.parent.iterdir()] == ["replay.parquet"]  # no temp file left
@@ -207,3 +219,29 @@ def test_champ_questions_and_rows(tmp_path):
         q.question_id for q in questions[:3] for _ in "1234"
     ]
     assert all(s.teacher.startswith("champ:") for s in samples)
+    # The verdicts travel with the samples (grading trusts them over extraction).
+    everything = teacher.generate(questions, num_samples=100, seed=0)
+    by_teacher = Counter((s.teacher, s.human_verdict) for s in everything)
+    assert by_teacher[("champ:human", True)] == 270
+    assert sum(n for (t, v), n in by_teacher.items() if v is False) == 438
+
+
+def test_human_correct_column_is_read_and_checked(tmp_path):
+    rows = [dict(r, human_correct=i % 2 == 0 if i < 4 else None) for i, r in enumerate(ROWS)]
+    for path in (
+        write_jsonl(tmp_path / "h.jsonl", rows),
+        write_parquet(tmp_path / "h.parquet", rows),
+    ):
+        samples = make_teacher(path).generate(QUESTIONS, num_samples=10, seed=0)
+        verdicts = {s.text: s.human_verdict for s in samples}
+        assert verdicts == {
+            "a1": True,
+            "b1": False,
+            "a2": True,
+            "a3": False,
+            "a4": None,
+            "c1": None,
+        }
+    bad = [dict(ROWS[0], human_correct="yes")]
+    with pytest.raises(ReplayFileError, match=r"line 1, field 'human_correct': must be true, "):
+        read_replay_rows(write_jsonl(tmp_path / "bad.jsonl", bad))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from ssft import known_modes
 from ssft.teachers.base import Question, Sample
-from ssft.trace_selection import DROP_REASONS, rejection_reason, select_traces, similarity
+from ssft.trace_selection import (
+    DROP_REASONS,
+    KEPT,
+    rejection_reason,
+    select_traces,
+    similarity,
+)
 from ssft.trace_set import Trace, validate_trace_sets
 
 Q = Question("q1", "12 + 34 = ?", "46", "known_modes/addition-d2")
@@ -17,10 +25,14 @@ def g(teacher, text, correct=True, parsed="46", num_tokens=None, qid="q1"):
 
 
 def select(graded, max_traces=4, threshold=1.0, classify=None):
-    ts, counts = select_traces(
+    ts, counts, outcomes = select_traces(
         Q, graded, max_traces=max_traces, near_duplicate_threshold=threshold, classify=classify
     )
     assert sum(counts.values()) + len(ts.traces) == len(graded)
+    assert len(outcomes) == len(graded) and outcomes.count(KEPT) == len(ts.traces)
+    assert Counter(o for o in outcomes if o != KEPT) == Counter(
+        {reason: n for reason, n in counts.items() if n}
+    )
     validate_trace_sets([ts])
     return ts, counts
 

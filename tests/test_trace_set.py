@@ -412,3 +412,43 @@ def test_invalid_data_is_not_written(tmp_path):
     assert_names(exc, "train.parquet", "row 0 (question_id='q')", "'traces[0].text'")
     assert path.read_bytes() == before
     assert leftovers(tmp_path) == []
+
+
+# -- nullable fields a file may lack -----------------------------------------------------------
+
+
+def test_absent_or_all_null_nullable_trace_fields_read_as_null(tmp_path):
+    """Files from other writers (or from before ``grading`` existed) may lack nullable fields."""
+    rows = table_rows()
+    for row in rows:
+        for trace in row["traces"]:
+            del trace["grading"], trace["mode"]
+            trace["parsed_answer"] = None
+    table = pa.Table.from_pylist(rows)  # inferred types: parsed_answer is all null
+    path = write_table(tmp_path / "old.parquet", table)
+    back = read_trace_sets(path)
+    assert [t.mode for t in back[0].traces] == [None, None, None]
+    assert {t.grading for s in back for t in s.traces} == {None}
+    assert {t.parsed_answer for s in back for t in s.traces} == {None}
+    assert [t.text for t in back[0].traces] == [t.text for t in make_sets()[0].traces]
+
+
+def test_a_missing_required_trace_field_is_still_an_error(tmp_path):
+    rows = table_rows()
+    for row in rows:
+        for trace in row["traces"]:
+            del trace["correct"]
+    path = write_table(tmp_path / "no-correct.parquet", pa.Table.from_pylist(rows))
+    with pytest.raises(TraceSetError) as exc:
+        read_trace_sets(path)
+    assert_names(exc, "no-correct.parquet", "field 'traces[*].correct' is missing")
+
+
+def test_grading_round_trips_and_is_checked_as_text(tmp_path):
+    sets = [TraceSet("q", "p", "7", "s", (Trace("t", "m", "x", "7", True, grading="human"),))]
+    write_trace_sets(tmp_path / "g.parquet", sets)
+    assert read_trace_sets(tmp_path / "g.parquet")[0].traces[0].grading == "human"
+    bad = [replace(sets[0], traces=(replace(sets[0].traces[0], grading=7),))]
+    with pytest.raises(TraceSetError) as exc:
+        validate_trace_sets(bad)
+    assert_names(exc, "row 0", "'traces[0].grading' has type int")

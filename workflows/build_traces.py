@@ -7,8 +7,12 @@ On a cluster:
         python -m workflows.build_traces --config workflows/configs/tiny_cpu.yaml
 
 Writes <build.output_dir>/<split>-<key>/trace_sets.parquet (+ rejected_questions.json,
-summary.json), where <key> digests the build config. Rerunning skips finished shards, so a
-crashed build resumes; every shard is a Ray task retried on failure (build.max_task_retries).
+rejected_samples.parquet: every sample not kept and why, summary.json), where <key> digests
+the build config. Rerunning skips finished shards, so a crashed build resumes; every shard is
+a Ray task retried on failure (build.max_task_retries). A build in which no question gets a
+trace writes no trace-set file and exits 2 with the per-teacher counts and the top rejection
+reasons; one below build.min_coverage warns with the same figures. A replay teacher with
+replay_source: champ writes its replay file first when it is missing.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,12 +34,13 @@ from ssft.config import ExperimentConfig, config_from_dict, config_to_dict, pars
 from ssft.config_checks import InputError
 from ssft.question_sources import load_questions
 from ssft.teachers import Question
-from ssft.teachers.replay import read_replay_rows
+from ssft.teachers.replay import read_replay_rows, write_champ_replay
 from ssft.trace_building import (
     ShardStats,
     build_key,
     build_shard,
     finished_shard,
+    merge_rejected,
     merge_shards,
     remove_stale_temp_files,
     write_shard,
@@ -53,12 +59,12 @@ def build_shard_task(cfg_dict: dict, questions: list[dict], build_dir: str, inde
     cfg = config_from_dict(cfg_dict)
     _maybe_inject_fault(index)
     try:
-        sets, stats = build_shard([Question(**q) for q in questions], cfg.build, cfg.seed)
+        sets, stats, rejected = build_shard([Question(**q) for q in questions], cfg.build, cfg.seed)
     except InputError as err:
         # Not worth a retry (a wrong API key, a refused model name): returned, not raised,
         # so Ray does not retry it and the driver stops the build with this one line.
         return {"input_error": str(err)}
-    write_shard(Path(build_dir), index, sets, stats)
+    write_shard(Path(build_dir), index, sets, stats, rejected)
     return stats.to_json()
 
 
@@ -96,14 +102,46 @@ def _absolute_teacher_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def check_replay_files(cfg: ExperimentConfig) -> None:
-    """Read and validate every replay teacher's file on the driver, before Ray starts.
+    """Write missing replay files that have a ``replay_source``, then read and validate every
+    replay teacher's file on the driver, before Ray starts.
 
     A bad row then stops the build at once with one line naming the file, row and field
     (``ReplayFileError``), instead of failing in every shard task after Ray started.
     """
     for teacher in cfg.build.teachers:
-        if teacher.kind == "replay":
-            read_replay_rows(teacher.replay_path)
+        if teacher.kind != "replay":
+            continue
+        path = Path(teacher.replay_path)
+        if teacher.replay_source == "champ" and not path.exists():
+            print(f"[build] writing CHAMP's transcripts to {path} (replay_source=champ)",
+                  flush=True)  # fmt: skip
+            write_champ_replay(path)
+        read_replay_rows(path)
+
+
+class EmptyBuild(InputError):
+    """No question got a trace: nothing to train on. The message says why, per teacher."""
+
+
+def yield_report(totals: ShardStats, build_dir: Path) -> str:
+    """Per-teacher sampled / correct / kept, and the commonest reasons questions got none."""
+    lines = []
+    for teacher, sampled in sorted(totals.samples_by_teacher.items()):
+        correct, kept = totals.correct_by_teacher[teacher], totals.kept_by_teacher[teacher]
+        lines.append(
+            f"  {teacher}: {sampled} sampled, {correct} graded correct "
+            f"({correct / max(1, sampled):.1%}), {kept} kept"
+        )
+    if not totals.samples_by_teacher:
+        lines.append("  no teacher returned a sample")
+    reasons = Counter(r["reason"] for r in totals.rejected).most_common(3)
+    if reasons:
+        lines.append("  top reasons a question got no trace: " + "; ".join(
+            f"{reason!r} x{count}" for reason, count in reasons
+        ))  # fmt: skip
+    lines.append(f"  every sample not kept, with its parsed answer and reason: "
+                 f"{build_dir / 'rejected_samples.parquet'}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def run(cfg: ExperimentConfig) -> Path:
@@ -161,9 +199,18 @@ def run(cfg: ExperimentConfig) -> Path:
             f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s",
             flush=True,
         )
+    merge_rejected(build_dir, len(shards))
+    write_json_atomic(build_dir / "rejected_questions.json", totals.rejected)
+    report = yield_report(totals, build_dir)
+    if totals.traces == 0:
+        raise EmptyBuild(
+            f"the build gave no trace for any of its {totals.questions} questions, so there is "
+            f"nothing to train on (no trace-set file written):\n{report}\nCheck the teachers' "
+            "answer format against build.teachers[i].answer_extraction (boxed by default) and "
+            "the gold answers, or raise samples_per_question."
+        )
     out_path = build_dir / "trace_sets.parquet"
     sets, digest = merge_shards(build_dir, len(shards), out_path)
-    write_json_atomic(build_dir / "rejected_questions.json", totals.rejected)
     summary = {"digest": digest, "build_dir": str(build_dir), **totals.to_json()}
     summary.pop("rejected")
     summary["rejected_questions"] = len(totals.rejected)
@@ -173,6 +220,14 @@ def run(cfg: ExperimentConfig) -> Path:
         f"questions ({len(totals.rejected)} without a correct trace) -> {out_path} [{digest}]",
         flush=True,
     )
+    print(f"[build] per teacher:\n{report}", flush=True)
+    coverage = totals.questions_with_traces / max(1, totals.questions)
+    if coverage < build.min_coverage:
+        log.warning(
+            "only %d of %d questions (%.0f%%) got a trace, below build.min_coverage=%.2f; "
+            "training sees only those:\n%s", totals.questions_with_traces, totals.questions,
+            100 * coverage, build.min_coverage, report,
+        )  # fmt: skip
     # [4] MLflow: config, dataset digest and counts, per-teacher accuracy/yield, artifacts.
     tags = {
         "stage": "build_traces",

@@ -71,15 +71,19 @@ def model_dir_of(cfg: ExperimentConfig) -> Path:
     return Path(cfg.train.output_dir) / cfg.name / "final_model"
 
 
+def eval_questions(cfg: ExperimentConfig) -> list[Question]:
+    """The held-out questions: ``build.questions`` at ``eval.split``, ``eval.num_questions``."""
+    return load_questions(
+        dataclasses.replace(cfg.build, split=cfg.eval.split, num_questions=cfg.eval.num_questions)
+    )
+
+
 def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
     """Evaluate ``cfg``'s model; returns (output folder, metrics)."""
     preflight({"eval.output_dir": cfg.eval.output_dir})  # MLflow and the folder, before compute
     model_dir = model_dir_of(cfg).resolve()
     info = read_model_tags(model_dir)
-    eval_questions = dataclasses.replace(
-        cfg.build, split=cfg.eval.split, num_questions=cfg.eval.num_questions
-    )
-    questions = load_questions(eval_questions)
+    questions = eval_questions(cfg)
     per = cfg.eval.questions_per_task
     shards = [questions[i : i + per] for i in range(0, len(questions), per)]
     print(f"[eval] {cfg.name}: {info['method']} model {model_dir}, {len(questions)} "

@@ -120,6 +120,7 @@ def run(cfg: ExperimentConfig) -> str:
                "eval.output_dir": cfg.eval.output_dir,
                "pipeline.output_dir": cfg.pipeline.output_dir})  # fmt: skip
     variants = variant_configs(cfg)  # a bad variant fails here, before any compute
+    evaluate.eval_questions(cfg)  # and a source without a held-out split
     init_ray()
     traces = build_traces.run(cfg)
     digest = trace_set_digest(read_trace_sets(traces))

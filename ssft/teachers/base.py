@@ -35,12 +35,18 @@ class Question:
 
 @dataclass(frozen=True)
 class Sample:
-    """One sampled answer text; ``num_tokens`` is its length under the teacher's tokenizer."""
+    """One sampled answer text; ``num_tokens`` is its length under the teacher's tokenizer.
+
+    A replayed answer may carry ``human_verdict``, a person's judgement of the whole answer
+    (CHAMP's first-wrong-step annotations, a reference solution), which grading trusts over
+    any extraction.
+    """
 
     question_id: str
     teacher: str
     text: str
     num_tokens: int | None = None
+    human_verdict: bool | None = None
 
 
 class Teacher(ABC):

@@ -12,6 +12,8 @@ answer::
     teacher       string          non-empty; who wrote the answer, e.g. "GPT-4"
     text          string          not empty or whitespace-only
     num_tokens    int, optional   >= 0 or null (length under the writer's tokenizer)
+    human_correct bool, optional  null, or a person's verdict on the whole answer; grading
+                                  trusts it over extraction (``Trace.grading == "human"``)
 
 Extra columns are ignored. The whole file is read and checked when the teacher is built, so
 a bad file fails before any work starts; a ``ReplayFileError`` names the file, the row
@@ -51,6 +53,7 @@ from ssft.config_checks import ConfigError, InputError
 from ssft.teachers.base import Question, Sample, Teacher, register_teacher
 
 REPLAY_COLUMNS = ("question_id", "teacher", "text")
+OPTIONAL_COLUMNS = ("num_tokens", "human_correct")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -74,7 +77,8 @@ def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any
 
 
 def read_replay_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Validated rows ``{question_id, teacher, text, num_tokens}`` in file order."""
+    """Validated rows ``{question_id, teacher, text, num_tokens, human_correct}`` (optional
+    fields None when absent) in file order."""
     path = Path(path)
     if not path.is_file():
         raise ReplayFileError(
@@ -106,7 +110,7 @@ def _parquet_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
             if missing:
                 raise ReplayFileError(
                     f"replay file {str(path)!r}: missing column(s) {missing}; found {names}, "
-                    f"need {list(REPLAY_COLUMNS)} (+ optional num_tokens)"
+                    f"need {list(REPLAY_COLUMNS)} (+ optional {list(OPTIONAL_COLUMNS)})"
                 )
             repeated = sorted({n for n in names if names.count(n) > 1} & {*REPLAY_COLUMNS})
             if repeated:
@@ -114,7 +118,7 @@ def _parquet_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
                     f"replay file {str(path)!r}: column(s) {repeated} appear more than once; "
                     "keep one of each"
                 )
-            columns = [*REPLAY_COLUMNS, *(["num_tokens"] if "num_tokens" in names else [])]
+            columns = [*REPLAY_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in names)]
             table = parquet.read(columns=columns)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
         # UnicodeDecodeError: a corrupt footer whose column names are not UTF-8.
@@ -177,7 +181,7 @@ def _jsonl_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         if missing:
             raise ReplayFileError(
                 f"replay file {str(path)!r}, {where}: missing field(s) {missing}; every line "
-                f"needs {list(REPLAY_COLUMNS)} (+ optional num_tokens)"
+                f"needs {list(REPLAY_COLUMNS)} (+ optional {list(OPTIONAL_COLUMNS)})"
             )
         records.append((where, record))
     return records
@@ -204,11 +208,15 @@ def _checked_row(path: Path, where: str, record: dict[str, Any]) -> dict[str, An
         isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0
     ):
         raise bad("num_tokens", "must be an integer >= 0 or null")
+    human_correct = record.get("human_correct")
+    if human_correct is not None and not isinstance(human_correct, bool):
+        raise bad("human_correct", "must be true, false or null")
     return {
         "question_id": record["question_id"],
         "teacher": record["teacher"],
         "text": record["text"],
         "num_tokens": num_tokens,
+        "human_correct": human_correct,
     }
 
 
@@ -241,7 +249,13 @@ class ReplayTeacher(Teacher):
                 )
                 rows = [rows[i] for i in keep]
             samples += [
-                Sample(q.question_id, f"{self.name}:{r['teacher']}", r["text"], r["num_tokens"])
+                Sample(
+                    q.question_id,
+                    f"{self.name}:{r['teacher']}",
+                    r["text"],
+                    r["num_tokens"],
+                    r["human_correct"],
+                )
                 for r in rows[: max(num_samples, 0)]
             ]
         return samples
@@ -257,6 +271,8 @@ CHAMP_SOURCE = "champ"
 # Variants whose prompt hands the model the first steps of the official solution: their
 # answers continue those steps and skip them, so they are not standalone traces.
 CHAMP_PARTIAL_SOLUTION_VARIANTS = ("1/3 Soln", "2/3 Soln")
+CHAMP_MODELS = ("GPT-3.5", "GPT-4", "GPT-4 Turbo", "PaLM 2 Medium")
+CHAMP_REFERENCE_TEACHER = "human"  # the official solution, as a teacher
 _CHAMP_MATH = re.compile(r"@@(.*?)@@")
 _CHAMP_COMMENTARY = (re.compile(r"\s*\(i\.e\.,[^)]*\)"), re.compile(r",\s*or approximately.*$"))
 
@@ -295,20 +311,36 @@ def champ_questions() -> list[Question]:
 
 def champ_replay_rows(
     exclude_variants: Sequence[str] = CHAMP_PARTIAL_SOLUTION_VARIANTS,
-) -> list[dict[str, str]]:
-    """Replay rows ``{question_id, teacher, text, variant}`` from CHAMP's transcripts.
+    include_reference: bool = True,
+) -> list[dict[str, Any]]:
+    """Replay rows ``{question_id, teacher, text, human_correct, variant, summary}``.
 
-    ``teacher`` is the model ("GPT-4"), ``variant`` the CHAMP prompt ("0-Shot", "5-Shot",
-    "Direct C w/ H", ...). Solutions the API cut off (CHAMP marks them with an ``error``)
-    are skipped, as are ``exclude_variants`` (default: the partial-solution prompts).
-    Pass ``exclude_variants=()`` to keep every variant.
+    One row per CHAMP transcript: ``teacher`` is the model ("GPT-4"), ``variant`` the CHAMP
+    prompt ("0-Shot", "5-Shot", "Direct C w/ H", ...), ``text`` the model's solution (the
+    trace), ``summary`` its one-sentence statement of the answer that CHAMP asked for after
+    the solution (for reading; grading reads the solution, which measured as precise:
+    ``benchmarks/champ_extraction.py``), ``human_correct``
+    CHAMP's first-wrong-step annotation where one exists (True: no wrong step; False: a
+    wrong step; None: not annotated, about 540 of the transcripts are). Solutions the API cut
+    off (CHAMP marks them with an ``error``) are skipped, as are ``exclude_variants``
+    (default: the partial-solution prompts); ``exclude_variants=()`` keeps every variant.
+    ``include_reference`` adds each problem's official solution as teacher ``human``
+    (``human_correct`` True, variant ``reference``).
 
     Caveat: the models answered CHAMP's prompt, not ours: "Solve the following problem. Make
     sure to show your work...", and in most variants with extra hints, concepts or worked
     examples in the prompt (16 of the 18 variants are standalone solutions nonetheless).
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for pid, problem in _champ_dataset().problems.items():
+        if include_reference:
+            text = " ".join(step.text.strip() for step in problem.solution.steps).strip()
+            if text:
+                rows.append(
+                    {"question_id": pid, "teacher": CHAMP_REFERENCE_TEACHER, "text": text,
+                     "human_correct": True, "variant": "reference", "summary": None}
+                )  # fmt: skip
+        annotations = problem.fws_annotations or {}
         for key, conversation in problem.conversations.items():
             model, variant = key.split("|")
             if variant in exclude_variants:
@@ -320,23 +352,35 @@ def champ_replay_rows(
             )
             if solution is None or solution.error is not None or not (solution.text or "").strip():
                 continue
-            row = {"question_id": pid, "teacher": model, "text": solution.text}
-            rows.append({**row, "variant": variant})
+            summary = next(
+                (m for m in messages[last_user + 1 :] if m.role.startswith("Model.")), None
+            )
+            summary_text = None
+            if summary is not None and summary.error is None and (summary.text or "").strip():
+                summary_text = summary.text
+            note = annotations.get(key)
+            human = None if note is None else note.start_idx is None
+            rows.append(
+                {"question_id": pid, "teacher": model, "text": solution.text,
+                 "human_correct": human, "variant": variant, "summary": summary_text}
+            )  # fmt: skip
     return rows
 
 
 def write_champ_replay(
     path: str | os.PathLike,
     exclude_variants: Sequence[str] = CHAMP_PARTIAL_SOLUTION_VARIANTS,
+    include_reference: bool = True,
 ) -> Path:
     """Writes ``champ_replay_rows`` as Parquet, atomically (temp file + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = champ_replay_rows(exclude_variants)
-    table = pa.Table.from_pylist(
-        rows,
-        schema=pa.schema([(name, pa.string()) for name in (*REPLAY_COLUMNS, "variant")]),
+    rows = champ_replay_rows(exclude_variants, include_reference)
+    schema = pa.schema(
+        [(name, pa.string()) for name in REPLAY_COLUMNS]
+        + [("human_correct", pa.bool_()), ("variant", pa.string()), ("summary", pa.string())]
     )
+    table = pa.Table.from_pylist(rows, schema=schema)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         pq.write_table(table, tmp)
