@@ -212,7 +212,20 @@ def retyped(field: str, new_type: pa.DataType, value) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-ACCEPTED = {("num_tokens", "int64"), ("correct", "bool")}
+# int64 token counts are range-checked row by row; a nullable trace field typed null (what a
+# writer infers for an all-null column) reads as null, like an absent one.
+NULLABLE_TRACE_FIELDS = ("parsed_answer", "num_tokens", "mode", "grading")
+ACCEPTED = {("num_tokens", "int64"), ("correct", "bool")} | {
+    (field, "null") for field in NULLABLE_TRACE_FIELDS
+}
+
+
+@pytest.mark.parametrize("field", NULLABLE_TRACE_FIELDS)
+def test_a_nullable_trace_field_typed_null_reads_as_null(tmp_path, field):
+    path = tmp_path / "typed.parquet"
+    pq.write_table(retyped(field, pa.null(), None), path)
+    sets = read_trace_sets(path)
+    assert {getattr(t, field) for s in sets for t in s.traces} == {None}
 
 
 @pytest.mark.parametrize(

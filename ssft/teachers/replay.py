@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import random
 import re
@@ -50,141 +49,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssft.config_checks import ConfigError, InputError
+from ssft.record_files import read_records
 from ssft.teachers.base import Question, Sample, Teacher, register_teacher
 
 REPLAY_COLUMNS = ("question_id", "teacher", "text")
 OPTIONAL_COLUMNS = ("num_tokens", "human_correct")
-_PARQUET_SUFFIXES = (".parquet", ".pq")
-_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 class ReplayFileError(InputError):
     """A bad replay file; the message names the file, the row or line, and the field."""
 
 
-class _RepeatedKey(Exception):
-    """Raised inside ``json.loads``; turned into a ReplayFileError that names the line."""
-
-
-def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json`` keeps the last of two equal keys silently; an answer must not change so."""
-    record: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in record:
-            raise _RepeatedKey(key)
-        record[key] = value
-    return record
-
-
 def read_replay_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Validated rows ``{question_id, teacher, text, num_tokens, human_correct}`` (optional
     fields None when absent) in file order."""
     path = Path(path)
-    if not path.is_file():
-        raise ReplayFileError(
-            f"replay file {str(path)!r} does not exist; set replay_path to a Parquet or JSONL "
-            "file (CHAMP's is written by ssft.teachers.replay.write_champ_replay)"
-        )
-    suffix = path.suffix.lower()
-    if suffix in _PARQUET_SUFFIXES:
-        records = _parquet_records(path)
-    elif suffix in _JSONL_SUFFIXES:
-        records = _jsonl_records(path)
-    else:
-        raise ReplayFileError(
-            f"replay file {str(path)!r}: unknown suffix {suffix!r}; use one of "
-            f"{_PARQUET_SUFFIXES + _JSONL_SUFFIXES}"
-        )
+    records = read_records(
+        path, what="replay file", error=ReplayFileError, required=REPLAY_COLUMNS,
+        optional=OPTIONAL_COLUMNS,
+        missing_hint="set replay_path to a Parquet or JSONL file (for CHAMP, set "
+        "replay_source: champ and the build writes it)",
+    )  # fmt: skip
     return [_checked_row(path, where, record) for where, record in records]
-
-
-def _parquet_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    unreadable = (
-        f"replay file {str(path)!r} is not a readable Parquet file (it may be truncated or "
-        "corrupt; re-copy or regenerate it)"
-    )
-    try:
-        with pq.ParquetFile(path, page_checksum_verification=True) as parquet:
-            names = parquet.schema_arrow.names
-            missing = [c for c in REPLAY_COLUMNS if c not in names]
-            if missing:
-                raise ReplayFileError(
-                    f"replay file {str(path)!r}: missing column(s) {missing}; found {names}, "
-                    f"need {list(REPLAY_COLUMNS)} (+ optional {list(OPTIONAL_COLUMNS)})"
-                )
-            repeated = sorted({n for n in names if names.count(n) > 1} & {*REPLAY_COLUMNS})
-            if repeated:
-                raise ReplayFileError(
-                    f"replay file {str(path)!r}: column(s) {repeated} appear more than once; "
-                    "keep one of each"
-                )
-            columns = [*REPLAY_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in names)]
-            table = parquet.read(columns=columns)
-    except (pa.ArrowException, OSError, UnicodeDecodeError) as err:
-        # UnicodeDecodeError: a corrupt footer whose column names are not UTF-8.
-        raise ReplayFileError(f"{unreadable}: {type(err).__name__}: {err}") from err
-    try:
-        records = table.to_pylist()
-    except UnicodeDecodeError:
-        raise _utf8_error(path, table) from None
-    return [(f"row {i}", record) for i, record in enumerate(records)]
-
-
-def _utf8_error(path: Path, table: pa.Table) -> ReplayFileError:
-    """The first value that is not valid UTF-8, by row and column (only on the error path)."""
-    for i in range(table.num_rows):
-        for name in table.column_names:
-            try:
-                table.column(name)[i].as_py()
-            except UnicodeDecodeError:
-                return ReplayFileError(
-                    f"replay file {str(path)!r}, row {i}, field {name!r}: holds bytes that are "
-                    "not valid UTF-8 (a corrupt file, or text stored in another encoding)"
-                )
-    return ReplayFileError(f"replay file {str(path)!r}: holds bytes that are not valid UTF-8")
-
-
-def _jsonl_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    records = []
-    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        where = f"line {lineno}"
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as err:
-            raise ReplayFileError(
-                f"replay file {str(path)!r}, {where}: not valid UTF-8 (byte {err.start} of the "
-                "line); re-encode the file as UTF-8"
-            ) from None
-        if not line:
-            continue  # blank lines (a trailing newline) are not rows
-        try:
-            record = json.loads(line, object_pairs_hook=_object_without_repeated_keys)
-        except json.JSONDecodeError as err:
-            raise ReplayFileError(
-                f"replay file {str(path)!r}, {where}: invalid JSON ({err})"
-            ) from None
-        except _RepeatedKey as err:
-            raise ReplayFileError(
-                f"replay file {str(path)!r}, {where}, field {err.args[0]!r}: appears twice in "
-                "one object; keep one"
-            ) from None
-        except RecursionError:
-            raise ReplayFileError(
-                f"replay file {str(path)!r}, {where}: JSON nested too deeply"
-            ) from None
-        if not isinstance(record, dict):
-            raise ReplayFileError(
-                f"replay file {str(path)!r}, {where}: expected a JSON object, got "
-                f"{type(record).__name__}"
-            )
-        missing = [c for c in REPLAY_COLUMNS if c not in record]
-        if missing:
-            raise ReplayFileError(
-                f"replay file {str(path)!r}, {where}: missing field(s) {missing}; every line "
-                f"needs {list(REPLAY_COLUMNS)} (+ optional {list(OPTIONAL_COLUMNS)})"
-            )
-        records.append((where, record))
-    return records
 
 
 def _checked_row(path: Path, where: str, record: dict[str, Any]) -> dict[str, Any]:
