@@ -46,6 +46,16 @@ def steps_per_epoch(num_questions: int, questions_per_step: int) -> int:
     return math.ceil(num_questions / questions_per_step)
 
 
+def planned_steps(
+    num_questions: int, questions_per_step: int, epochs: int, max_steps: int | None
+) -> int:
+    """Optimizer steps of a run: ``epochs`` passes, cut at ``max_steps`` when it is set.
+
+    The schedule (warm-up, decay) spans exactly these steps, so a capped run still decays."""
+    total = epochs * steps_per_epoch(num_questions, questions_per_step)
+    return total if max_steps is None else min(total, max_steps)
+
+
 def epoch_order(num_questions: int, seed: int, epoch: int) -> np.ndarray:
     """The epoch's question order: a permutation fixed by (seed, epoch)."""
     return np.random.default_rng([seed, epoch, 0x55F7]).permutation(num_questions)

@@ -261,6 +261,10 @@ class TrainConfig(Section):
     # fmt: off
     epochs: int = field(default=1, metadata={"help": (
         "Passes over the training questions.")})
+    max_steps: int | None = field(default=None, metadata={"help": (
+        "Stop after this many optimizer steps even if epochs would train more (the schedule "
+        "then spans max_steps): a budget that does not grow with a bigger trace set. null = "
+        "epochs decide.")})
     questions_per_step: int = field(default=8, metadata={"help": (
         "Global batch per optimizer step, in questions, summed over all workers. A question's "
         "traces always stay together in one step.")})
@@ -320,6 +324,9 @@ class TrainConfig(Section):
 
     def _check_values(self) -> None:
         positive(self, "epochs", "questions_per_step", "micro_batch_sequences")
+        if self.max_steps is not None and self.max_steps < 1:
+            fix = "Set e.g. train.max_steps=500, or null to train every epoch."
+            raise invalid("train.max_steps", self.max_steps, "must be >= 1 or null", fix)
         positive(self, "num_workers", "keep_checkpoints")
         if self.max_failures < -1:
             raise invalid(

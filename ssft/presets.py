@@ -72,6 +72,7 @@ def tiny_cpu() -> ExperimentConfig:
     cfg.train.warmup_steps = 50
     cfg.train.questions_per_step = 16  # more steps of fewer questions learn faster here
     cfg.train.epochs = 3  # (2000 - 32 validation) / 16 * 3 = 369 steps
+    cfg.train.max_steps = 369  # the budget, stated: a bigger trace set does not train longer
     cfg.train.micro_batch_sequences = 64  # one forward/backward per step
     cfg.matching.cost_batch_size = 256
     cfg.tag_selection.validation_questions = 32
@@ -90,6 +91,7 @@ def known_modes_experiment() -> ExperimentConfig:
     # SFT-mixed must learn all four strategies' arithmetic; at 1,089 steps it reached 0.95
     # (192 wide: 0.995, but each step costs 2.7x, which the 2-core budget cannot pay).
     cfg.train.epochs = 12
+    cfg.train.max_steps = 1452
     cfg.tag_selection.validation_questions = 64
     # Retire tags that answer worse than 0.95x the best on held-out questions (spare tags):
     # reported beside the all-tags figures, never instead of them.
@@ -116,6 +118,7 @@ def known_modes_hard() -> ExperimentConfig:
     # Half the easy grid's budget, (2000 - 64) / 16 * 6 = 726 steps: the 1,452-step grid
     # takes ~3.5 hours on 2 cores (measured: ~21 steps/min per training, two side by side).
     cfg.train.epochs = 6
+    cfg.train.max_steps = 726
     return cfg.validate()
 
 
@@ -130,6 +133,7 @@ def known_modes_gpu() -> ExperimentConfig:
     cfg.train.lr = 1e-3
     cfg.eval.gpus_per_task = 1.0
     cfg.build.num_questions = 3000
+    cfg.train.max_steps = 2208  # (3000 - 64) / 16 -> 184 steps per epoch, x 12
     return cfg.validate()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ssft.batching import method_policy, steps_per_epoch
+from ssft.batching import method_policy, planned_steps
 from ssft.checkpointing import MODEL_DIR, load_state
 from ssft.config_checks import InputError
 from ssft.data_prep import tokenize_trace_sets
@@ -225,7 +225,7 @@ def build_run(
     net = SequenceNLL(model)
     wrapped = ctx.wrap_model(net) if ctx.wrap_model else net
     optimizer = build_optimizer(net, tc.lr, tc.weight_decay)  # after wrapping (FSDP shards)
-    total = tc.epochs * steps_per_epoch(len(questions), tc.questions_per_step)
+    total = planned_steps(len(questions), tc.questions_per_step, tc.epochs, tc.max_steps)
     sharded = is_sharded(net)
     return Run(
         cfg, ctx, torch.device(ctx.device), model, tokenizer, tags, list(questions),

@@ -95,3 +95,11 @@ def test_every_method_list_is_derived_from_the_one_table():
     assert PipelineConfig().methods == "ssft,sft_mixed,random"
     with pytest.raises(ValueError, match="valid methods: ssft, sft_mixed, random, single"):
         method_policy("sft-mixed")
+
+
+def test_planned_steps_are_the_epochs_cut_at_max_steps():
+    from ssft.batching import planned_steps
+
+    assert planned_steps(50, 8, 3, None) == 21  # ceil(50 / 8) = 7 steps per epoch
+    assert planned_steps(50, 8, 3, 10) == 10
+    assert planned_steps(50, 8, 3, 100) == 21

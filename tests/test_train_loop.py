@@ -169,3 +169,13 @@ def test_missing_train_path_is_a_clear_error():
     cfg = load_config("tests/configs/tiny_test.yaml")
     with pytest.raises(ValueError, match=r"data\.train_path is not set"):
         train(cfg)
+
+
+def test_max_steps_caps_the_epochs(known_modes_traces, tmp_path):
+    cfg = tiny(
+        known_modes_traces, "train.epochs=3", "train.max_steps=7", "train.lr_schedule=linear"
+    )
+    result = train(cfg, TrainContext(final_dir=tmp_path / "final"))
+    assert result.steps == 7 and len(result.losses) == 7  # 3 epochs would be 18
+    uncapped = tiny(known_modes_traces, "train.epochs=1", "train.max_steps=100")
+    assert train(uncapped, TrainContext()).steps == 6  # a cap above the epochs changes nothing

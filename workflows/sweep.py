@@ -35,6 +35,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from ssft.batching import planned_steps
 from ssft.config import (
     ExperimentConfig,
     config_from_dict,
@@ -133,7 +134,8 @@ def _scheduler(args: SweepArgs, cfg: ExperimentConfig, n_questions: int) -> ASHA
     """ASHA on the training loss, one rung unit per report (= per checkpoint)."""
     if not args.asha:
         return None
-    steps = cfg.train.epochs * math.ceil(n_questions / cfg.train.questions_per_step)
+    tc = cfg.train
+    steps = planned_steps(n_questions, tc.questions_per_step, tc.epochs, tc.max_steps)
     every = cfg.train.checkpoint_every
     reports = math.ceil(steps / every) if every else 1
     if reports < 3:
