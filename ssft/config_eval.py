@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ssft.config_build import AnswerExtraction, Split
-from ssft.config_checks import Section, invalid, non_negative, positive
+from ssft.config_checks import Section, invalid, non_empty, non_negative, positive
 from ssft.methods import SHARED_TAG_METHODS
 
 
@@ -27,9 +27,13 @@ class EvalConfig(Section):
         "Sampling engine: 'hf' = transformers generate (CPU or GPU); 'vllm' = vLLM offline "
         "batch inference (GPU machines with vLLM installed; much faster for large models).")})
     split: Split = field(default="test", metadata={"help": (
-        "Which split of build.questions to evaluate on.")})
+        "Which split of build.questions to evaluate on (unused with eval.questions_path).")})
+    questions_path: str | None = field(default=None, metadata={"help": (
+        "A JSONL file of held-out questions (question_id, prompt, gold_answer, source per "
+        "line) to evaluate on instead of build.questions at eval.split: your own test set.")})
     num_questions: int = field(default=64, metadata={"help": (
-        "Questions to evaluate (the first ones of the split).")})
+        "Questions to evaluate: the first ones of the split or file (evaluation says when "
+        "this cuts some off).")})
     samples_per_tag: int = field(default=4, metadata={"help": (
         f"Samples per forking token per question. Shared-tag methods "
         f"({', '.join(SHARED_TAG_METHODS)}) draw "
@@ -51,6 +55,11 @@ class EvalConfig(Section):
         "'last_expression' (build.teachers[i].answer_extraction says what each means). Keep "
         "'boxed' when the traces box their answers; a student trained on free-form traces "
         "answers free-form. Also used by tag_selection's validation sampling.")})
+    mode_classifier: str = field(default="auto", metadata={"help": (
+        "What labels each sample's reasoning mode (the strategy columns and purity): 'auto' = "
+        "the known-modes classifier on that benchmark's own questions, nothing elsewhere; "
+        "'none'; or 'package.module:function', your function(text) -> label or None, "
+        "importable on every worker. Teacher attribution runs on any data regardless.")})
     cons_k: int | None = field(default=None, metadata={"help": (
         "k of Cons@k (samples spread round-robin over the tags, majority vote). None = all "
         "samples of a question.")})
@@ -66,6 +75,14 @@ class EvalConfig(Section):
     # fmt: on
 
     def _check_values(self) -> None:
+        non_empty(self, "questions_path")
+        spec = self.mode_classifier
+        module, _, attr = spec.partition(":")
+        dotted = all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
+        if spec not in ("auto", "none") and not dotted:
+            fix = "Set 'auto', 'none' or e.g. eval.mode_classifier=mytask.modes:classify."
+            rule = "must be 'auto', 'none' or 'package.module:function'"
+            raise invalid("eval.mode_classifier", spec, rule, fix)
         positive(self, "num_questions", "samples_per_tag", "max_new_tokens", "batch_size")
         positive(self, "questions_per_task")
         non_negative(self, "temperature", "gpus_per_task")

@@ -5,7 +5,8 @@ For each question and each tag the model was trained with, ``samples_per_tag`` s
 drawn after ``[prompt ; tag]`` (``ssft.sampling``), graded against the gold answer
 (math-verify, gold first) and, on the known-modes benchmark, classified into a strategy by
 its layout (``known_modes.classify_layout``: the reasoning mode, even with wrong arithmetic;
-the stricter data-flow classifier's verdict is kept as ``strategy_strict``). On any data,
+the stricter data-flow classifier's verdict is kept as ``strategy_strict``), or by a user's
+classifier (``eval.mode_classifier``, ``mode_classifier``). On any data,
 each sample is also attributed to the teacher whose training traces it reads like
 (``ssft.teacher_attribution``, from the model folder's ``teacher_profiles.json``), and with
 ``eval.greedy`` one greedy answer per question and tag is decoded as well.
@@ -18,8 +19,9 @@ group j // N), which is what "N parallel samples, then a vote" means without for
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from ssft import eval_metrics, known_modes
+from ssft.config_checks import ConfigError
 from ssft.grading import grade
 from ssft.methods import uses_shared_tag
 from ssft.models import load_model_and_tokenizer, load_tokenizer
@@ -78,6 +81,52 @@ def load_eval_model(model_dir: str | Path, *, trust_remote_code: bool = False):
     return model.to(device).eval(), tokenizer
 
 
+Classifier = Callable[[Question, str], tuple[str | None, str | None]]
+
+
+def mode_classifier(spec: str) -> Classifier:
+    """``(strategy, strategy_strict)`` of one sample, by ``eval.mode_classifier``.
+
+    ``"auto"``: on the known-modes benchmark's own questions, the layout (the mode a sample
+    follows, even with wrong arithmetic) and the strict data-flow classifier; elsewhere
+    none. ``"none"``: never. ``"module:function"``: a user's classifier, imported here, called
+    as ``function(text) -> label | None`` for every sample (both values). Labels are strings
+    (e.g. a strategy or teacher name); None or ``"unknown"`` means not classified.
+    """
+    if spec == "none":
+        return lambda q, text: (None, None)
+    if spec == "auto":
+
+        def auto(q: Question, text: str) -> tuple[str | None, str | None]:
+            if not known_modes.is_benchmark_source(q.source):
+                return None, None
+            return known_modes.classify_layout(text), known_modes.classify(text)
+
+        return auto
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"eval.mode_classifier={spec!r}: cannot import it ({type(err).__name__}: {err}); "
+            "give 'package.module:function' importable on every worker (PYTHONPATH or an "
+            "installed package)"
+        ) from None
+    if not callable(fn):
+        raise ConfigError(f"eval.mode_classifier={spec!r}: {attr!r} is not callable")
+
+    def custom(q: Question, text: str) -> tuple[str | None, str | None]:
+        label = fn(text)
+        if label is not None and not isinstance(label, str):
+            raise ConfigError(
+                f"eval.mode_classifier={spec!r} returned {type(label).__name__} {label!r:.40} "
+                "for a sample; it must return a string label or None"
+            )
+        return label, label
+
+    return custom
+
+
 def evaluate_questions(
     model_dir: str | Path,
     questions: Sequence[Question],
@@ -116,6 +165,7 @@ def evaluate_questions(
             model, tokenizer, questions, tags, batch_size=eval_cfg.batch_size, **common
         )
     gold = {q.question_id: q for q in questions}
+    classify = mode_classifier(eval_cfg.mode_classifier)
     profiles = read_profiles(model_dir)
     for row in rows:
         q = gold[row["question_id"]]
@@ -123,10 +173,7 @@ def evaluate_questions(
         row["parsed_answer"], row["correct"] = grade(
             q.gold_answer, row["text"], eval_cfg.answer_extraction
         )
-        is_known_modes = q.source.startswith("known_modes")
-        # The mode a sample follows is its layout; "strict" also needs its numbers to flow.
-        row["strategy"] = known_modes.classify_layout(row["text"]) if is_known_modes else None
-        row["strategy_strict"] = known_modes.classify(row["text"]) if is_known_modes else None
+        row["strategy"], row["strategy_strict"] = classify(q, row["text"])
         # Any data set: the teacher whose training traces the sample reads like.
         row["teacher"] = profiles.attribute(row["text"]) if profiles is not None else None
     return rows

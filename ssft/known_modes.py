@@ -55,6 +55,14 @@ from ssft.atomic_io import write_text_atomic
 STRATEGIES: tuple[str, ...] = ("column", "split", "round", "count_on")
 UNKNOWN = "unknown"
 MIN_DIGITS, MAX_DIGITS = 2, 6
+_SOURCE = re.compile(r"known_modes/addition-d\d+")
+
+
+def is_benchmark_source(source: str) -> bool:
+    """Whether a question's ``source`` is this benchmark's own (``known_modes/addition-d<k>``),
+    not merely a name that starts the same way."""
+    return _SOURCE.fullmatch(source) is not None
+
 
 # A fault is (kind, step, delta): add `delta` to the result written at `step` of `kind`
 # ("drop" omits the carry into column `step`). Later steps use the wrong value: it propagates.

@@ -39,6 +39,10 @@ Sources:
 Sources without a split (``jsonl``: one file is one set of questions) refuse
 ``split="test"`` with a ``ConfigError`` naming the setting to change, instead of returning
 training questions for a held-out evaluation.
+
+Evaluation's questions (``held_out_questions``): ``eval.questions_path`` when set (a JSONL
+file as above), else ``build.questions`` at ``eval.split``; then the first
+``eval.num_questions``, and the caller is told how many there were, so a cut is reported.
 """
 
 from __future__ import annotations
@@ -90,9 +94,9 @@ def load_questions(build_cfg: Any) -> list[Question]:
             raise ConfigError(
                 f"split 'test' of build.questions='jsonl' ({build_cfg.questions_path}): a "
                 "questions file has no held-out split, and evaluating on it would score the "
-                "training questions. Evaluate on a file of held-out questions with "
-                "build.questions_path=<held-out.jsonl> eval.split=train (a file is one whole "
-                "split), or use a source with splits: known_modes, reasoning_gym, champ."
+                "training questions. Give evaluation a file of held-out questions with "
+                "eval.questions_path=<held-out.jsonl>, or use a source with splits: "
+                "known_modes, reasoning_gym, champ."
             )
         return read_questions_jsonl(build_cfg.questions_path)[:n]
     if source == "champ":
@@ -221,3 +225,22 @@ def read_questions_jsonl(path: str | Path) -> list[Question]:
     if not questions:
         raise QuestionFileError(f"questions file {str(path)!r} holds no questions")
     return questions
+
+
+def held_out_questions(build_cfg: Any, eval_cfg: Any) -> tuple[list[Question], int]:
+    """Evaluation's questions and how many its source holds before ``eval.num_questions``.
+
+    A generated source (known_modes, reasoning_gym) makes exactly the number asked for, so
+    its count is that number."""
+    n = eval_cfg.num_questions
+    if eval_cfg.questions_path:
+        everything = read_questions_jsonl(eval_cfg.questions_path)
+    else:
+        import dataclasses
+
+        generated = build_cfg.questions in ("known_modes", "reasoning_gym")
+        cut = n if generated else None  # files and CHAMP: read all, to say what is cut
+        everything = load_questions(
+            dataclasses.replace(build_cfg, split=eval_cfg.split, num_questions=cut)
+        )
+    return everything[:n], len(everything)

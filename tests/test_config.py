@@ -375,9 +375,9 @@ def test_flatten_has_one_dotted_key_per_field():
     teacher_fields = [f.name for f in dataclasses.fields(TeacherConfig)]
     expected |= {f"build.teachers.{i}.{f}" for i in range(4) for f in teacher_fields}
     # 4 tag_selection fields, matching.spare_tags, eval.greedy, pipeline.max_concurrent;
-    # build.min_coverage, eval.answer_extraction, train.max_steps; per teacher
-    # answer_extraction, replay_source
-    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 3 + 4 * 21
+    # build.min_coverage, eval.answer_extraction, .questions_path, .mode_classifier,
+    # train.max_steps; per teacher answer_extraction, replay_source
+    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 5 + 4 * 21
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())

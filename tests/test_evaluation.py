@@ -13,6 +13,7 @@ from ssft.eval_report import write_eval_outputs
 from ssft.evaluation import compute_metrics, evaluate_questions, read_model_tags
 from ssft.question_sources import load_questions
 from ssft.sampling import sample_with_tags, tag_probabilities
+from ssft.teachers.base import Question
 from ssft.train_loop import TrainContext, train
 
 
@@ -130,3 +131,35 @@ def test_greedy_rows_teachers_and_usable_tags_reach_the_metrics(trained):
     greedy_acc = [metrics[f"greedy_pass1/<think{i}>"] for i in range(1, 5)]
     assert metrics["greedy_accuracy_mean"] == pytest.approx(sum(greedy_acc) / 4)
     assert "cons_native_usable" not in compute_metrics(rows, info, cfg.eval)  # all usable
+
+
+# -- which classifier labels a sample's mode -----------------------------------------------------
+
+
+def test_mode_classifier_auto_is_for_the_benchmarks_own_questions_only():
+    from ssft.evaluation import mode_classifier
+    from ssft.known_modes import render
+
+    auto = mode_classifier("auto")
+    text = render(47, 38, "column")
+    benchmark = Question("q", "47 + 38 = ?", "85", "known_modes/addition-d2")
+    lookalike = Question("q", "47 + 38 = ?", "85", "known_modes_mine")  # a user's own source
+    assert auto(benchmark, text) == ("column", "column")
+    assert auto(lookalike, text) == (None, None)
+    assert mode_classifier("none")(benchmark, text) == (None, None)
+
+
+def test_a_users_mode_classifier_is_imported_and_checked():
+    from ssft.config_checks import ConfigError
+    from ssft.evaluation import mode_classifier
+
+    q = Question("q", "p", "1", "mine")
+    assert mode_classifier("tests.modes_plugin:by_first_word")(q, "Guess then check") == (
+        "guess", "guess",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"returned int 16 for a sample; it must return a str"):
+        mode_classifier("tests.modes_plugin:not_a_label")(q, "Guess then check")
+    with pytest.raises(ConfigError, match=r"cannot import it \(AttributeError"):
+        mode_classifier("tests.modes_plugin:missing")
+    with pytest.raises(ConfigError, match=r"cannot import it \(ModuleNotFoundError"):
+        mode_classifier("no_such_package.modes:classify")

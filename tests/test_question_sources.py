@@ -18,6 +18,7 @@ from ssft.question_sources import (
     REASONING_GYM_TEST_SEED_OFFSET,
     QuestionFileError,
     champ_split,
+    held_out_questions,
     load_questions,
     read_questions_jsonl,
 )
@@ -200,7 +201,7 @@ def test_a_questions_file_has_no_test_split(tmp_path):
                                 "source": "mine"}) + "\n")  # fmt: skip
     assert len(load_questions(cfg(questions="jsonl", questions_path=str(path)))) == 1
     with pytest.raises(ConfigError, match=r"split 'test' of build.questions='jsonl' .*"
-                       r"build.questions_path=<held-out.jsonl> eval.split=train"):  # fmt: skip
+                       r"eval.questions_path=<held-out.jsonl>"):  # fmt: skip
         load_questions(cfg(questions="jsonl", questions_path=str(path), split="test"))
 
 
@@ -224,3 +225,25 @@ def test_unknown_source_and_bad_cap():
         load_questions(cfg(questions="gsm8k"))
     with pytest.raises(ValueError, match=r"build\.num_questions=0"):
         load_questions(cfg(num_questions=0))
+
+
+def test_held_out_questions_come_from_a_file_or_the_split_and_say_what_is_cut(tmp_path):
+    from ssft.config_build import BuildConfig
+    from ssft.config_eval import EvalConfig
+
+    path = tmp_path / "held_out.jsonl"
+    path.write_text("".join(
+        json.dumps({"question_id": f"h{i}", "prompt": f"{i} + 1 = ?", "gold_answer": str(i + 1),
+                    "source": "mine"}) + "\n" for i in range(5)
+    ))  # fmt: skip
+    train_file = BuildConfig(questions="jsonl", questions_path=str(tmp_path / "train.jsonl"))
+    questions, available = held_out_questions(
+        train_file, EvalConfig(questions_path=str(path), num_questions=3)
+    )
+    assert [q.question_id for q in questions] == ["h0", "h1", "h2"] and available == 5
+    with pytest.raises(ConfigError, match=r"eval\.questions_path=<held-out\.jsonl>"):
+        held_out_questions(train_file, EvalConfig())  # a file has no test split
+    km = BuildConfig(num_questions=16)
+    questions, available = held_out_questions(km, EvalConfig(num_questions=8))
+    assert len(questions) == available == 8  # generated: exactly as many as asked
+    assert questions == load_questions(cfg(split="test", num_questions=8))

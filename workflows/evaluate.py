@@ -13,7 +13,6 @@ to eval.output_dir/<name>/ and to an MLflow run "eval-<name>".
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -35,7 +34,7 @@ from ssft.evaluation import (
     read_model_tags,
     sampling_plan,
 )
-from ssft.question_sources import load_questions
+from ssft.question_sources import held_out_questions
 from ssft.sampling import tag_probabilities
 from ssft.teachers.base import Question
 from ssft.tracking import git_commit, start_run
@@ -71,19 +70,16 @@ def model_dir_of(cfg: ExperimentConfig) -> Path:
     return Path(cfg.train.output_dir) / cfg.name / "final_model"
 
 
-def eval_questions(cfg: ExperimentConfig) -> list[Question]:
-    """The held-out questions: ``build.questions`` at ``eval.split``, ``eval.num_questions``."""
-    return load_questions(
-        dataclasses.replace(cfg.build, split=cfg.eval.split, num_questions=cfg.eval.num_questions)
-    )
-
-
 def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
     """Evaluate ``cfg``'s model; returns (output folder, metrics)."""
     preflight({"eval.output_dir": cfg.eval.output_dir})  # MLflow and the folder, before compute
     model_dir = model_dir_of(cfg).resolve()
     info = read_model_tags(model_dir)
-    questions = eval_questions(cfg)
+    questions, available = held_out_questions(cfg.build, cfg.eval)
+    source = cfg.eval.questions_path or f"build.questions={cfg.build.questions} {cfg.eval.split}"
+    if available > len(questions):
+        print(f"[eval] evaluating the first {len(questions)} of the {available} questions of "
+              f"{source} (eval.num_questions={cfg.eval.num_questions})", flush=True)  # fmt: skip
     per = cfg.eval.questions_per_task
     shards = [questions[i : i + per] for i in range(0, len(questions), per)]
     print(f"[eval] {cfg.name}: {info['method']} model {model_dir}, {len(questions)} "

@@ -27,6 +27,7 @@ import ray
 
 from ssft.config import ExperimentConfig, apply_overrides, parse_cli
 from ssft.config_pipeline import VariantConfig
+from ssft.question_sources import held_out_questions
 from ssft.trace_set import read_trace_sets, trace_set_digest
 from ssft.tracking import browse_hint, default_tracking_uri
 from ssft.train_report import is_finished_model
@@ -120,7 +121,7 @@ def run(cfg: ExperimentConfig) -> str:
                "eval.output_dir": cfg.eval.output_dir,
                "pipeline.output_dir": cfg.pipeline.output_dir})  # fmt: skip
     variants = variant_configs(cfg)  # a bad variant fails here, before any compute
-    evaluate.eval_questions(cfg)  # and a source without a held-out split
+    held_out_questions(cfg.build, cfg.eval)  # and a source without a held-out split
     init_ray()
     traces = build_traces.run(cfg)
     digest = trace_set_digest(read_trace_sets(traces))
