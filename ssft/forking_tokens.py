@@ -180,3 +180,16 @@ def resize_and_init_embeddings(
         bias = getattr(module, "bias", None)
         if bias is not None and bias.shape[0] == weight.shape[0]:
             bias[fresh] = bias[:old_rows][keep.to(bias.device)].mean()
+
+
+# Appended to a saved model's chat template: with add_generation_prompt, a ``forking_tag``
+# passed to apply_chat_template (or vLLM's ``chat_template_kwargs``) is rendered right after
+# the generation prompt, which is where training put it: [prompt ; tag] -> answer.
+TAG_SLOT = "{% if add_generation_prompt and forking_tag is defined %}{{ forking_tag }}{% endif %}"
+
+
+def with_tag_slot(chat_template: str) -> str:
+    """``chat_template`` that also renders ``forking_tag`` after the generation prompt.
+
+    Without ``forking_tag`` it renders exactly as before; applied twice it adds one slot."""
+    return chat_template if chat_template.endswith(TAG_SLOT) else chat_template + TAG_SLOT

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from ssft.atomic_io import write_text_atomic
 from ssft.checkpointing import save_model
 from ssft.config import config_to_yaml
+from ssft.forking_tokens import with_tag_slot
 from ssft.matching_stats import MatchingTracker, heatmap
 from ssft.methods import uses_shared_tag
 from ssft.tag_selection import TagSelection
@@ -55,12 +56,30 @@ def write_final_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
     try:
         save_model(model, staging, state_dict)
-        tokenizer.save_pretrained(staging)
+        chat_template = getattr(tokenizer, "chat_template", None)
+        uses_chat = cfg.data.use_chat_template and isinstance(chat_template, str)
+        if isinstance(chat_template, str):
+            tokenizer.chat_template = with_tag_slot(chat_template)  # serving under a tag
+        try:
+            tokenizer.save_pretrained(staging)
+        finally:
+            tokenizer.chat_template = chat_template
         summary = {
             "method": cfg.method,
             "tags": list(tags.tags),
             "shared_tag": tags.shared_tag,
             "matching": stats.summary(),
+            # How a prompt is written for this model; the tag goes right after it.
+            "prompt_format": {
+                "use_chat_template": uses_chat,
+                "prompt_template": None if uses_chat else cfg.data.prompt_template,
+                "how": (
+                    "apply_chat_template(messages, add_generation_prompt=True, "
+                    "forking_tag=TAG) (vLLM: chat_template_kwargs={'forking_tag': TAG})"
+                    if uses_chat
+                    else "prompt_template.format(prompt=QUESTION) + TAG"
+                ),
+            },
         }
         (staging / TAGS_FILE).write_text(json.dumps(summary, indent=1), encoding="utf-8")
         if profiles is not None:

@@ -144,3 +144,23 @@ def test_collision_with_an_ordinary_multi_character_token():
         add_forking_tokens(tok, None, num_tags=3)
     assert "['<think2>', '<think>'] are ordinary tokens" in str(err.value)
     assert "forking.tag_format" in str(err.value)
+
+
+def test_the_tag_slot_renders_a_chosen_tag_after_the_generation_prompt_only():
+    from jinja2 import Template
+
+    from ssft.forking_tokens import with_tag_slot
+    from ssft.models import CHAR_CHAT_TEMPLATE
+
+    template = with_tag_slot(CHAR_CHAT_TEMPLATE)
+    assert with_tag_slot(template) == template  # once
+    messages = [{"role": "user", "content": "1 + 1 = ?"}]
+
+    def render(**kw):
+        return Template(template).render(messages=messages, **kw)
+
+    assert render(add_generation_prompt=True, forking_tag="<think3>") == (
+        "<|user|>1 + 1 = ?<|assistant|><think3>"
+    )
+    assert render(add_generation_prompt=True) == "<|user|>1 + 1 = ?<|assistant|>"
+    assert render(add_generation_prompt=False, forking_tag="<think3>") == "<|user|>1 + 1 = ?"

@@ -41,6 +41,17 @@ def test_every_method_trains_and_saves_a_loadable_model(method, known_modes_trac
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     tok = AutoTokenizer.from_pretrained(tmp_path / "final")
     tags = json.loads((tmp_path / "final" / "ssft_tags.json").read_text())
+    # Serving: the saved chat template puts a chosen tag where training put it.
+    messages = [{"role": "user", "content": "12 + 30 = ?"}]
+    prompt = tok.decode(format_prompt(tok, "12 + 30 = ?", use_chat_template=True))
+    tag = tags["shared_tag"] if method in ("sft_mixed", "single") else tags["tags"][1]
+    served = tok.apply_chat_template(messages, add_generation_prompt=True, forking_tag=tag,
+                                     tokenize=False)  # fmt: skip
+    assert served == prompt + tag
+    assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == prompt
+    ids = tok.encode(served, add_special_tokens=False)
+    assert ids[-1] == tok.convert_tokens_to_ids(tag)
+    assert tags["prompt_format"]["use_chat_template"] is True
     for tag in [*tags["tags"], tags["shared_tag"]]:
         assert len(tok.encode(tag, add_special_tokens=False)) == 1
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
