@@ -20,6 +20,7 @@ from ssft.config_checks import (
     non_negative,
     positive,
 )
+from ssft.plugins import is_callable_spec
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]  # also model.dtype
 TeacherKind = Literal["hf", "openai", "vllm", "replay", "strategy"]
@@ -99,7 +100,8 @@ class TeacherConfig(Section):
         "exist.")})
     strategy: str | None = field(default=None, metadata={"help": (
         "strategy: which known-modes strategy to render: 'column', 'split', 'round' or "
-        "'count_on' (required).")})
+        "'count_on'; or your own rule-based solver as 'package.module:function', called as "
+        "function(question, rng) -> trace text (required).")})
     error_rate: float = field(default=0.0, metadata={"help": (
         "strategy: probability, in [0, 1], that a sample contains an arithmetic slip (a wrong "
         "final answer for grading to reject).")})
@@ -152,11 +154,15 @@ class TeacherConfig(Section):
                 raise invalid(
                     key, None, f"a teacher of kind {self.kind!r} needs it", _EXAMPLES[name]
                 )
-        if self.strategy is not None and self.strategy not in STRATEGIES:
-            rule = f"must be one of {', '.join(map(repr, STRATEGIES))}"
+        custom = self.strategy is not None and is_callable_spec(self.strategy)
+        if self.strategy is not None and self.strategy not in STRATEGIES and not custom:
+            rule = f"must be one of {', '.join(map(repr, STRATEGIES))} or 'package.module:function'"
             raise invalid(
                 key_of(self, "strategy"), self.strategy, rule, "Set e.g. strategy: column."
             )
+        if custom and self.error_rate:
+            rule = "must be 0 for your own solver (error_rate is the built-in strategies' slip)"
+            raise invalid(key_of(self, "error_rate"), self.error_rate, rule, "Set it to 0.0.")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             rule = "must start with http:// or https://"
             raise invalid(key_of(self, "base_url"), self.base_url, rule, _EXAMPLES["base_url"])

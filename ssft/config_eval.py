@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from ssft.config_build import AnswerExtraction, Split
 from ssft.config_checks import Section, invalid, non_empty, non_negative, positive
 from ssft.methods import SHARED_TAG_METHODS
+from ssft.plugins import is_callable_spec
 
 
 @dataclass
@@ -77,9 +78,7 @@ class EvalConfig(Section):
     def _check_values(self) -> None:
         non_empty(self, "questions_path")
         spec = self.mode_classifier
-        module, _, attr = spec.partition(":")
-        dotted = all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
-        if spec not in ("auto", "none") and not dotted:
+        if spec not in ("auto", "none") and not is_callable_spec(spec):
             fix = "Set 'auto', 'none' or e.g. eval.mode_classifier=mytask.modes:classify."
             rule = "must be 'auto', 'none' or 'package.module:function'"
             raise invalid("eval.mode_classifier", spec, rule, fix)

@@ -19,7 +19,6 @@ group j // N), which is what "N parallel samples, then a vote" means without for
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from ssft.config_checks import ConfigError
 from ssft.grading import grade
 from ssft.methods import uses_shared_tag
 from ssft.models import load_model_and_tokenizer, load_tokenizer
+from ssft.plugins import load_callable
 from ssft.sampling import sample_with_tags, sample_with_tags_vllm
 from ssft.teacher_attribution import read_profiles
 from ssft.teachers.base import Question
@@ -103,17 +103,7 @@ def mode_classifier(spec: str) -> Classifier:
             return known_modes.classify_layout(text), known_modes.classify(text)
 
         return auto
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(
-            f"eval.mode_classifier={spec!r}: cannot import it ({type(err).__name__}: {err}); "
-            "give 'package.module:function' importable on every worker (PYTHONPATH or an "
-            "installed package)"
-        ) from None
-    if not callable(fn):
-        raise ConfigError(f"eval.mode_classifier={spec!r}: {attr!r} is not callable")
+    fn = load_callable(spec, "eval.mode_classifier")
 
     def custom(q: Question, text: str) -> tuple[str | None, str | None]:
         label = fn(text)

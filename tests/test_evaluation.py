@@ -154,12 +154,12 @@ def test_a_users_mode_classifier_is_imported_and_checked():
     from ssft.evaluation import mode_classifier
 
     q = Question("q", "p", "1", "mine")
-    assert mode_classifier("tests.modes_plugin:by_first_word")(q, "Guess then check") == (
+    assert mode_classifier("tests.user_plugin:by_first_word")(q, "Guess then check") == (
         "guess", "guess",
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"returned int 16 for a sample; it must return a str"):
-        mode_classifier("tests.modes_plugin:not_a_label")(q, "Guess then check")
+        mode_classifier("tests.user_plugin:not_a_label")(q, "Guess then check")
     with pytest.raises(ConfigError, match=r"cannot import it \(AttributeError"):
-        mode_classifier("tests.modes_plugin:missing")
+        mode_classifier("tests.user_plugin:missing")
     with pytest.raises(ConfigError, match=r"cannot import it \(ModuleNotFoundError"):
         mode_classifier("no_such_package.modes:classify")

@@ -53,3 +53,33 @@ def test_bad_strategy_and_bad_prompt_are_clear_errors():
 def test_unknown_kind_lists_kinds():
     with pytest.raises(ValueError, match="valid kinds"):
         build_teacher(SimpleNamespace(name="t", kind="oracle"))
+
+
+def test_a_users_own_solver_is_a_strategy_teacher():
+    from types import SimpleNamespace
+
+    from ssft.config_build import TeacherConfig
+    from ssft.config_checks import ConfigError
+    from ssft.grading import is_correct
+    from ssft.teachers import Question, build_teacher
+
+    cfg = TeacherConfig(name="mine", kind="strategy", strategy="tests.user_plugin:count_up")
+    cfg.validate()
+    teacher = build_teacher(cfg)
+    questions = [Question(f"q{i}", f"{7 + i} - 3 = ?", str(4 + i), "subtraction") for i in range(8)]
+    samples = teacher.generate(questions, num_samples=2, seed=0)
+    assert [s.question_id for s in samples] == [q.question_id for q in questions for _ in "ab"]
+    assert samples[0].text in (
+        "From 3: 4 5 6 7, that is 4 steps. \\boxed{4}",
+        "From 3: 4 5 6 7, that is 4 steps. \\boxed{5}",
+    )
+    correct = [is_correct(q.gold_answer, s.text) for q in questions for s in samples
+               if s.question_id == q.question_id]  # fmt: skip
+    assert 0 < sum(correct) < 16  # its own slips, seeded
+    assert [s.text for s in teacher.generate(questions, 2, seed=0)] == [s.text for s in samples]
+    with pytest.raises(ConfigError, match=r"error_rate=0.1: must be 0 for your own solver"):
+        TeacherConfig(name="m", kind="strategy", strategy="tests.user_plugin:count_up",
+                      error_rate=0.1).validate()  # fmt: skip
+    with pytest.raises(ConfigError, match=r"cannot import it \(AttributeError"):
+        build_teacher(SimpleNamespace(name="m", kind="strategy", strategy="tests.user_plugin:nope",
+                                      error_rate=0.0))  # fmt: skip
