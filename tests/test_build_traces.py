@@ -145,13 +145,13 @@ def test_champ_preset_writes_its_replay_file_then_builds_from_every_teacher(
     replay = tmp_path / "champ" / "replay.parquet"
     cfg = parse_cli(
         ["--config", "workflows/configs/champ.yaml", f"build.output_dir={tmp_path / 'traces'}",
-         "build.num_questions=6", "build.questions_per_shard=3",
+         "build.num_questions=3", "build.questions_per_shard=3",
          f"build.teachers.champ.replay_path={replay}"]
     )  # fmt: skip
     out = run(cfg)
     assert f"writing CHAMP's transcripts to {replay}" in capsys.readouterr().out
     sets = read_trace_sets(out)
-    assert len(sets) == 6  # every problem has its reference solution
+    assert len(sets) == 3  # every problem has its reference solution
     teachers = {t.teacher for s in sets for t in s.traces}
     assert "champ:human" in teachers and len(teachers) >= 3
     gradings = {t.grading for s in sets for t in s.traces}
@@ -162,3 +162,25 @@ def test_champ_preset_writes_its_replay_file_then_builds_from_every_teacher(
     capsys.readouterr()
     run(cfg)
     assert "writing CHAMP" not in capsys.readouterr().out and replay.stat().st_mtime_ns == mtime
+
+
+def test_a_build_below_min_coverage_warns_with_the_figures_and_succeeds(
+    ray_local, tmp_path, mlflow_uri, capsys, caplog
+):
+    config = tmp_path / "sloppy.yaml"
+    config.write_text(
+        "preset: tiny_test\nbuild:\n  num_questions: 12\n  questions_per_shard: 4\n"
+        f"  output_dir: {tmp_path / 'traces'}\n  teachers:\n"
+        "    - {name: sloppy, kind: strategy, strategy: column, error_rate: 0.8,"
+        " samples_per_question: 1}\n"
+    )
+    with caplog.at_level("WARNING", logger="ssft.build_traces"):
+        out = run(parse_cli(["--config", str(config)]))
+    covered = json.loads((out.parent / "summary.json").read_text())["questions_with_traces"]
+    assert 0 < covered < 6  # the seeded slips leave fewer than half the questions a trace
+    assert len(read_trace_sets(out)) == covered
+    assert (
+        f"only {covered} of 12 questions ({100 * covered / 12:.0f}%) got a trace, below "
+        "build.min_coverage=0.50" in caplog.text
+    )
+    assert f"sloppy: 12 sampled, {covered} graded correct" in capsys.readouterr().out
