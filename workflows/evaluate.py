@@ -14,6 +14,7 @@ to eval.output_dir/<name>/ and to an MLflow run "eval-<name>".
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -92,10 +93,21 @@ def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
         )
         for shard in shards
     ]
+    results: dict[int, tuple[list, list]] = {}
+    pending, start = {ref: i for i, ref in enumerate(refs)}, time.monotonic()
+    while pending:  # progress as tasks finish (a 135M model takes minutes per task on CPU)
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        index = pending.pop(ready)
+        results[index] = ray.get(ready)
+        elapsed = time.monotonic() - start
+        eta = elapsed / len(results) * len(pending)
+        print(f"[eval] {cfg.name}: task {index} done ({len(shards[index])} questions) | "
+              f"{len(results)}/{len(shards)} | {elapsed:.0f}s elapsed, ETA {eta:.0f}s",
+              flush=True)  # fmt: skip
     rows, prob_rows = [], []
-    for shard_rows, shard_probs in ray.get(refs):
-        rows += shard_rows
-        prob_rows += shard_probs
+    for index in range(len(shards)):  # question order, whatever order the tasks finished in
+        rows += results[index][0]
+        prob_rows += results[index][1]
     metrics = compute_metrics(rows, info, cfg.eval)
     out_dir = Path(cfg.eval.output_dir) / cfg.name
     write_eval_outputs(out_dir, rows, prob_rows, metrics, info)
