@@ -49,7 +49,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, monkeyp
 
     first = capsys.readouterr().out
     # Evaluation says how far it is as its tasks finish, not only when it is done.
-    assert re.search(r"\[eval\] \S+: task \d+ done \(\d+ questions\) \| 1/\d+ \| \d+s elapsed", first)
+    progress = r"\[eval\] \S+: task \d+ done \(\d+ questions\) \| 1/\d+ \| \d+s elapsed"
+    assert re.search(progress, first)
     assert run(small(tmp_path)) == table  # nothing changed: every stage reused
     out = capsys.readouterr().out
     assert out.count("inputs unchanged, reusing") == 4
