@@ -105,6 +105,18 @@ class ShardStats:
         return cls(**{k: Counter(v) if k in cls.COUNTERS else v for k, v in data.items()})
 
 
+def rejected_rows(
+    question_id: str, graded: Sequence[Graded], outcomes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """``REJECTED_SCHEMA`` rows of one question's samples that were not kept."""
+    return [
+        {"question_id": question_id, "teacher": g.sample.teacher, "text": g.sample.text,
+         "parsed_answer": g.parsed_answer, "grading": g.grading, "reason": outcome}
+        for g, outcome in zip(graded, outcomes, strict=True)
+        if outcome != KEPT
+    ]  # fmt: skip
+
+
 def build_key(build_cfg: Any, seed: int) -> str:
     """Short digest of the content-deciding config (not ``output_dir`` or ``min_coverage``)."""
     data = asdict(build_cfg)
@@ -158,12 +170,7 @@ def build_shard(
             classify=classify,
         )
         stats.drops.update(counts)
-        rejected_samples += [
-            {"question_id": q.question_id, "teacher": g.sample.teacher, "text": g.sample.text,
-             "parsed_answer": g.parsed_answer, "grading": g.grading, "reason": outcome}
-            for g, outcome in zip(graded, outcomes, strict=True)
-            if outcome != KEPT
-        ]  # fmt: skip
+        rejected_samples += rejected_rows(q.question_id, graded, outcomes)
         for teacher in dict.fromkeys(g.sample.teacher for g in graded):
             own = [g for g in graded if g.sample.teacher == teacher]
             alone, _, _ = select_traces(

@@ -44,7 +44,8 @@ from ssft.config_checks import InputError
 from ssft.grading import EXTRACTIONS, check_extraction, grade_sample
 from ssft.record_files import read_records
 from ssft.teachers.base import Question, Sample
-from ssft.trace_selection import KEPT, Graded, select_traces
+from ssft.trace_building import rejected_rows, write_rejected
+from ssft.trace_selection import Graded, select_traces
 from ssft.trace_set import TraceSet, write_trace_sets
 
 ASSUMED = "assumed"  # Trace.grading of an answer trusted without grading (assume_correct)
@@ -193,8 +194,6 @@ def import_traces(
     near_duplicate_threshold: float = 0.9,
 ) -> ImportSummary:
     """Read ``path``, grade and select as the build does, write the trace set to ``out``."""
-    from ssft.trace_building import write_rejected  # the build's table of samples not kept
-
     check_extraction(extraction)
     questions, samples, rows = read_answers(path)
     by_question: dict[str, list[Graded]] = {q.question_id: [] for q in questions}
@@ -216,12 +215,7 @@ def import_traces(
             q, graded, max_traces=max_traces, near_duplicate_threshold=near_duplicate_threshold
         )
         summary.drops.update({k: v for k, v in counts.items() if v})
-        rejected += [
-            {"question_id": q.question_id, "teacher": g.sample.teacher, "text": g.sample.text,
-             "parsed_answer": g.parsed_answer, "grading": g.grading, "reason": outcome}
-            for g, outcome in zip(graded, outcomes, strict=True)
-            if outcome != KEPT
-        ]  # fmt: skip
+        rejected += rejected_rows(q.question_id, graded, outcomes)
         if trace_set.traces:
             sets.append(trace_set)
             summary.traces += len(trace_set.traces)
