@@ -433,17 +433,6 @@ def test_absent_or_all_null_nullable_trace_fields_read_as_null(tmp_path):
     assert [t.text for t in back[0].traces] == [t.text for t in make_sets()[0].traces]
 
 
-def test_a_missing_required_trace_field_is_still_an_error(tmp_path):
-    rows = table_rows()
-    for row in rows:
-        for trace in row["traces"]:
-            del trace["correct"]
-    path = write_table(tmp_path / "no-correct.parquet", pa.Table.from_pylist(rows))
-    with pytest.raises(TraceSetError) as exc:
-        read_trace_sets(path)
-    assert_names(exc, "no-correct.parquet", "field 'traces[*].correct' is missing")
-
-
 def test_grading_round_trips_and_is_checked_as_text(tmp_path):
     sets = [TraceSet("q", "p", "7", "s", (Trace("t", "m", "x", "7", True, grading="human"),))]
     write_trace_sets(tmp_path / "g.parquet", sets)
