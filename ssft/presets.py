@@ -115,8 +115,8 @@ def known_modes_hard() -> ExperimentConfig:
     cfg.name = cfg.experiment = "known-modes-hard"
     cfg.build.digits = 3
     cfg.eval.max_new_tokens = 96  # three-digit split traces reach ~60 characters
-    # Half the easy grid's budget, (2000 - 64) / 16 * 6 = 726 steps: the 1,452-step grid
-    # takes ~3.5 hours on 2 cores (measured: ~21 steps/min per training, two side by side).
+    # Half the easy grid's budget, (2000 - 64) / 16 * 6 = 726 steps: its 3-seed grid took
+    # 71 minutes on 2 cores (README), the 1,452-step one would take ~2.5 hours.
     cfg.train.epochs = 6
     cfg.train.max_steps = 726
     return cfg.validate()
