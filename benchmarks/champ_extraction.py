@@ -31,14 +31,17 @@ from ssft.teachers.replay import (
 )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--show", type=int, default=0, help="print N accepted samples per mode")
     parser.add_argument("--seed", type=int, default=0, help="which samples --show picks")
-    args = parser.parse_args()
+    parser.add_argument("--limit", type=int, default=None,
+                        help="grade only the first N transcripts (a quick check)")  # fmt: skip
+    args = parser.parse_args(argv)
     start = time.monotonic()
     gold = {q.question_id: q.gold_answer for q in champ_questions()}
     rows = [r for r in champ_replay_rows() if r["teacher"] != CHAMP_REFERENCE_TEACHER]
+    rows = rows[: args.limit]
     teachers = sorted({r["teacher"] for r in rows})
     print(f"{len(rows)} CHAMP transcripts ({len(gold)} problems, partial-solution variants out)")
     accepted: dict[tuple[str, str], Counter] = defaultdict(Counter)

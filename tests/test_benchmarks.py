@@ -87,3 +87,14 @@ def test_qwen_shapes_count_the_published_parameter_numbers():
         shape = ModelShape.of(Qwen2Config(vocab_size=151936, **QWEN[name]))
         total = shape.body_params + shape.vocab * shape.hidden  # tied embeddings
         assert total / 1e9 == pytest.approx(billions, rel=0.05), name
+
+
+def test_champ_extraction_benchmark_runs_on_a_few_transcripts(capsys):
+    from benchmarks.champ_extraction import main
+
+    main(["--limit", "24", "--show", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("24 CHAMP transcripts (270 problems")
+    for mode in ("boxed", "final_answer", "last_expression"):
+        assert f"\n{mode:<16}solution" in out and f"\n{mode:<16}summary" in out
+    assert "agreement with CHAMP's human annotations" in out and "wall time" in out
