@@ -2,6 +2,7 @@
 
     python benchmarks/step_cost.py --model tiny                 # CPU, seconds (CI-size check)
     python benchmarks/step_cost.py --model cpu-small            # CPU, a minute: compute-bound
+    python benchmarks/step_cost.py --model smollm2-135m --variants sft,ssft   # CPU, minutes
     python benchmarks/step_cost.py --model qwen2.5-0.5b --device cuda --dtype bfloat16
     python benchmarks/step_cost.py --model qwen2.5-1.5b --device cuda --dtype bfloat16
 
@@ -73,11 +74,19 @@ QWEN = {
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                          num_attention_heads=12, num_key_value_heads=2),
 }  # fmt: skip
+# SmolLM2-135M (Llama: 3 key/value heads, tied embeddings), the CPU pretrained-student preset.
+SMOLLM2 = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64),
+}  # fmt: skip
 CHAR = {"tiny": (64, 2, 4, 128), "cpu-small": (256, 4, 8, 1024)}  # hidden, layers, heads, mlp
 WORKLOADS = {
     "tiny": Workload(prompt=32, trace=96, prefix=16, questions=4, micro_batch=8, cost_batch=32),
     "cpu-small": Workload(64, 448, 64, 2, 4, 24),
     # 4k-token sequences (P + 1 + T = 4096) with a 256-token prefix, as in the issue.
+    # The smollm2_known_modes preset's step: chat-template prompts of ~40 tokens, ~30-token
+    # known-modes traces, 4 questions of 4 traces, whole-trace costs (L = 0).
+    "smollm2-135m": Workload(40, 30, 0, 4, 16, 32),
     "qwen2.5-0.5b": Workload(256, 3839, 256, 2, 2, 24),
     "qwen2.5-1.5b": Workload(256, 3839, 256, 2, 2, 24),
 }
@@ -148,6 +157,24 @@ def build_model(name: str, num_tags: int, device: torch.device, seed: int):
         model = build_random_model(cfg, vocab, tok, seed=seed)
         tags = add_forking_tokens(tok, model, num_tags=num_tags, seed=seed)
         return model.to(device), tok, tags, tok.pad_token_id, (5, vocab)
+    if name in SMOLLM2:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=49152, max_position_embeddings=8192, rope_theta=1e5, rms_norm_eps=1e-5,
+            tie_word_embeddings=True, attn_implementation="sdpa", **SMOLLM2[name],
+        )  # fmt: skip
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+        first = 49152 - num_tags - 1  # random ids stay below: the tags take the top ones
+        tags = ForkingTokens(
+            tags=tuple(f"<think{i + 1}>" for i in range(num_tags)),
+            tag_ids=tuple(range(first + 1, first + 1 + num_tags)),
+            shared_tag="<think>",
+            shared_tag_id=first,
+        )
+        return model, None, tags, 2, (3, first)  # <|im_end|> (2) ends every trace
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
@@ -217,7 +244,7 @@ class VariantRun:
     def __init__(self, variant: str, args, w: Workload, device: torch.device):
         v = VARIANTS[variant]
         model, tok, tags, pad_id, id_range = build_model(args.model, args.tags, device, args.seed)
-        eot = tok.eos_token_id if tok is not None else 151645
+        eot = tok.eos_token_id if tok is not None else (2 if args.model in SMOLLM2 else 151645)
         questions = synthetic_questions(
             w.questions, args.traces, w, id_range, eot, args.seed, args.length_spread
         )
@@ -349,7 +376,7 @@ def format_table(results: list[dict]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=[*CHAR, *QWEN], default="tiny")
+    parser.add_argument("--model", choices=[*CHAR, *SMOLLM2, *QWEN], default="tiny")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument(
         "--dtype",

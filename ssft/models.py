@@ -83,6 +83,11 @@ def _from_pretrained(
 
     ``filenames``: the JSON configs whose ``auto_map`` this loader follows, in its order.
     """
+    from ssft.packaged_models import missing_model_hint
+
+    setting = "model.name_or_path" if source == model_cfg.name_or_path else "model.tokenizer"
+    if hint := missing_model_hint(source, setting):
+        raise InputError(hint)
     trust = model_cfg.trust_remote_code is True
     try:
         return load(source, trust_remote_code=trust, **kwargs)
@@ -98,6 +103,19 @@ def _from_pretrained(
             "run. Read it, then set model.trust_remote_code=true to run it, or convert the "
             "model to a built-in architecture."
         ) from err
+
+
+def check_model_exists(model_cfg: Any) -> None:
+    """``InputError`` now, before any compute, when the student is a packaged model that was
+    never materialized (``ssft.packaged_models.missing_model_hint``)."""
+    from ssft.packaged_models import missing_model_hint
+
+    if model_cfg.init != "pretrained":
+        return
+    for setting in ("model.name_or_path", "model.tokenizer"):
+        path = getattr(model_cfg, setting.split(".")[1])
+        if path and path != "char" and (hint := missing_model_hint(path, setting)):
+            raise InputError(hint)
 
 
 def load_tokenizer(model_cfg: Any):

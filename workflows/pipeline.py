@@ -27,6 +27,7 @@ import ray
 
 from ssft.config import ExperimentConfig, apply_overrides, parse_cli
 from ssft.config_pipeline import VariantConfig
+from ssft.models import check_model_exists
 from ssft.question_sources import held_out_questions
 from ssft.trace_set import read_trace_sets, trace_set_digest
 from ssft.tracking import browse_hint, default_tracking_uri
@@ -122,6 +123,8 @@ def run(cfg: ExperimentConfig) -> str:
                "pipeline.output_dir": cfg.pipeline.output_dir})  # fmt: skip
     variants = variant_configs(cfg)  # a bad variant fails here, before any compute
     held_out_questions(cfg.build, cfg.eval)  # and a source without a held-out split
+    for _, variant_cfg in variants:  # and a student model that is not on disk
+        check_model_exists(variant_cfg.model)
     init_ray()
     traces = build_traces.run(cfg)
     digest = trace_set_digest(read_trace_sets(traces))

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ssft.config_checks import InputError
 from ssft.teachers.base import Question, Sample, Teacher, register_teacher
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -195,6 +196,10 @@ def _load(cfg: Any):
     """``(model, tokenizer)`` from ``cfg.model``, in eval mode, on CUDA when there is one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ssft.packaged_models import missing_model_hint
+
+    if hint := missing_model_hint(cfg.model, f"build.teachers.{cfg.name}.model"):
+        raise InputError(f"teacher {cfg.name!r}: {hint}")
     remote = bool(cfg.trust_remote_code)
     dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=remote)
