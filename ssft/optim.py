@@ -22,13 +22,15 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     """Multiplier of the peak LR at optimizer step ``step`` (0-based).
 
     Warmup ramps linearly to 1 over ``warmup_steps`` (step 0 already trains, at 1/warmup);
-    then 'cosine' and 'linear' decay to 0 at the last step, 'constant' holds 1.
+    then 'cosine' and 'linear' decay towards 0, which they would reach one step after the
+    last (step ``total_steps``): every step trains, the last at a small non-zero rate.
+    'constant' holds 1.
     """
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    span = max(1, total_steps - warmup_steps - 1)
+    span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     if schedule == "linear":
         return 1.0 - progress

@@ -172,6 +172,7 @@ class StepOutput:
     nll: torch.Tensor  # this rank's NLL sum over the step's supervised tokens
     records: list[AssignmentRecord]  # this rank's assignments
     grad_norm: torch.Tensor
+    lr: float  # the learning rate this step's update used (read before the schedule moved on)
 
 
 def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepOutput:
@@ -190,6 +191,7 @@ def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepO
     for c, chunk in enumerate(plan.chunks):
         chunk_nll, chunk_records = _train_chunk(run, plan, chunk, dummy, c == len(plan.chunks) - 1)
         nll, records = nll + chunk_nll, records + chunk_records
+    lr = run.optimizer.param_groups[0]["lr"]
     with run.phase("optimizer"):
         max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
         if run.sharded:  # the optimizer's parameters are the shards (DTensor gradients)
@@ -205,7 +207,7 @@ def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepO
             run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
-    return StepOutput(plan, nll, records, grad_norm)
+    return StepOutput(plan, nll, records, grad_norm, lr)
 
 
 def _full_state(run: Run, optimizer: bool = True) -> tuple[dict | None, dict | None]:
@@ -259,7 +261,7 @@ def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
         run.data_log.append([step, plan.epoch, len(all_records), digest.hexdigest()[:16]])
         metrics = {
             "step": step + 1, "epoch": plan.epoch, "loss": loss,
-            "lr": run.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+            "lr": out.lr, "grad_norm": float(grad_norm),
             "tokens_per_s": plan.global_tokens / (time.perf_counter() - t0), **matching_metrics,
         }  # fmt: skip
         if not math.isfinite(metrics["grad_norm"]):  # train_step skipped this update

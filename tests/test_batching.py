@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import typing
 
 import pytest
@@ -73,10 +74,14 @@ def test_methods_map_to_policies():
 
 def test_lr_schedule_shapes():
     assert [lr_factor(s, 10, 2, "constant") for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
-    assert lr_factor(2, 10, 2, "cosine") == 1.0 and lr_factor(9, 10, 2, "cosine") == pytest.approx(
-        0.0
-    )
-    assert lr_factor(9, 10, 0, "linear") == 0.0 and lr_factor(0, 10, 0, "linear") == 1.0
+    assert lr_factor(2, 10, 2, "cosine") == 1.0
+    # The last step (9) still trains: the decay would reach 0 at step 10, one past it.
+    assert lr_factor(9, 10, 2, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert lr_factor(9, 10, 2, "cosine") > 0 and lr_factor(10, 10, 2, "cosine") == 0.0
+    assert lr_factor(9, 10, 0, "linear") == pytest.approx(0.1)
+    assert lr_factor(0, 10, 0, "linear") == 1.0
+    linear = [lr_factor(s, 10, 0, "linear") for s in range(10)]
+    assert linear == sorted(linear, reverse=True) and min(linear) > 0
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_factor(5, 10, 0, "step")
 

@@ -190,3 +190,19 @@ def test_max_steps_caps_the_epochs(known_modes_traces, tmp_path):
     assert result.steps == 7 and len(result.losses) == 7  # 3 epochs would be 18
     uncapped = tiny(known_modes_traces, "train.epochs=1", "train.max_steps=100")
     assert train(uncapped, TrainContext()).steps == 6  # a cap above the epochs changes nothing
+
+
+def test_the_logged_lr_is_the_one_each_step_trained_at_and_the_last_is_not_zero(
+    known_modes_traces,
+):
+    from ssft.optim import lr_factor
+
+    cfg = tiny(known_modes_traces, "train.warmup_steps=2", "train.lr_schedule=cosine")
+    run = setup_run(cfg, TrainContext())
+    q0 = run.questions[0]
+    dummy = build_sequence(q0.prompt_ids, run.tag_ids[0], q0.trace_ids[0])
+    lrs = [train_step(run, step, dummy).lr for step in range(run.total_steps)]
+    expected = [cfg.train.lr * lr_factor(s, run.total_steps, 2, "cosine") for s in range(6)]
+    assert run.total_steps == 6 and lrs == pytest.approx(expected)
+    assert lrs[0] == pytest.approx(cfg.train.lr / 2)  # warmup: the first step at 1/2
+    assert lrs[-1] > 0  # the last step still trains
