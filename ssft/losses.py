@@ -28,10 +28,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from ssft.logprobs import DEFAULT_CHUNK_TOKENS, sequence_nll
-from ssft.sequences import PaddedBatch, TokenizedQuestion, build_sequence
+from ssft.sequences import TokenizedQuestion, build_sequence
 
 
 def matched_sequences(
@@ -61,14 +59,3 @@ def matched_sequences(
                 build_sequence(q.prompt_ids, tag_ids[tag], q.trace_ids[j], tag_loss=tag_loss)
             )
     return out
-
-
-def nll_sum_and_count(
-    model: torch.nn.Module, batch: PaddedBatch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scalar NLL sum over the batch's supervised tokens (with grad) and their count.
-
-    Both stay on the device; no host sync. Divide by the GLOBAL count (see module doc).
-    """
-    sums, counts = sequence_nll(model, batch, chunk_tokens)
-    return sums.sum(), counts.sum()

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ssft.logprobs import DEFAULT_CHUNK_TOKENS, token_nll
 from ssft.sequences import IGNORE_INDEX, PaddedBatch
 
 
@@ -99,17 +98,3 @@ def pack_batch(
             start = end
     batch = PaddedBatch(input_ids, None, labels, position_ids=positions)
     return PackedBatch(batch, segments, len(sequences))
-
-
-def packed_sequence_nll(
-    model: torch.nn.Module, packed: PackedBatch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per input sequence, NLL sum and supervised-token count, float32 [S] (as ``sequence_nll``)."""
-    nll = token_nll(model, packed.batch, chunk_tokens)
-    scored = packed.batch.labels != IGNORE_INDEX
-    owner = packed.segments[scored]
-    sums = torch.zeros(packed.num_sequences, dtype=torch.float32, device=nll.device)
-    counts = torch.zeros_like(sums)
-    sums = sums.index_add(0, owner, nll[scored])
-    counts = counts.index_add(0, owner, torch.ones_like(nll[scored]))
-    return sums, counts

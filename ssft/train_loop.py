@@ -10,7 +10,8 @@ Per optimizer step (see ``ssft.batching`` for who gets which questions)::
 
     plan -> for each chunk: cost -> assign -> matched sequences -> micro-batches fwd/bwd
          -> clip -> step (skipped on the device if the norm is not finite) -> schedule
-         -> log (the step's one host sync: loss and norm) -> maybe checkpoint
+         -> every train.log_every steps (and before a checkpoint): the host syncs, once
+            for the window (losses, norms, gathered assignments) -> log -> maybe checkpoint
 
 After the last step rank 0 writes the final model, samples every tag on the held-out
 validation questions and records the Pass@1 tag and the usable tags (``ssft.tag_selection``)
@@ -237,48 +238,70 @@ def _checkpoint(run: Run, step: int, metrics: dict) -> None:
         run.ctx.report(metrics, Path(tmp))
 
 
+def _account(run: Run, window: list[StepOutput], seconds: float) -> dict[str, float]:
+    """The host side of the steps since the last log: losses, statistics, the data log.
+
+    This is where the loop syncs with the device (``nll``, the gradient norm) and gathers
+    every rank's assignments, once per window of ``train.log_every`` steps (and before each
+    checkpoint), not once per step. Returns the metrics of the window's last step.
+    """
+    world = run.ctx.world_size
+    nll = torch.stack([out.nll for out in window])
+    if world > 1:
+        torch.distributed.all_reduce(nll)
+    nll_host = nll.tolist()
+    norms = torch.stack([out.grad_norm.float() for out in window]).tolist()
+    gathered = _gather([out.records for out in window], world)  # one collective per window
+    metrics: dict[str, float] = {}
+    for k, out in enumerate(window):
+        plan = out.plan
+        all_records = [r for rank in gathered for r in rank[k]]
+        matching_metrics = run.stats.update(plan.step, plan.epoch, all_records)
+        loss = nll_host[k] / plan.global_tokens
+        run.losses.append(loss)
+        digest = hashlib.sha256("\n".join(plan.question_ids(run.questions)).encode())
+        run.data_log.append([plan.step, plan.epoch, len(all_records), digest.hexdigest()[:16]])
+        if not math.isfinite(norms[k]):  # train_step skipped this update
+            log.warning("step %d: gradient norm is %s; the update was skipped", plan.step, norms[k])
+        metrics = {
+            "step": plan.step + 1, "epoch": plan.epoch, "loss": loss, "lr": out.lr,
+            "grad_norm": norms[k], **matching_metrics,
+        }  # fmt: skip
+    tokens = sum(out.plan.global_tokens for out in window)
+    return {**metrics, "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+
 def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.data.train_path``; resumes from ``ctx.resume_from``."""
     ctx = ctx or TrainContext()
     run = setup_run(cfg, ctx)
     tc, q0 = cfg.train, run.questions[0]
     dummy = build_sequence(q0.prompt_ids, run.tag_ids[0], q0.trace_ids[0])
-    began = time.perf_counter()
+    began = window_began = time.perf_counter()
+    window: list[StepOutput] = []  # steps not yet accounted on the host
     for step in range(run.start, run.total_steps):
         if ctx.before_step:
             ctx.before_step(step)
-        t0 = time.perf_counter()
-        out = train_step(run, step, dummy)
-        plan, records, nll, grad_norm = out.plan, out.records, out.nll, out.grad_norm
-        # Every rank gathers (the same collectives everywhere); the statistics agree on all.
-        all_records = [r for part in _gather(records, ctx.world_size) for r in part]
-        matching_metrics = run.stats.update(step, plan.epoch, all_records)
-        if ctx.world_size > 1:
-            torch.distributed.all_reduce(nll)
-        loss = nll.item() / plan.global_tokens
-        run.losses.append(loss)
-        digest = hashlib.sha256("\n".join(plan.question_ids(run.questions)).encode())
-        run.data_log.append([step, plan.epoch, len(all_records), digest.hexdigest()[:16]])
-        metrics = {
-            "step": step + 1, "epoch": plan.epoch, "loss": loss,
-            "lr": out.lr, "grad_norm": float(grad_norm),
-            "tokens_per_s": plan.global_tokens / (time.perf_counter() - t0), **matching_metrics,
-        }  # fmt: skip
-        if not math.isfinite(metrics["grad_norm"]):  # train_step skipped this update
-            log.warning("step %d: gradient norm is %s; the update was skipped",
-                        step, metrics["grad_norm"])  # fmt: skip
-        if ctx.rank == 0 and ((step + 1) % tc.log_every == 0 or step + 1 == run.total_steps):
+        window.append(train_step(run, step, dummy))
+        last = step + 1 == run.total_steps
+        log_now = (step + 1) % tc.log_every == 0 or last
+        every = tc.checkpoint_every
+        checkpoint = (every and (step + 1) % every == 0) or last
+        if not (log_now or checkpoint):
+            continue  # no host sync: the device runs ahead
+        metrics = _account(run, window, time.perf_counter() - window_began)
+        window, window_began = [], time.perf_counter()
+        if ctx.rank == 0 and log_now:
             ctx.tracker.log_metrics(metrics, step=step + 1)
             done = step + 1 - run.start
             eta = (time.perf_counter() - began) / done * (run.total_steps - step - 1)
             print(
-                f"[train {cfg.name}] step {step + 1}/{run.total_steps} | epoch {plan.epoch} | "
-                f"loss {loss:.4f} | lr {metrics['lr']:.2e} | "
+                f"[train {cfg.name}] step {step + 1}/{run.total_steps} | "
+                f"epoch {metrics['epoch']} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
                 f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta:.0f}s",
                 flush=True,
             )
-        every = tc.checkpoint_every
-        if (every and (step + 1) % every == 0) or step + 1 == run.total_steps:
+        if checkpoint:
             _checkpoint(run, step, metrics)
     final_dir = None
     if ctx.final_dir is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -29,6 +31,28 @@ def last_wins(*overrides: str) -> list[str]:
         by_key.pop(item.partition("=")[0], None)
         by_key[item.partition("=")[0]] = item
     return list(by_key.values())
+
+
+@contextlib.contextmanager
+def grad_modes_of_forwards(model: torch.nn.Module) -> Iterator[list[bool]]:
+    """Whether autograd was on in each forward of ``model`` inside the block (one entry per
+    call of its input embedding), to check that a pass builds no graph at all."""
+    seen: list[bool] = []
+    embed = model.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def nll_sum_and_count(model: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's NLL sum over supervised tokens (with grad) and their count: the training
+    loss before division by the global count (``SequenceNLL`` rows, summed)."""
+    from ssft.logprobs import sequence_nll
+
+    sums, counts = sequence_nll(model, batch)
+    return sums.sum(), counts.sum()
 
 
 def tiny_model_config(tie: bool = True) -> SimpleNamespace:

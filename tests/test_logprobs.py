@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import ssft.logprobs as logprobs
-from ssft.losses import matched_sequences, nll_sum_and_count
+from ssft.losses import matched_sequences
 from ssft.matching import assign_tags, get_policy
 from ssft.sequences import IGNORE_INDEX, pad_batch
-from tests.conftest import make_model_and_tags, make_questions
+from tests.conftest import make_model_and_tags, make_questions, nll_sum_and_count
 
 
 def _batch(tok, tags):

@@ -1,10 +1,10 @@
 import numpy as np
 import torch
 
-from ssft.losses import matched_sequences, nll_sum_and_count
+from ssft.losses import matched_sequences
 from ssft.matching import assign_tags, cost_matrices, get_policy
 from ssft.sequences import TokenizedQuestion, pad_batch
-from tests.conftest import make_model_and_tags, make_questions
+from tests.conftest import make_model_and_tags, make_questions, nll_sum_and_count
 
 
 def ssft_loss(model, tok, tags, questions):

@@ -3,13 +3,26 @@
 import pytest
 import torch
 
-from ssft.logprobs import sequence_nll
+from ssft.logprobs import sequence_nll, token_nll
 from ssft.losses import matched_sequences
 from ssft.matching import assign_tags, get_policy
-from ssft.packing import pack_batch, pack_rows, packed_sequence_nll
+from ssft.packing import PackedBatch, pack_batch, pack_rows
 from ssft.sequences import IGNORE_INDEX, pad_batch
 from ssft.train_setup import SequenceNLL
 from tests.conftest import make_model_and_tags, make_questions
+
+
+def packed_sequence_nll(model: torch.nn.Module, packed: PackedBatch, chunk_tokens: int = 4096):
+    """Per input sequence of a packed batch, NLL sum and supervised-token count [S]: what
+    ``sequence_nll`` gives per row of the padded batch, if packing keeps sequences apart."""
+    nll = token_nll(model, packed.batch, chunk_tokens)
+    scored = packed.batch.labels != IGNORE_INDEX
+    owner = packed.segments[scored]
+    sums = torch.zeros(packed.num_sequences, dtype=torch.float32, device=nll.device)
+    counts = torch.zeros_like(sums)
+    sums = sums.index_add(0, owner, nll[scored])
+    counts = counts.index_add(0, owner, torch.ones_like(nll[scored]))
+    return sums, counts
 
 
 def _sequences(tok, tags, policy: str, tag_loss: bool = False):

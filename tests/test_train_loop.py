@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ssft.checkpointing import LocalCheckpoints
 from ssft.config import load_config
+from ssft.optim import lr_factor
 from ssft.sequences import build_sequence, format_prompt
 from ssft.train_loop import TrainContext, train, train_step
 from ssft.train_setup import setup_run
@@ -195,8 +196,6 @@ def test_max_steps_caps_the_epochs(known_modes_traces, tmp_path):
 def test_the_logged_lr_is_the_one_each_step_trained_at_and_the_last_is_not_zero(
     known_modes_traces,
 ):
-    from ssft.optim import lr_factor
-
     cfg = tiny(known_modes_traces, "train.warmup_steps=2", "train.lr_schedule=cosine")
     run = setup_run(cfg, TrainContext())
     q0 = run.questions[0]
@@ -206,3 +205,25 @@ def test_the_logged_lr_is_the_one_each_step_trained_at_and_the_last_is_not_zero(
     assert run.total_steps == 6 and lrs == pytest.approx(expected)
     assert lrs[0] == pytest.approx(cfg.train.lr / 2)  # warmup: the first step at 1/2
     assert lrs[-1] > 0  # the last step still trains
+
+
+def test_metrics_are_logged_every_log_every_steps_and_every_step_is_accounted(
+    known_modes_traces, tmp_path
+):
+    """The host syncs once per window of train.log_every steps; nothing is lost between."""
+    from mlflow.tracking import MlflowClient
+
+    from ssft.tracking import start_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny(known_modes_traces, "train.log_every=4")  # 6 steps: windows end at 4 and 6
+    with start_run("exp", "windowed", tracking_uri=uri) as tracker:
+        result = train(cfg, TrainContext(tracker=tracker))
+    history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
+    assert [m.step for m in history] == [4, 6]  # the window's last step, and the run's last
+    assert [m.value for m in history] == pytest.approx([result.losses[3], result.losses[5]])
+    assert len(result.losses) == 6 and all(math.isfinite(x) for x in result.losses)
+    assert [row[0] for row in result.data_log] == list(range(6))  # every step's data, in order
+    lr = MlflowClient(uri).get_metric_history(tracker.run_id, "lr")
+    assert [m.value for m in lr] == pytest.approx([cfg.train.lr * f for f in (
+        lr_factor(3, 6, 0, "cosine"), lr_factor(5, 6, 0, "cosine"))])  # fmt: skip
