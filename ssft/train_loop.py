@@ -13,6 +13,9 @@ Per optimizer step (see ``ssft.batching`` for who gets which questions)::
          -> every train.log_every steps (and before a checkpoint): the host syncs, once
             for the window (losses, norms, gathered assignments) -> log -> maybe checkpoint
 
+(The Hungarian matching itself runs on the host, so SSFT reads each step's cost matrices
+there: that sync is the method's own; the baselines have none between logs.)
+
 After the last step rank 0 writes the final model, samples every tag on the held-out
 validation questions and records the Pass@1 tag and the usable tags (``ssft.tag_selection``)
 in its ``ssft_tags.json``: that write is the last, so a folder with it is a finished model.
