@@ -28,9 +28,6 @@ import math
 import sys
 from pathlib import Path
 
-import ray
-import ray.train
-import ray.train.torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -60,7 +57,7 @@ from ssft.tracking import git_commit
 from workflows import build_traces
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id, trainings_that_fit
-from workflows.train import check_training_data, train_worker
+from workflows.train import absolute_paths, check_training_data, method_tags, torch_trainer
 
 # A trial's driver only waits on its TorchTrainer: it reserves some memory and no CPU, so that
 # trials of one 1-CPU worker each fill the CPUs (Tune needs a non-empty resource request).
@@ -86,48 +83,17 @@ def train_trial(config: dict, base: dict, shared: dict) -> None:
     name = f"{shared['sweep']}-{variant['label']}-{trial_id}"
     cfg = apply_variant(config_from_dict(base), variant, name)
     tags = {
-        **shared["tags"], "method": cfg.method, "num_tags": cfg.forking.num_tags,
-        "cost": cfg.matching.cost, "prefix_tokens": cfg.matching.prefix_tokens or "all",
-        "sweep.label": variant["label"], "trial_id": trial_id,
+        **shared["tags"], **method_tags(cfg), "sweep.label": variant["label"],
+        "trial_id": trial_id,
         # The tracker merges these tags over its own: this makes the run a child of the sweep.
         "mlflow.parentRunId": shared["parent_run_id"],
     }  # fmt: skip
-    train_dir = Path(shared["train_dir"])
-    trainer = ray.train.torch.TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "cfg": config_to_dict(cfg),
-            "final_dir": str(train_dir / name / "final_model"),
-            "tags": tags,
-            "tracking_uri": shared["tracking_uri"],
-            "parent_run_id": shared["parent_run_id"],
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(train_dir),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            # [2] Every ray.train.report of the workers becomes a Tune result of this trial.
-            callbacks=[TuneReportCallback()],
-        ),
-    )
+    # [2] Every ray.train.report of the workers becomes a Tune result of this trial.
+    trainer = torch_trainer(
+        cfg, name, Path(shared["train_dir"]), tags, shared["tracking_uri"],
+        parent_run_id=shared["parent_run_id"], callbacks=[TuneReportCallback()],
+    )  # fmt: skip
     trainer.fit()
-
-
-def _absolute(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Tune runs each trial in its own directory: make the paths trials read absolute."""
-    data = cfg.data
-    return dataclasses.replace(
-        cfg,
-        data=dataclasses.replace(
-            data,
-            train_path=str(Path(data.train_path).resolve()) if data.train_path else None,
-            eval_path=str(Path(data.eval_path).resolve()) if data.eval_path else None,
-        ),
-    ).validate()
 
 
 def _scheduler(args: SweepArgs, cfg: ExperimentConfig, n_questions: int) -> ASHAScheduler | None:
@@ -172,7 +138,7 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
     trials = [apply_variant(cfg, v, cfg.name) for v in variants]  # each one valid, up front
     prebuilt = cfg.data.train_path is not None
     if prebuilt:  # bad data: one line now, not a failed trial per grid point
-        cfg = _absolute(cfg)
+        cfg = absolute_paths(cfg).validate()
         sets = read_trace_sets(cfg.data.train_path)
         # Only the method and N change how the data is prepared (M > N, the shared tag).
         distinct = {(t.method, t.forking.num_tags): t for t in trials}
@@ -182,7 +148,7 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
     if not prebuilt:
         traces = build_traces.run(cfg)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_path=str(traces)))
-        cfg = _absolute(cfg)
+        cfg = absolute_paths(cfg).validate()
         sets = read_trace_sets(cfg.data.train_path)
     root = Path(args.storage).resolve() / cfg.name
     concurrent = args.max_concurrent or trainings_that_fit(cfg.train)

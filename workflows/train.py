@@ -203,6 +203,45 @@ def check_training_data(cfg: ExperimentConfig, sets: list[TraceSet] | None = Non
     return digest
 
 
+def method_tags(cfg: ExperimentConfig) -> dict:
+    """The MLflow tags that say what a training run trained (runs table columns)."""
+    m = cfg.matching
+    return {"method": cfg.method, "num_tags": cfg.forking.num_tags, "cost": m.cost,
+            "prefix_tokens": m.prefix_tokens or "all"}  # fmt: skip
+
+
+def torch_trainer(
+    cfg: ExperimentConfig,
+    name: str,
+    storage: Path,
+    tags: dict,
+    tracking_uri: str,
+    parent_run_id: str | None = None,
+    callbacks: list | None = None,
+) -> ray.train.torch.TorchTrainer:
+    """The TorchTrainer of one training (``workflows.train`` and each sweep trial): workers run
+    ``train_worker``; Ray Train storage, and so resuming, is ``storage/name``; the final model
+    lands in ``storage/name/final_model``."""
+    return ray.train.torch.TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "cfg": config_to_dict(cfg),
+            "final_dir": str(storage / name / "final_model"),
+            "tags": tags,
+            "tracking_uri": tracking_uri,
+            "parent_run_id": parent_run_id,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=callbacks or None,
+        ),
+    )
+
+
 def run(cfg: ExperimentConfig) -> Path:
     """Fit (or resume) the training named ``cfg.name``; returns the final model directory."""
     uri = preflight({"train.output_dir": cfg.train.output_dir})  # before any compute
@@ -213,28 +252,11 @@ def run(cfg: ExperimentConfig) -> Path:
     final_dir = storage / cfg.name / "final_model"
     wait_until_free(final_dir.parent)  # a live earlier attempt (a killed driver's worker)
     init_ray()
-    tags = {"stage": "train", "method": cfg.method, "num_tags": cfg.forking.num_tags,
-            "cost": cfg.matching.cost, "prefix_tokens": cfg.matching.prefix_tokens or "all",
-            "dataset_digest": digest, "git_commit": git_commit(), "seed": cfg.seed,
-            "parallelism": cfg.train.parallelism, "ray_job_id": ray_job_id()}  # fmt: skip
+    tags = {"stage": "train", **method_tags(cfg), "dataset_digest": digest,
+            "git_commit": git_commit(), "seed": cfg.seed, "parallelism": cfg.train.parallelism,
+            "ray_job_id": ray_job_id()}  # fmt: skip
     # [3] The driver: a stable run name (cfg.name), so rebuilding the same trainer resumes.
-    trainer = ray.train.torch.TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "cfg": config_to_dict(cfg),
-            "final_dir": str(final_dir),
-            "tags": tags,
-            "tracking_uri": uri,
-        },
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
-        run_config=RunConfig(
-            name=cfg.name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-        ),
-    )
-    result = trainer.fit()
+    result = torch_trainer(cfg, cfg.name, storage, tags, uri).fit()
     print(f"[train] {cfg.name}: finished; final model in {final_dir}", flush=True)
     print(f"[train] last checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     return final_dir
