@@ -145,6 +145,10 @@ def run(cfg: ExperimentConfig) -> str:
     limit = cfg.pipeline.max_concurrent or trainings_that_fit(cfg.train)
     if limit > 1 and len(runs) > 1:
         print(f"[pipeline] {len(runs)} trainings, {min(limit, len(runs))} at a time", flush=True)
+    # transformers resolves its classes lazily on first use; two training threads doing that
+    # at once can fail ("cannot import name 'AutoTokenizer'"), so resolve them here, once.
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     in_parallel([_train_job(run_cfg) for run_cfg, _ in runs], limit)
     eval_dirs = in_parallel([_eval_job(eval_cfg) for _, eval_cfg in runs], limit)
     out = Path(cfg.pipeline.output_dir) / cfg.name
