@@ -83,11 +83,7 @@ def _from_pretrained(
 
     ``filenames``: the JSON configs whose ``auto_map`` this loader follows, in its order.
     """
-    from ssft.packaged_models import missing_model_hint
-
-    setting = "model.name_or_path" if source == model_cfg.name_or_path else "model.tokenizer"
-    if hint := missing_model_hint(source, setting):
-        raise InputError(hint)
+    check_model_exists(model_cfg)
     trust = model_cfg.trust_remote_code is True
     try:
         return load(source, trust_remote_code=trust, **kwargs)
@@ -112,9 +108,9 @@ def check_model_exists(model_cfg: Any) -> None:
 
     if model_cfg.init != "pretrained":
         return
-    for setting in ("model.name_or_path", "model.tokenizer"):
-        path = getattr(model_cfg, setting.split(".")[1])
-        if path and path != "char" and (hint := missing_model_hint(path, setting)):
+    sources = {"model.name_or_path": model_cfg.name_or_path, "model.tokenizer": model_cfg.tokenizer}
+    for setting, path in sources.items():
+        if path and (hint := missing_model_hint(path, setting)):
             raise InputError(hint)
 
 

@@ -17,6 +17,11 @@ SMOLLM2_DIR = "models/smollm2-135m-instruct"
 QWEN_1_5B_DIR = "models/qwen2.5-coder-1.5b-instruct"
 
 
+def _ssft_vs_sft_mixed() -> list[VariantConfig]:
+    """The pretrained-student presets' variants (a fresh list each): SSFT, N = 4, and SFT-mixed."""
+    return [VariantConfig("ssft-n4", "method=ssft"), VariantConfig("sft-mixed", "method=sft_mixed")]
+
+
 def base() -> ExperimentConfig:
     """The dataclass defaults. Names no model: set model.name_or_path (or model.init=random)."""
     return ExperimentConfig()
@@ -237,10 +242,7 @@ def smollm2_known_modes() -> ExperimentConfig:
     cfg.eval.samples_per_tag = 1
     cfg.eval.max_new_tokens = 48  # the longest trace is ~35 tokens
     cfg.eval.batch_size = 32
-    cfg.pipeline.variants = [
-        VariantConfig("ssft-n4", "method=ssft"),
-        VariantConfig("sft-mixed", "method=sft_mixed"),
-    ]
+    cfg.pipeline.variants = _ssft_vs_sft_mixed()
     return cfg.validate()
 
 
@@ -268,17 +270,13 @@ def qwen_champ_gpu() -> ExperimentConfig:
     cfg.matching.prefix_tokens = 256
     cfg.tag_selection.validation_questions = 16
     cfg.tag_selection.pass1_rule = "validation"
-    cfg.eval.split = "test"
     cfg.eval.num_questions = 55  # the whole seeded test split
     cfg.eval.samples_per_tag = 4
     cfg.eval.max_new_tokens = 1024
     cfg.eval.answer_extraction = "last_expression"  # as the traces were graded
     cfg.eval.gpus_per_task = 1.0
     cfg.eval.questions_per_task = 64  # one task: one model load on the GPU
-    cfg.pipeline.variants = [
-        VariantConfig("ssft-n4", "method=ssft"),
-        VariantConfig("sft-mixed", "method=sft_mixed"),
-    ]
+    cfg.pipeline.variants = _ssft_vs_sft_mixed()
     return cfg.validate()
 
 
