@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssft.grading import EXTRACTIONS, grade
-from ssft.teachers.replay import (
+from ssft.data.grading import EXTRACTIONS, grade
+from ssft.data.teachers.replay import (
     CHAMP_REFERENCE_TEACHER,
     champ_questions,
     champ_replay_rows,

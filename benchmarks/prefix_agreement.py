@@ -7,7 +7,7 @@
 
 Builds a known-modes trace-set file with the four rule-based strategy teachers (unless
 ``--traces`` names one), optionally trains the tiny_cpu model with SSFT on it (full-trace
-cost, ``ssft.train_loop.train``), then computes the cost matrices of every question with
+cost, ``ssft.train.loop.train``), then computes the cost matrices of every question with
 the whole trace and with each prefix L, solves the Hungarian matching for each, and prints
 the share of traces (and of whole questions) whose tags agree with the full-trace ones.
 Agreement is up to a relabelling only if it is 1.0: the tags are compared as they are, the
@@ -28,16 +28,16 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `ssft` i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssft.config import load_config
-from ssft.forking_tokens import add_forking_tokens
-from ssft.matching import assign_tags, cost_matrices, get_policy
-from ssft.train_loop import TrainContext, load_training_data, train
+from ssft.method.forking_tokens import add_forking_tokens
+from ssft.method.matching import assign_tags, cost_matrices, get_policy
+from ssft.train.loop import TrainContext, load_training_data, train
 
 
 def build_known_modes(cfg, num_questions: int, out: Path) -> Path:
     """A trace-set Parquet of ``num_questions`` known-modes questions (seconds, no model)."""
-    from ssft.question_sources import load_questions
-    from ssft.trace_building import build_shard
-    from ssft.trace_set import write_trace_sets
+    from ssft.data.question_sources import load_questions
+    from ssft.data.trace_building import build_shard
+    from ssft.data.trace_set import write_trace_sets
 
     cfg.build.num_questions = num_questions
     sets, _, _ = build_shard(load_questions(cfg.build), cfg.build, cfg.seed)

@@ -9,7 +9,7 @@
 One run builds, for each variant, a fresh model from the same seed and the same synthetic
 questions (Q per step, each a prompt of about P tokens and M traces of about T tokens;
 ``--length-spread`` s draws every length uniformly from [(1 - s) n, (1 + s) n], default 0.5,
-as real traces vary), and times ``ssft.train_loop.train_step`` (the function the training
+as real traces vary), and times ``ssft.train.loop.train_step`` (the function the training
 loop runs: plan, cost pass, assignment, forward/backward, clip, optimizer step) after
 warm-up steps, taking the median. Variants: ``sft`` (SFT-mixed, the shared tag, no cost
 pass), ``ssft`` (Hungarian, cost on a prefix of L tokens, prompt KV cache),
@@ -48,11 +48,11 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `ssft` i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.flops import ModelShape, closed_form_ratio, cost_flops, train_flops
-from ssft.forking_tokens import ForkingTokens, add_forking_tokens
-from ssft.presets import tiny_cpu
-from ssft.sequences import TokenizedQuestion, build_sequence
-from ssft.train_loop import train_step
-from ssft.train_setup import TrainContext, build_run
+from ssft.config.presets import tiny_cpu
+from ssft.method.forking_tokens import ForkingTokens, add_forking_tokens
+from ssft.method.sequences import TokenizedQuestion, build_sequence
+from ssft.train.loop import train_step
+from ssft.train.setup import TrainContext, build_run
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `ssft` i
 import torch
 
 from benchmarks.step_cost import CHAR, WORKLOADS, VariantRun, Workload, build_model
-from ssft.losses import matched_sequences
+from ssft.method.losses import matched_sequences
 
 ROUND_SPREAD = 0.10  # per-round medians of one trainer further apart than this: a noisy run
 

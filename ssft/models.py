@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ssft.config_checks import InputError
+from ssft.errors import InputError
 
 CHAR_SPECIAL_TOKENS = ("<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>")
 CHAR_CHAT_TEMPLATE = (
@@ -158,7 +158,7 @@ def build_random_model(model_cfg: Any, vocab_size: int, tokenizer=None, seed: in
 def load_model_and_tokenizer(model_cfg: Any, seed: int = 0):
     """``(model, tokenizer)`` for a ``ModelConfig``; forking tokens are NOT added here.
 
-    Add them with ``ssft.forking_tokens.add_forking_tokens`` before any DDP/FSDP wrapping.
+    Add them with ``ssft.method.forking_tokens.add_forking_tokens`` before any DDP/FSDP wrapping.
     """
     tokenizer = load_tokenizer(model_cfg)
     if model_cfg.init == "random":
@@ -174,7 +174,7 @@ def load_model_and_tokenizer(model_cfg: Any, seed: int = 0):
 def check_context_length(model: torch.nn.Module, max_seq_len: int) -> None:
     """Refuse ``data.max_seq_len`` beyond the model's position limit, before any step runs.
 
-    Sequences are filtered to ``max_seq_len`` (``ssft.data_prep``); if that exceeds the
+    Sequences are filtered to ``max_seq_len`` (``ssft.data.tokenize``); if that exceeds the
     positions a pretrained model was built for, long traces would reach untrained (or, for
     learned position tables, missing) positions. Random-init models are checked by the config.
     """

@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from ssft.config_checks import ConfigError
+from ssft.errors import ConfigError
 
 
 def is_callable_spec(spec: str) -> bool:

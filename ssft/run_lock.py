@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ssft.config_checks import InputError
+from ssft.errors import InputError
 
 log = logging.getLogger("ssft.run_lock")
 LOCK_FILE = ".writer.lock"

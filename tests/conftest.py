@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ssft.forking_tokens import add_forking_tokens
+from ssft.method.forking_tokens import add_forking_tokens
+from ssft.method.sequences import TokenizedQuestion, end_of_turn_id, format_prompt, tokenize_trace
 from ssft.models import build_char_tokenizer, build_random_model
-from ssft.sequences import TokenizedQuestion, end_of_turn_id, format_prompt, tokenize_trace
 
 TRACES = {
     "q-add": (
@@ -49,7 +49,7 @@ def grad_modes_of_forwards(model: torch.nn.Module) -> Iterator[list[bool]]:
 def nll_sum_and_count(model: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's NLL sum over supervised tokens (with grad) and their count: the training
     loss before division by the global count (``SequenceNLL`` rows, summed)."""
-    from ssft.logprobs import sequence_nll
+    from ssft.method.logprobs import sequence_nll
 
     sums, counts = sequence_nll(model, batch)
     return sums.sum(), counts.sum()
@@ -123,10 +123,10 @@ def ray_local(tmp_path_factory):
 @pytest.fixture(scope="session")
 def known_modes_traces(tmp_path_factory):
     """A trace-set Parquet of 48 known-modes questions from the four strategy teachers."""
-    from ssft.presets import tiny_test
-    from ssft.question_sources import load_questions
-    from ssft.trace_building import build_shard
-    from ssft.trace_set import write_trace_sets
+    from ssft.config.presets import tiny_test
+    from ssft.data.question_sources import load_questions
+    from ssft.data.trace_building import build_shard
+    from ssft.data.trace_set import write_trace_sets
 
     cfg = tiny_test()
     cfg.build.num_questions = 48

@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ssft.config_checks import InputError
+from ssft.config.presets import tiny_test
+from ssft.data.trace_set import TRACE_SET_SCHEMA, Trace, TraceSet, write_trace_sets
+from ssft.errors import InputError
+from ssft.method.sequences import format_prompt
 from ssft.models import build_char_tokenizer
-from ssft.presets import tiny_test
-from ssft.sequences import format_prompt
-from ssft.trace_set import TRACE_SET_SCHEMA, Trace, TraceSet, write_trace_sets
-from ssft.train_setup import load_training_data
+from ssft.train.setup import load_training_data
 from tests.openai_server import API_KEY_ENV, ChatServer
 from tests.test_trace_set import make_sets
 

@@ -4,15 +4,15 @@ import typing
 
 import pytest
 
-from ssft.batching import (
+from ssft.method.sequences import TokenizedQuestion
+from ssft.train.batching import (
     epoch_order,
     method_policy,
     micro_batch_count,
     plan_step,
     supervised_tokens,
 )
-from ssft.optim import lr_factor
-from ssft.sequences import TokenizedQuestion
+from ssft.train.optim import lr_factor
 
 
 def questions(n=10):
@@ -87,10 +87,10 @@ def test_lr_schedule_shapes():
 
 
 def test_every_method_list_is_derived_from_the_one_table():
-    from ssft.config_eval import EvalConfig
-    from ssft.config_pipeline import PipelineConfig
-    from ssft.config_schema import Method
-    from ssft.methods import BASELINES, METHOD_NAMES, SHARED_TAG_METHODS
+    from ssft.config.eval import EvalConfig
+    from ssft.config.pipeline import PipelineConfig
+    from ssft.config.schema import Method
+    from ssft.method.table import BASELINES, METHOD_NAMES, SHARED_TAG_METHODS
 
     assert typing.get_args(Method) == METHOD_NAMES
     assert BASELINES == tuple(m for m in METHOD_NAMES if m != "ssft")
@@ -103,7 +103,7 @@ def test_every_method_list_is_derived_from_the_one_table():
 
 
 def test_planned_steps_are_the_epochs_cut_at_max_steps():
-    from ssft.batching import planned_steps
+    from ssft.train.batching import planned_steps
 
     assert planned_steps(50, 8, 3, None) == 21  # ceil(50 / 8) = 7 steps per epoch
     assert planned_steps(50, 8, 3, 10) == 10

@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from ssft import known_modes
 from ssft.config import parse_cli
+from ssft.data import known_modes
+from ssft.data.trace_set import read_trace_sets
 from ssft.models import build_char_tokenizer, build_random_model
-from ssft.trace_set import read_trace_sets
 from tests.conftest import last_wins, tiny_model_config
 from workflows.build_traces import run
 

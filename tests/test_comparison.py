@@ -1,4 +1,4 @@
-"""Tests for ssft.comparison on constructed evaluation folders: groups, equal k, rule audit."""
+"""Tests for ssft.report.comparison on constructed evaluation folders: groups, equal k, rules."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from ssft.comparison import (
+from ssft.errors import InputError
+from ssft.report.comparison import (
     aggregate,
     common_k,
     label_runs,
@@ -15,7 +16,6 @@ from ssft.comparison import (
     pass1_rule_audit,
     report,
 )
-from ssft.config_checks import InputError
 
 TAGS4 = [f"<think{i}>" for i in range(1, 5)]
 

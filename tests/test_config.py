@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from ssft import known_modes
 from ssft.config import (
     BuildConfig,
     ConfigError,
@@ -26,7 +25,8 @@ from ssft.config import (
     load_config,
     parse_cli,
 )
-from ssft.presets import PRESETS, base, get_preset, tiny_cpu, tiny_test
+from ssft.config.presets import PRESETS, base, get_preset, tiny_cpu, tiny_test
+from ssft.data import known_modes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "tests" / "configs" / "tiny_test.yaml"
@@ -110,8 +110,8 @@ def test_shipped_yaml_loads_to_its_preset():
 
 
 def test_the_pretrained_student_presets_compare_ssft_with_sft_mixed_on_held_out_questions():
-    from ssft.config_eval import EvalConfig
-    from ssft.question_sources import held_out_questions
+    from ssft.config.eval import EvalConfig
+    from ssft.data.question_sources import held_out_questions
     from workflows.pipeline import variant_configs
 
     for name, model_dir in (("smollm2_known_modes", "models/smollm2-135m-instruct"),
@@ -452,7 +452,7 @@ def test_default_teachers_are_the_four_strategy_solvers():
 
 
 def test_build_copies_of_known_modes_constants_are_in_sync():
-    from ssft import config_build
+    from ssft.config import build as config_build
 
     assert config_build.STRATEGIES == known_modes.STRATEGIES
     assert config_build.KNOWN_MODES_DIGITS == (known_modes.MIN_DIGITS, known_modes.MAX_DIGITS)
@@ -698,7 +698,7 @@ def test_help_exits_zero_and_lists_every_field(capsys):
 
 def test_config_module_imports_no_heavy_dependencies():
     code = (
-        "import sys, ssft.config, ssft.presets\n"
+        "import sys, ssft.config, ssft.config.presets\n"
         "heavy = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -1,8 +1,8 @@
 import pytest
 
-from ssft.config_checks import ConfigError, InputError
-from ssft.data_prep import most_distinct, tokenize_trace_sets
-from ssft.trace_set import Trace, TraceSet
+from ssft.data.tokenize import most_distinct, tokenize_trace_sets
+from ssft.data.trace_set import Trace, TraceSet
+from ssft.errors import ConfigError, InputError
 
 
 def trace(k, text, correct=True, teacher="t"):

@@ -1,4 +1,4 @@
-"""Tests for ssft.eval_metrics: analytic pass@k, votes, Cons@N, per-tag and known-modes tables."""
+"""Tests for ssft.eval.metrics: analytic pass@k, votes, Cons@N, per-tag and known-modes tables."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ssft.eval_metrics import (
+from ssft.data.grading import grade
+from ssft.eval.metrics import (
     cons_at_k,
     cons_native,
     distinct_labels_per_question,
@@ -28,7 +29,6 @@ from ssft.eval_metrics import (
     tag_sort_key,
     vote_correct,
 )
-from ssft.grading import grade
 
 T1, T2, T3 = "<think1>", "<think2>", "<think3>"
 TAGS = [T1, T2, T3]

@@ -7,14 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ssft.comparison import aggregate, load_eval, markdown_table
 from ssft.config import load_config
-from ssft.eval_report import write_eval_outputs
-from ssft.evaluation import compute_metrics, evaluate_questions, read_model_tags
-from ssft.question_sources import load_questions
-from ssft.sampling import sample_with_tags, tag_probabilities
-from ssft.teachers.base import Question
-from ssft.train_loop import TrainContext, train
+from ssft.data.question_sources import load_questions
+from ssft.data.teachers.base import Question
+from ssft.eval.evaluation import compute_metrics, evaluate_questions, read_model_tags
+from ssft.eval.sampling import sample_with_tags, tag_probabilities
+from ssft.report.comparison import aggregate, load_eval, markdown_table
+from ssft.report.eval import write_eval_outputs
+from ssft.train.loop import TrainContext, train
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +137,8 @@ def test_greedy_rows_teachers_and_usable_tags_reach_the_metrics(trained):
 
 
 def test_mode_classifier_auto_is_for_the_benchmarks_own_questions_only():
-    from ssft.evaluation import mode_classifier
-    from ssft.known_modes import render
+    from ssft.data.known_modes import render
+    from ssft.eval.evaluation import mode_classifier
 
     auto = mode_classifier("auto")
     text = render(47, 38, "column")
@@ -150,8 +150,8 @@ def test_mode_classifier_auto_is_for_the_benchmarks_own_questions_only():
 
 
 def test_a_users_mode_classifier_is_imported_and_checked():
-    from ssft.config_checks import ConfigError
-    from ssft.evaluation import mode_classifier
+    from ssft.config.checks import ConfigError
+    from ssft.eval.evaluation import mode_classifier
 
     q = Question("q", "p", "1", "mine")
     assert mode_classifier("tests.user_plugin:by_first_word")(q, "Guess then check") == (

@@ -315,7 +315,7 @@ def test_read_only_output_folder_is_a_clear_error_and_keeps_earlier_outputs(tmp_
 DISK_FULL = r"""
 import resource, signal, sys
 from pathlib import Path
-from ssft.trace_building import merge_shards
+from ssft.data.trace_building import merge_shards
 from workflows.cli import run_main
 build_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -327,8 +327,8 @@ run_main(lambda: merge_shards(build_dir, 1, out))  # new content: shard 0 alone
 def test_full_disk_while_merging_trace_sets_is_a_clear_error_and_keeps_the_old_file(
     tmp_path, known_modes_traces
 ):
-    from ssft.trace_building import ShardStats, merge_shards, write_shard
-    from ssft.trace_set import read_trace_sets
+    from ssft.data.trace_building import ShardStats, merge_shards, write_shard
+    from ssft.data.trace_set import read_trace_sets
 
     sets = read_trace_sets(known_modes_traces)
     build_dir = tmp_path / "traces" / "train-abc"
@@ -354,9 +354,9 @@ KILLED_MID_WRITE = r"""
 import json, resource, signal, sys
 from pathlib import Path
 from ssft.config import parse_cli
-from ssft.question_sources import load_questions
-from ssft.trace_building import build_key, build_shard, write_shard
-from ssft.trace_set import write_trace_sets
+from ssft.data.question_sources import load_questions
+from ssft.data.trace_building import build_key, build_shard, write_shard
+from ssft.data.trace_set import write_trace_sets
 cfg = parse_cli(sys.argv[1:])
 b = cfg.build
 build_dir = Path(b.output_dir).resolve() / f"{b.split}-{build_key(b, cfg.seed)}"
@@ -382,7 +382,7 @@ print("not killed", flush=True)
 def test_shard_killed_mid_write_is_never_visible_and_the_build_resumes(
     ray_local, tmp_path, monkeypatch, capsys
 ):
-    from ssft.trace_set import read_trace_sets
+    from ssft.data.trace_set import read_trace_sets
     from tests.test_build_traces import tiny_build
     from workflows.build_traces import run
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from ssft.forking_tokens import MAX_NUM_TAGS, add_forking_tokens, tag_strings
+from ssft.method.forking_tokens import MAX_NUM_TAGS, add_forking_tokens, tag_strings
 from ssft.models import build_char_tokenizer, build_random_model
 from tests.conftest import tiny_model_config
 
@@ -149,7 +149,7 @@ def test_collision_with_an_ordinary_multi_character_token():
 def test_the_tag_slot_renders_a_chosen_tag_after_the_generation_prompt_only():
     from jinja2 import Template
 
-    from ssft.forking_tokens import with_tag_slot
+    from ssft.method.forking_tokens import with_tag_slot
     from ssft.models import CHAR_CHAT_TEMPLATE
 
     template = with_tag_slot(CHAR_CHAT_TEMPLATE)

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ssft.config import ConfigError, load_config
-from ssft.question_sources import QuestionFileError, read_questions_jsonl
-from ssft.teachers.replay import REPLAY_COLUMNS, ReplayFileError, read_replay_rows
-from ssft.trace_set import (
+from ssft.data.question_sources import QuestionFileError, read_questions_jsonl
+from ssft.data.teachers.replay import REPLAY_COLUMNS, ReplayFileError, read_replay_rows
+from ssft.data.trace_set import (
     TRACE_SET_SCHEMA,
     TraceSetError,
     read_trace_sets,

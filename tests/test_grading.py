@@ -1,4 +1,4 @@
-"""Tests for ssft.grading: boxed extraction, math equivalence, gold-first order, threads."""
+"""Tests for ssft.data.grading: boxed extraction, math equivalence, gold-first order, threads."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from ssft import grading
-from ssft.grading import MAX_ANSWER_CHARS, extract_answer, grade, is_correct
-from ssft.known_modes import parse_answer
+from ssft.data import grading
+from ssft.data.grading import MAX_ANSWER_CHARS, extract_answer, grade, is_correct
+from ssft.data.known_modes import parse_answer
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_off_the_main_thread_grading_prints_no_timeout_notice(caplog):
 def test_extraction_modes_are_the_configs_choices():
     from typing import get_args
 
-    from ssft.config_build import AnswerExtraction
+    from ssft.config.build import AnswerExtraction
 
     assert tuple(grading.EXTRACTIONS) == get_args(AnswerExtraction)
 

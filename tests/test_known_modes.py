@@ -1,4 +1,4 @@
-"""Tests for ssft/known_modes.py: the addition task with four known reasoning strategies."""
+"""Tests for ssft/data/known_modes.py: the addition task with four known reasoning strategies."""
 
 import itertools
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from math_verify import parse, verify
 
-from ssft import known_modes
-from ssft.known_modes import (
+from ssft.data import known_modes
+from ssft.data.known_modes import (
     STRATEGIES,
     Question,
     classify,
@@ -266,7 +266,7 @@ def test_readme_shows_the_real_traces():
     readme = (SHIPPED / "README.md").read_text()
     for trace in EXAMPLES_37_58.values():
         assert trace in readme
-    assert "python -m ssft.known_modes --out datasets/known_modes" in readme
+    assert "python -m ssft.data.known_modes --out datasets/known_modes" in readme
 
 
 def test_layout_classifier_follows_the_mode_even_with_wrong_numbers():

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-import ssft.logprobs as logprobs
-from ssft.losses import matched_sequences
-from ssft.matching import assign_tags, get_policy
-from ssft.sequences import IGNORE_INDEX, pad_batch
+import ssft.method.logprobs as logprobs
+from ssft.method.losses import matched_sequences
+from ssft.method.matching import assign_tags, get_policy
+from ssft.method.sequences import IGNORE_INDEX, pad_batch
 from tests.conftest import make_model_and_tags, make_questions, nll_sum_and_count
 
 

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from ssft.losses import matched_sequences
-from ssft.matching import assign_tags, cost_matrices, get_policy
-from ssft.sequences import TokenizedQuestion, pad_batch
+from ssft.method.losses import matched_sequences
+from ssft.method.matching import assign_tags, cost_matrices, get_policy
+from ssft.method.sequences import TokenizedQuestion, pad_batch
 from tests.conftest import make_model_and_tags, make_questions, nll_sum_and_count
 
 

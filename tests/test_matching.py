@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssft.logprobs import sequence_nll
-from ssft.matching import (
+from ssft.method.logprobs import sequence_nll
+from ssft.method.matching import (
     POLICIES,
     assign_tags,
     cost_forward_count,
@@ -13,7 +13,7 @@ from ssft.matching import (
     get_policy,
     question_rng,
 )
-from ssft.sequences import TokenizedQuestion, build_sequence, pad_batch
+from ssft.method.sequences import TokenizedQuestion, build_sequence, pad_batch
 from tests.conftest import grad_modes_of_forwards, make_model_and_tags, make_questions
 
 
@@ -210,7 +210,7 @@ def test_a_rank_without_questions_still_runs_min_forwards():
 
 
 def test_forward_callable_gives_the_costs_of_sequence_nll():
-    from ssft.train_setup import SequenceNLL
+    from ssft.train.setup import SequenceNLL
 
     model, tok, tags = make_model_and_tags()
     net, questions = SequenceNLL(model), make_questions(tok)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from ssft.matching_stats import (
+from ssft.train.matching_stats import (
     AssignmentRecord,
     MatchingTracker,
     heatmap,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from ssft.config_checks import InputError
-from ssft.forking_tokens import add_forking_tokens
+from ssft.errors import InputError
+from ssft.method.forking_tokens import add_forking_tokens
 from ssft.models import (
     build_char_tokenizer,
     build_random_model,
@@ -129,7 +129,7 @@ def prompts(monkeypatch) -> list[str]:
 
 def test_evaluation_loader_does_not_run_custom_code(tmp_path, prompts):
     """The evaluation stage's loader: an explicit refusal naming the file, no prompt, no import."""
-    from ssft.evaluation import load_eval_model
+    from ssft.eval.evaluation import load_eval_model
 
     marker = custom_code_model_dir(tmp_path, model_type="custom-llama")
     with pytest.raises(InputError) as err:
@@ -140,7 +140,7 @@ def test_evaluation_loader_does_not_run_custom_code(tmp_path, prompts):
 
 
 def test_evaluation_loader_uses_the_built_in_class_of_a_known_architecture(tmp_path, prompts):
-    from ssft.evaluation import load_eval_model
+    from ssft.eval.evaluation import load_eval_model
 
     marker = custom_code_model_dir(tmp_path)  # auto_map, but model_type 'llama' is built in
     model, tokenizer = load_eval_model(tmp_path)
@@ -151,8 +151,8 @@ def test_evaluation_loader_uses_the_built_in_class_of_a_known_architecture(tmp_p
 
 def test_evaluate_questions_loads_its_tokenizer_without_running_custom_code(tmp_path, prompts):
     """``evaluate_questions`` loads the tokenizer itself when not given one: refused too."""
-    from ssft.evaluation import evaluate_questions
-    from ssft.train_report import TAGS_FILE
+    from ssft.eval.evaluation import evaluate_questions
+    from ssft.final_model import TAGS_FILE
 
     marker = custom_code_model_dir(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())

@@ -192,7 +192,7 @@ def test_second_materialize_is_a_noop(smol_dir, capsys):
 
 @pytest.mark.slow
 def test_hf_teacher_samples_from_the_materialized_model(smol_dir):
-    from ssft.teachers import Question, build_teacher
+    from ssft.data.teachers import Question, build_teacher
 
     cfg = SimpleNamespace(
         name="smollm2",

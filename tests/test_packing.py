@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from ssft.logprobs import sequence_nll, token_nll
-from ssft.losses import matched_sequences
-from ssft.matching import assign_tags, get_policy
-from ssft.packing import PackedBatch, pack_batch, pack_rows
-from ssft.sequences import IGNORE_INDEX, pad_batch
-from ssft.train_setup import SequenceNLL
+from ssft.method.logprobs import sequence_nll, token_nll
+from ssft.method.losses import matched_sequences
+from ssft.method.matching import assign_tags, get_policy
+from ssft.method.sequences import IGNORE_INDEX, pad_batch
+from ssft.train.packing import PackedBatch, pack_batch, pack_rows
+from ssft.train.setup import SequenceNLL
 from tests.conftest import make_model_and_tags, make_questions
 
 

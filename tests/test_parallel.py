@@ -1,4 +1,4 @@
-"""FSDP2 helpers (``ssft.parallel``) in one process: a 1-rank gloo group, real DTensors.
+"""FSDP2 helpers (``ssft.train.parallel``) in one process: a 1-rank gloo group, real DTensors.
 
 Multi-rank behaviour (sharded gradients, padded cost passes, gathered checkpoints) is
 covered by the 2-worker runs in ``tests/test_train_ray.py``.
@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
-from ssft.checkpointing import save_model
-from ssft.optim import build_optimizer
-from ssft.parallel import (
+from ssft.method.sequences import build_sequence, pad_batch
+from ssft.train.checkpointing import save_model
+from ssft.train.optim import build_optimizer
+from ssft.train.parallel import (
     clip_grad_norm,
     full_model_state,
     full_optimizer_state,
@@ -23,8 +24,7 @@ from ssft.parallel import (
     load_full_optimizer_state,
     wrap_fsdp,
 )
-from ssft.sequences import build_sequence, pad_batch
-from ssft.train_setup import SequenceNLL
+from ssft.train.setup import SequenceNLL
 from tests.conftest import make_model_and_tags, make_questions
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssft.logprobs import sequence_nll
-from ssft.matching import assign_tags, cost_matrices, get_policy
-from ssft.prompt_cache import encode_prompts
-from ssft.sequences import TokenizedQuestion, build_sequence, pad_batch
+from ssft.method.logprobs import sequence_nll
+from ssft.method.matching import assign_tags, cost_matrices, get_policy
+from ssft.method.prompt_cache import encode_prompts
+from ssft.method.sequences import TokenizedQuestion, build_sequence, pad_batch
 from tests.conftest import grad_modes_of_forwards, make_model_and_tags, make_questions
 
 

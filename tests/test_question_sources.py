@@ -1,4 +1,4 @@
-"""Tests for ssft.question_sources: each source, caps, determinism, error messages."""
+"""Tests for ssft.data.question_sources: each source, caps, determinism, error messages."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ssft.config_checks import ConfigError
-from ssft.question_sources import (
+from ssft.config.checks import ConfigError
+from ssft.data.question_sources import (
     KNOWN_MODES_TEST_SIZE,
     REASONING_GYM_TEST_SEED_OFFSET,
     QuestionFileError,
@@ -22,7 +22,7 @@ from ssft.question_sources import (
     load_questions,
     read_questions_jsonl,
 )
-from ssft.teachers.base import Question
+from ssft.data.teachers.base import Question
 
 DATASET = Path(__file__).resolve().parents[1] / "datasets" / "known_modes"
 
@@ -178,9 +178,9 @@ def test_reasoning_gym_unknown_task_suggests_names():
 
 
 def test_champ_is_split_by_problem_with_the_seed(monkeypatch):
-    fake = types.ModuleType("ssft.teachers.replay")
+    fake = types.ModuleType("ssft.data.teachers.replay")
     fake.champ_questions = lambda: [Question(f"champ-{i}", "p", "1", "champ") for i in range(50)]
-    monkeypatch.setitem(sys.modules, "ssft.teachers.replay", fake)
+    monkeypatch.setitem(sys.modules, "ssft.data.teachers.replay", fake)
 
     def ids(**kw):
         return [q.question_id for q in load_questions(cfg(questions="champ", **kw))]
@@ -206,8 +206,8 @@ def test_a_questions_file_has_no_test_split(tmp_path):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("ssft.teachers.replay") is None,
-    reason="ssft.teachers.replay (champ_questions) is not written yet",
+    importlib.util.find_spec("ssft.data.teachers.replay") is None,
+    reason="ssft.data.teachers.replay (champ_questions) is not written yet",
 )
 def test_champ_real_questions():
     everything = load_questions(cfg(questions="champ", num_questions=None))
@@ -228,8 +228,8 @@ def test_unknown_source_and_bad_cap():
 
 
 def test_held_out_questions_come_from_a_file_or_the_split_and_say_what_is_cut(tmp_path):
-    from ssft.config_build import BuildConfig
-    from ssft.config_eval import EvalConfig
+    from ssft.config.build import BuildConfig
+    from ssft.config.eval import EvalConfig
 
     path = tmp_path / "held_out.jsonl"
     path.write_text("".join(

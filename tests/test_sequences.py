@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from ssft.models import build_char_tokenizer
-from ssft.sequences import (
+from ssft.method.sequences import (
     IGNORE_INDEX,
     build_sequence,
     end_of_turn_id,
@@ -10,6 +9,7 @@ from ssft.sequences import (
     pad_batch,
     tokenize_trace,
 )
+from ssft.models import build_char_tokenizer
 
 X = IGNORE_INDEX
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssft.config import ConfigError, load_config
-from ssft.sweep_report import (
+from ssft.report.sweep import (
     apply_variant,
     grid,
     parse_choices,

@@ -1,4 +1,4 @@
-"""Tests for ssft.tag_selection (exact picks, held-out split) and the spare-tag options."""
+"""Tests for ssft.eval.tag_selection (exact picks, held-out split) and the spare-tag options."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from ssft.batching import micro_batch_count
 from ssft.config import load_config
-from ssft.matching import spare_tag_fill
-from ssft.sequences import TokenizedQuestion, build_sequence
-from ssft.tag_selection import held_out_count, select_tags, validation_split
-from ssft.trace_set import Trace, TraceSet
-from ssft.train_loop import TrainContext, train, train_step
-from ssft.train_report import is_finished_model
-from ssft.train_setup import setup_run
+from ssft.data.trace_set import Trace, TraceSet
+from ssft.eval.tag_selection import held_out_count, select_tags, validation_split
+from ssft.final_model import is_finished_model
+from ssft.method.matching import spare_tag_fill
+from ssft.method.sequences import TokenizedQuestion, build_sequence
+from ssft.train.batching import micro_batch_count
+from ssft.train.loop import TrainContext, train, train_step
+from ssft.train.setup import setup_run
 from tests.conftest import last_wins
 
 TAGS = ["<think1>", "<think2>", "<think3>", "<think4>"]

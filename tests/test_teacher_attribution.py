@@ -1,4 +1,4 @@
-"""Tests for ssft.teacher_attribution: exact n-grams and scores, known-modes agreement."""
+"""Tests for ssft.data.teacher_attribution: exact n-grams and scores, known-modes agreement."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import random
 
 import pytest
 
-from ssft import eval_metrics, known_modes
-from ssft.config_checks import InputError
-from ssft.teacher_attribution import (
+from ssft.data import known_modes
+from ssft.data.teacher_attribution import (
     PROFILE_FILE,
     UNKNOWN,
     TeacherProfiles,
@@ -19,6 +18,8 @@ from ssft.teacher_attribution import (
     read_profiles,
     write_profiles,
 )
+from ssft.errors import InputError
+from ssft.eval import metrics as eval_metrics
 
 
 def test_normalize_and_ngrams_are_exact():

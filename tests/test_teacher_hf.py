@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ssft.data.teachers import Question, build_teacher
+from ssft.data.teachers.hf import HFTeacher, _length_with_eos
+from ssft.method.sequences import format_prompt
 from ssft.models import build_char_tokenizer, build_random_model
-from ssft.sequences import format_prompt
-from ssft.teachers import Question, build_teacher
-from ssft.teachers.hf import HFTeacher, _length_with_eos
 from tests.conftest import tiny_model_config
 
 QUESTIONS = [

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ssft.teachers.base import Question, build_teacher
-from ssft.teachers.openai_compat import OpenAITeacher, TeacherRequestError
+from ssft.data.teachers.base import Question, build_teacher
+from ssft.data.teachers.openai_compat import OpenAITeacher, TeacherRequestError
 from tests.openai_server import API_KEY_ENV, FAKE_KEY, ChatServer
 
 QUESTIONS = [Question(f"q{i}", f"{i} + {i} = ?", str(2 * i), "test") for i in range(5)]

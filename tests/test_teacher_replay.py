@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ssft.config_checks import ConfigError
-from ssft.teachers.base import Question, build_teacher
-from ssft.teachers.replay import (
+from ssft.config.checks import ConfigError
+from ssft.data.teachers.base import Question, build_teacher
+from ssft.data.teachers.replay import (
     CHAMP_MODELS,
     CHAMP_REFERENCE_TEACHER,
     ReplayFileError,

@@ -2,8 +2,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ssft import known_modes
-from ssft.teachers import Question, build_teacher
+from ssft.data import known_modes
+from ssft.data.teachers import Question, build_teacher
 
 
 def cfg(strategy, error_rate=0.0, name=None):
@@ -58,10 +58,10 @@ def test_unknown_kind_lists_kinds():
 def test_a_users_own_solver_is_a_strategy_teacher():
     from types import SimpleNamespace
 
-    from ssft.config_build import TeacherConfig
-    from ssft.config_checks import ConfigError
-    from ssft.grading import is_correct
-    from ssft.teachers import Question, build_teacher
+    from ssft.config.build import TeacherConfig
+    from ssft.config.checks import ConfigError
+    from ssft.data.grading import is_correct
+    from ssft.data.teachers import Question, build_teacher
 
     cfg = TeacherConfig(name="mine", kind="strategy", strategy="tests.user_plugin:count_up")
     cfg.validate()

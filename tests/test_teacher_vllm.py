@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ssft.teachers.base import Question, build_teacher
+from ssft.data.teachers.base import Question, build_teacher
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")

@@ -1,4 +1,4 @@
-"""Bring your own traces (ssft.trace_import): both row shapes, grading and selection as in the
+"""Bring your own traces (ssft.data.trace_import): both row shapes, grading and selection as in the
 build, errors naming file, row or line and field, nothing written on failure."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ssft.trace_import import TraceImportError, import_traces, read_answers
-from ssft.trace_set import read_trace_sets
+from ssft.data.trace_import import TraceImportError, import_traces, read_answers
+from ssft.data.trace_set import read_trace_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_nothing_kept_is_an_error_that_points_at_the_rejected_samples(tmp_path):
 
 def test_the_command_line_exits_2_on_bad_input_and_prints_the_summary(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", RESPONSES)
-    run = [sys.executable, "-m", "ssft.trace_import"]
+    run = [sys.executable, "-m", "ssft.data.trace_import"]
     done = subprocess.run([*run, str(good), str(tmp_path / "t.parquet")], cwd=ROOT,
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""Tests for ssft.trace_selection: each drop rule, teacher diversity, stable ids."""
+"""Tests for ssft.data.trace_selection: each drop rule, teacher diversity, stable ids."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from collections import Counter
 
 import pytest
 
-from ssft import known_modes
-from ssft.teachers.base import Question, Sample
-from ssft.trace_selection import (
+from ssft.data import known_modes
+from ssft.data.teachers.base import Question, Sample
+from ssft.data.trace_selection import (
     DROP_REASONS,
     KEPT,
     rejection_reason,
     select_traces,
     similarity,
 )
-from ssft.trace_set import Trace, validate_trace_sets
+from ssft.data.trace_set import Trace, validate_trace_sets
 
 Q = Question("q1", "12 + 34 = ?", "46", "known_modes/addition-d2")
 

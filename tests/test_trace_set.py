@@ -1,4 +1,4 @@
-"""Tests for ssft.trace_set: round trip, digest, validation messages, atomic writes."""
+"""Tests for ssft.data.trace_set: round trip, digest, validation messages, atomic writes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ssft import trace_set as ts_mod
-from ssft.trace_set import (
+from ssft.data import trace_set as ts_mod
+from ssft.data.trace_set import (
     SCHEMA_VERSION_KEY,
     TRACE_SET_SCHEMA,
     Trace,

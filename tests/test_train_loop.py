@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ssft.checkpointing import LocalCheckpoints
 from ssft.config import load_config
-from ssft.optim import lr_factor
-from ssft.sequences import build_sequence, format_prompt
-from ssft.train_loop import TrainContext, train, train_step
-from ssft.train_setup import setup_run
+from ssft.method.sequences import build_sequence, format_prompt
+from ssft.train.checkpointing import LocalCheckpoints
+from ssft.train.loop import TrainContext, train, train_step
+from ssft.train.optim import lr_factor
+from ssft.train.setup import setup_run
 from tests.conftest import last_wins
 
 

@@ -11,9 +11,9 @@ from mlflow import MlflowClient
 from ray.train import TrainingFailedError
 from safetensors.torch import load_file
 
-from ssft.batching import epoch_order, steps_per_epoch
 from ssft.config import load_config
-from ssft.trace_set import read_trace_sets
+from ssft.data.trace_set import read_trace_sets
+from ssft.train.batching import epoch_order, steps_per_epoch
 from tests.conftest import last_wins
 from workflows.train import run
 

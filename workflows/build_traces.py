@@ -29,13 +29,11 @@ from pathlib import Path
 import ray
 
 from ssft.atomic_io import write_json_atomic
-from ssft.build_report import log_build_report
 from ssft.config import ExperimentConfig, config_from_dict, config_to_dict, parse_cli
-from ssft.config_checks import InputError
-from ssft.question_sources import load_questions
-from ssft.teachers import Question
-from ssft.teachers.replay import read_replay_rows, write_champ_replay
-from ssft.trace_building import (
+from ssft.data.question_sources import load_questions
+from ssft.data.teachers import Question
+from ssft.data.teachers.replay import read_replay_rows, write_champ_replay
+from ssft.data.trace_building import (
     ShardStats,
     build_key,
     build_shard,
@@ -45,6 +43,8 @@ from ssft.trace_building import (
     remove_stale_temp_files,
     write_shard,
 )
+from ssft.errors import InputError
+from ssft.report.build import log_build_report
 from ssft.tracking import git_commit, start_run
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id

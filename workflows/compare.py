@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from ssft.atomic_io import write_together
-from ssft.comparison import (
+from ssft.report.comparison import (
     aggregate,
     label_runs,
     load_eval,
@@ -25,7 +25,7 @@ from ssft.comparison import (
     pass_at_k_curves,
     report,
 )
-from ssft.eval_report import mlflow_key, pass_at_k_figure
+from ssft.report.eval import mlflow_key, pass_at_k_figure
 from ssft.tracking import start_run
 from workflows.cli import preflight, run_main
 

@@ -27,17 +27,17 @@ from ssft.config import (
     flatten_config,
     parse_cli,
 )
-from ssft.eval_report import log_eval, write_eval_outputs
-from ssft.evaluation import (
+from ssft.data.question_sources import held_out_questions
+from ssft.data.teachers.base import Question
+from ssft.eval.evaluation import (
     compute_metrics,
     evaluate_questions,
     load_eval_model,
     read_model_tags,
     sampling_plan,
 )
-from ssft.question_sources import held_out_questions
-from ssft.sampling import tag_probabilities
-from ssft.teachers.base import Question
+from ssft.eval.sampling import tag_probabilities
+from ssft.report.eval import log_eval, write_eval_outputs
 from ssft.tracking import git_commit, start_run
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id

@@ -26,12 +26,12 @@ from typing import TypeVar
 import ray
 
 from ssft.config import ExperimentConfig, apply_overrides, parse_cli
-from ssft.config_pipeline import VariantConfig
+from ssft.config.pipeline import VariantConfig
+from ssft.data.question_sources import held_out_questions
+from ssft.data.trace_set import read_trace_sets, trace_set_digest
+from ssft.final_model import is_finished_model
 from ssft.models import check_model_exists
-from ssft.question_sources import held_out_questions
-from ssft.trace_set import read_trace_sets, trace_set_digest
 from ssft.tracking import browse_hint, default_tracking_uri
-from ssft.train_report import is_finished_model
 from workflows import build_traces, compare, evaluate, train
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, trainings_that_fit

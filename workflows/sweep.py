@@ -32,7 +32,6 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from ssft.batching import planned_steps
 from ssft.config import (
     ExperimentConfig,
     config_from_dict,
@@ -40,8 +39,9 @@ from ssft.config import (
     flatten_config,
     parse_cli,
 )
-from ssft.methods import BASELINES
-from ssft.sweep_report import (
+from ssft.data.trace_set import read_trace_sets, trace_set_digest
+from ssft.method.table import BASELINES
+from ssft.report.sweep import (
     COSTS,
     apply_variant,
     grid,
@@ -52,8 +52,8 @@ from ssft.sweep_report import (
     report_to_parent,
     summary_rows,
 )
-from ssft.trace_set import read_trace_sets, trace_set_digest
 from ssft.tracking import git_commit
+from ssft.train.batching import planned_steps
 from workflows import build_traces
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id, trainings_that_fit

@@ -32,16 +32,16 @@ from ssft.config import (
     flatten_config,
     parse_cli,
 )
-from ssft.config_checks import ConfigError, InputError
-from ssft.forking_tokens import add_forking_tokens
+from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
+from ssft.errors import ConfigError, InputError
+from ssft.method.forking_tokens import add_forking_tokens
 from ssft.models import load_tokenizer
-from ssft.parallel import wrap_fsdp
+from ssft.report.train import log_tag_selection, log_training_artifacts
 from ssft.run_lock import run_lock, wait_until_free
-from ssft.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.tracking import NullTracker, git_commit, start_run
-from ssft.train_loop import TrainContext, train
-from ssft.train_report import log_tag_selection, log_training_artifacts
-from ssft.train_setup import load_training_data
+from ssft.train.loop import TrainContext, train
+from ssft.train.parallel import wrap_fsdp
+from ssft.train.setup import load_training_data
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 

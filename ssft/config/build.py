@@ -1,0 +1,290 @@
+"""The trace-building stage's config: ``BuildConfig`` and its list of ``TeacherConfig``.
+
+Split from ``ssft.config.schema`` (which puts ``build: BuildConfig`` into ``ExperimentConfig``)
+to keep files short; import both from ``ssft.config``. Teachers are a list, so their keys carry
+an index: ``build.teachers[2].temperature`` in messages and help, ``build.teachers.2.temperature``
+or ``build.teachers.<name>.temperature`` on the command line (see ``ssft.config.lists``).
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from ssft.config.checks import (
+    ConfigError,
+    Section,
+    invalid,
+    item_errors,
+    key_of,
+    non_empty,
+    non_negative,
+    positive,
+)
+from ssft.plugins import is_callable_spec
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]  # also model.dtype
+TeacherKind = Literal["hf", "openai", "vllm", "replay", "strategy"]
+QuestionSource = Literal["known_modes", "jsonl", "reasoning_gym", "champ"]
+Split = Literal["train", "test"]
+# ssft.data.grading.EXTRACTIONS, checked equal by the tests (loading a config never imports
+# math-verify).
+AnswerExtraction = Literal["boxed", "final_answer", "last_expression"]
+
+# The known-modes strategies (ssft.data.known_modes.STRATEGIES, checked equal by the tests): copied,
+# not imported, so that loading a config never imports task code.
+STRATEGIES = ("column", "split", "round", "count_on")
+KNOWN_MODES_DIGITS = (2, 6)  # ssft.data.known_modes.MIN_DIGITS, MAX_DIGITS
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass
+class TeacherConfig(Section):
+    """One source of traces: a local or served model, a replayed file, or a rule-based solver."""
+
+    SECTION: ClassVar[str] = "build.teachers[i]"
+
+    # fmt: off
+    name: str = field(metadata={"help": (
+        "Label of this teacher, unique among build.teachers; every trace it writes carries it "
+        "(Trace.teacher), e.g. 'smollm2' or 'strategy:column'. Overrides can address the teacher "
+        "by it: build.teachers.<name>.<field>=...")})
+    kind: TeacherKind = field(metadata={"help": (
+        "Backend: 'hf' = a transformers model on this machine; 'vllm' = the same through vLLM; "
+        "'openai' = an OpenAI-compatible HTTP server; 'replay' = traces read from a file; "
+        "'strategy' = a known-modes rule-based solver (no model).")})
+    model: str | None = field(default=None, metadata={"help": (
+        "hf/vllm: local directory or hub id of the model (required); openai: the served model "
+        "name (required).")})
+    base_url: str | None = field(default=None, metadata={"help": (
+        "openai: URL of the server's API root, e.g. http://127.0.0.1:8000/v1 (required).")})
+    api_key_env: str | None = field(default=None, metadata={"help": (
+        "openai: NAME of the environment variable that holds the API key, e.g. OPENAI_API_KEY. "
+        "The key itself never goes in a config. null = send no key.")})
+    samples_per_question: int = field(default=4, metadata={"help": (
+        "Answers sampled per question from this teacher, before grading and de-duplication.")})
+    temperature: float = field(default=0.7, metadata={"help": (
+        "Sampling temperature, > 0.")})
+    top_p: float = field(default=0.95, metadata={"help": (
+        "Nucleus sampling: keep the smallest token set with this much probability, in (0, 1].")})
+    max_new_tokens: int = field(default=256, metadata={"help": (
+        "Longest answer, in the teacher's tokens; longer answers are cut and usually fail "
+        "grading (no \\boxed{}).")})
+    batch_size: int = field(default=8, metadata={"help": (
+        "Questions per generate call (hf/vllm) or per batch of concurrent requests (openai).")})
+    system_prompt: str | None = field(
+        default="Solve the problem step by step. Put the final answer in \\boxed{}.",
+        metadata={"help": (
+            "System message sent before each question. null = none (and no system turn).")})
+    use_chat_template: bool = field(default=True, metadata={"help": (
+        "hf/vllm: format the system prompt and question with the tokenizer's chat template "
+        "(when it has one).")})
+    dtype: DType = field(default="auto", metadata={"help": (
+        "hf/vllm: parameter dtype. 'auto' keeps the checkpoint's dtype.")})
+    trust_remote_code: bool = field(default=False, metadata={"help": (
+        "hf/vllm: allow the checkpoint to run its own code from the hub. Leave false unless you "
+        "trust the repository.")})
+    request_timeout_s: float = field(default=60.0, metadata={"help": (
+        "openai: seconds to wait for one response before it counts as failed.")})
+    max_retries: int = field(default=3, metadata={"help": (
+        "openai: retries of one request after a connection error, 5xx or 429. 0 = none.")})
+    answer_extraction: AnswerExtraction = field(default="boxed", metadata={"help": (
+        "Where grading finds this teacher's final answer (ssft/data/grading.py): 'boxed' = the "
+        "last \\boxed{} only (strict; for teachers asked to box); 'final_answer' = a box, else the "
+        "answer after 'final answer is' / 'answer:'; 'last_expression' = those, else the text's "
+        "last expression (loosest). Recorded with every trace (Trace.grading).")})
+    replay_path: str | None = field(default=None, metadata={"help": (
+        "replay: Parquet or JSONL file with columns question_id, teacher, text (required).")})
+    replay_source: Literal["champ"] | None = field(default=None, metadata={"help": (
+        "replay: a published set the build writes to replay_path when that file does not "
+        "exist yet: 'champ' = CHAMP's transcripts of 4 models plus its reference solutions "
+        "(teacher 'human'), with CHAMP's human annotations as verdicts. null = the file must "
+        "exist.")})
+    strategy: str | None = field(default=None, metadata={"help": (
+        "strategy: which known-modes strategy to render: 'column', 'split', 'round' or "
+        "'count_on'; or your own rule-based solver as 'package.module:function', called as "
+        "function(question, rng) -> trace text (required).")})
+    error_rate: float = field(default=0.0, metadata={"help": (
+        "strategy: probability, in [0, 1], that a sample contains an arithmetic slip (a wrong "
+        "final answer for grading to reject).")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        non_empty(self, "name", "model", "base_url", "replay_path", "system_prompt")
+        key = key_of(self, "name")
+        if self.name.isdigit() or "=" in self.name:
+            rule = "must not be a bare number nor contain '=' (overrides address teachers by name)"
+            raise invalid(key, self.name, rule, f"Rename it, e.g. {key}='teacher{self.name}'.")
+        positive(self, "samples_per_question", "max_new_tokens", "batch_size")
+        non_negative(self, "max_retries")
+        for name, fix in (("temperature", "Set e.g. 0.7."), ("request_timeout_s", "Set e.g. 60.")):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise invalid(key_of(self, name), getattr(self, name), "must be > 0", fix)
+        if not 0 < self.top_p <= 1:
+            raise invalid(key_of(self, "top_p"), self.top_p, "must be in (0, 1]", "Set it to 1.0.")
+        if not 0 <= self.error_rate <= 1:
+            fix = "Set it to 0.0 (never slip) or e.g. 0.1."
+            raise invalid(key_of(self, "error_rate"), self.error_rate, "must be in [0, 1]", fix)
+        self._check_api_key_env()
+        self._check_kind()
+
+    def _check_api_key_env(self) -> None:
+        value, key = self.api_key_env, key_of(self, "api_key_env")
+        if value is None or (_ENV_NAME.fullmatch(value) and len(value) <= 64):
+            return
+        # Never echo the value: if it is not a variable name, it may well be the key itself.
+        looks_like_key = value.startswith("sk-") or len(value) > 64
+        what = "looks like an API key itself" if looks_like_key else "is not a variable name"
+        raise ConfigError(
+            f"{key}=<hidden, {len(value)} characters>: {what}; this field holds the NAME of an "
+            "environment variable (letters, digits, _). Put the key in the environment (export "
+            f"OPENAI_API_KEY=...) and set {key}=OPENAI_API_KEY. If a real key was written in a "
+            "config file or command line, revoke it."
+        )
+
+    def _check_kind(self) -> None:
+        required = {
+            "hf": ("model",),
+            "vllm": ("model",),
+            "openai": ("base_url", "model"),
+            "replay": ("replay_path",),
+            "strategy": ("strategy",),
+        }[self.kind]
+        for name in required:
+            if getattr(self, name) is None:
+                key = key_of(self, name)
+                raise invalid(
+                    key, None, f"a teacher of kind {self.kind!r} needs it", _EXAMPLES[name]
+                )
+        custom = self.strategy is not None and is_callable_spec(self.strategy)
+        if self.strategy is not None and self.strategy not in STRATEGIES and not custom:
+            rule = f"must be one of {', '.join(map(repr, STRATEGIES))} or 'package.module:function'"
+            raise invalid(
+                key_of(self, "strategy"), self.strategy, rule, "Set e.g. strategy: column."
+            )
+        if custom and self.error_rate:
+            rule = "must be 0 for your own solver (error_rate is the built-in strategies' slip)"
+            raise invalid(key_of(self, "error_rate"), self.error_rate, rule, "Set it to 0.0.")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            rule = "must start with http:// or https://"
+            raise invalid(key_of(self, "base_url"), self.base_url, rule, _EXAMPLES["base_url"])
+
+
+_EXAMPLES = {
+    "model": "Set it, e.g. model: HuggingFaceTB/SmolLM2-135M-Instruct.",
+    "base_url": "Set it, e.g. base_url: http://127.0.0.1:8000/v1.",
+    "replay_path": "Set it, e.g. replay_path: runs/traces/teacher_samples.parquet.",
+    "strategy": f"Set it to one of {', '.join(STRATEGIES)}.",
+}
+
+
+def default_teachers() -> list[TeacherConfig]:
+    """The four known-modes strategy solvers, one sample each, slipping 10% of the time."""
+    return [
+        TeacherConfig(
+            name=f"strategy:{s}",
+            kind="strategy",
+            strategy=s,
+            samples_per_question=1,
+            error_rate=0.1,
+        )
+        for s in STRATEGIES
+    ]
+
+
+@dataclass
+class BuildConfig(Section):
+    """Trace building: which questions, which teachers, and how answers become trace sets."""
+
+    SECTION: ClassVar[str] = "build"
+
+    # fmt: off
+    questions: QuestionSource = field(default="known_modes", metadata={"help": (
+        "Question source: 'known_modes' = generated additions (build.digits); 'jsonl' = "
+        "build.questions_path; 'reasoning_gym' = generated build.reasoning_gym_task problems; "
+        "'champ' = the CHAMP competition-math set.")})
+    questions_path: str | None = field(default=None, metadata={"help": (
+        "questions=jsonl: file with one JSON object per line: question_id, prompt, gold_answer, "
+        "source (required then).")})
+    split: Split = field(default="train", metadata={"help": (
+        "known_modes/reasoning_gym/champ: which split of the questions to build (champ: a "
+        "seeded 80/20 split by problem). jsonl files have no split: 'test' is an error.")})
+    num_questions: int | None = field(default=64, metadata={"help": (
+        "Questions to build. null = all the source has (jsonl, champ); generated sources "
+        "(known_modes, reasoning_gym) need a number.")})
+    question_seed: int = field(default=0, metadata={"help": (
+        "Seed for generating or sub-sampling the questions.")})
+    digits: int = field(default=2, metadata={"help": (
+        "known_modes: digits of each operand (difficulty), in [2, 6].")})
+    reasoning_gym_task: str = field(default="gsm_symbolic", metadata={"help": (
+        "questions=reasoning_gym: the reasoning-gym dataset name to generate from.")})
+    output_dir: str = field(default="runs/traces", metadata={"help": (
+        "Directory for the shards, the final trace-set Parquet and the rejected-questions "
+        "table.")})
+    max_traces_per_question: int = field(default=4, metadata={"help": (
+        "M: distinct correct traces kept per question.")})
+    near_duplicate_threshold: float = field(default=0.9, metadata={"help": (
+        "Two traces whose similarity (Jaccard of word 3-grams) is >= this count as duplicates "
+        "and only one is kept; in (0, 1]. 1.0 = only exact duplicates.")})
+    questions_per_shard: int = field(default=32, metadata={"help": (
+        "Questions per shard; each shard is one Ray task.")})
+    max_task_retries: int = field(default=3, metadata={"help": (
+        "Times Ray retries a failed shard task before the build fails. 0 = none.")})
+    gpus_per_task: float = field(default=0.0, metadata={"help": (
+        "GPUs each shard task reserves from Ray (fractions allowed). Set 1 when hf or vllm "
+        "teachers should run on GPU nodes; 0 = CPU only.")})
+    min_coverage: float = field(default=0.5, metadata={"help": (
+        "Warn when fewer than this share of the questions end with a trace (a build with none "
+        "is always an error), in [0, 1]. 0 = never warn.")})
+    teachers: list[TeacherConfig] = field(default_factory=default_teachers, metadata={"help": (
+        "The teachers, a YAML list of mappings (one per teacher, each needs name and kind); a "
+        "list in a YAML file replaces the preset's whole list. Default: the four known-modes "
+        "strategy solvers.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        non_empty(self, "questions_path", "reasoning_gym_task", "output_dir")
+        positive(self, "max_traces_per_question", "questions_per_shard")
+        non_negative(self, "question_seed", "max_task_retries", "gpus_per_task")
+        n = self.num_questions
+        if n is not None and not n >= 1:
+            fix = "Set build.num_questions=64, or null for all (jsonl, champ)."
+            raise invalid("build.num_questions", n, "must be a positive integer or null", fix)
+        if n is None and self.questions in ("known_modes", "reasoning_gym"):
+            rule = f"build.questions={self.questions!r} generates questions, so it needs a number"
+            raise invalid("build.num_questions", n, rule, "Set e.g. build.num_questions=64.")
+        if self.questions == "jsonl" and self.questions_path is None:
+            fix = "Set build.questions_path to a JSONL file of questions."
+            raise invalid("build.questions_path", None, "build.questions='jsonl' needs it", fix)
+        low, high = KNOWN_MODES_DIGITS
+        if not low <= self.digits <= high:
+            raise invalid("build.digits", self.digits, f"must be in [{low}, {high}]", "Set 2.")
+        if not 0 <= self.min_coverage <= 1:
+            fix = "Set e.g. build.min_coverage=0.5, or 0 to never warn."
+            raise invalid("build.min_coverage", self.min_coverage, "must be in [0, 1]", fix)
+        if not 0 < self.near_duplicate_threshold <= 1:
+            rule, fix = "must be in (0, 1]", "Set e.g. 0.9, or 1.0 to drop exact duplicates only."
+            raise invalid(
+                "build.near_duplicate_threshold", self.near_duplicate_threshold, rule, fix
+            )
+        self._check_teachers()
+
+    def _check_teachers(self) -> None:
+        if not self.teachers:
+            raise ConfigError(
+                "build.teachers=[]: the build needs at least one teacher. List them in the YAML "
+                'file, e.g. \'teachers: [{name: "strategy:column", kind: strategy, strategy: '
+                "column}]', or drop the key to keep the default four strategy teachers."
+            )
+        seen: dict[str, int] = {}
+        for i, teacher in enumerate(self.teachers):
+            with item_errors("build.teachers", i):
+                teacher.validate()
+            if teacher.name in seen:
+                raise invalid(
+                    f"build.teachers[{i}].name",
+                    teacher.name,
+                    f"the same name as build.teachers[{seen[teacher.name]}]; names must be unique "
+                    "(they label the traces)",
+                    "Rename one of them.",
+                )
+            seen[teacher.name] = i

@@ -1,0 +1,246 @@
+"""Evaluating a trained model the way the paper does (Ray-free; ``workflows/evaluate.py``
+spreads question shards over Ray tasks).
+
+For each question and each tag the model was trained with, ``samples_per_tag`` samples are
+drawn after ``[prompt ; tag]`` (``ssft.eval.sampling``), graded against the gold answer
+(math-verify, gold first) and, on the known-modes benchmark, classified into a strategy by
+its layout (``known_modes.classify_layout``: the reasoning mode, even with wrong arithmetic;
+the stricter data-flow classifier's verdict is kept as ``strategy_strict``), or by a user's
+classifier (``eval.mode_classifier``, ``mode_classifier``). On any data,
+each sample is also attributed to the teacher whose training traces it reads like
+(``ssft.data.teacher_attribution``, from the model folder's ``teacher_profiles.json``), and with
+``eval.greedy`` one greedy answer per question and tag is decoded as well.
+Shared-tag methods sample ``num_tags x samples_per_tag`` times under their one tag, so every
+method is judged on the same number of samples. Metrics come from ``ssft.eval.metrics``.
+
+Cons@N for a shared-tag method: its samples are grouped N at a time (sample j belongs to
+group j // N), which is what "N parallel samples, then a vote" means without forking tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from ssft.data import known_modes
+from ssft.data.grading import grade
+from ssft.data.teacher_attribution import read_profiles
+from ssft.data.teachers.base import Question
+from ssft.errors import ConfigError
+from ssft.eval import metrics as eval_metrics
+from ssft.eval.sampling import sample_with_tags, sample_with_tags_vllm
+from ssft.final_model import TAGS_FILE
+from ssft.method.table import uses_shared_tag
+from ssft.models import load_model_and_tokenizer, load_tokenizer
+from ssft.plugins import load_callable
+
+
+def read_model_tags(model_dir: str | Path) -> dict[str, Any]:
+    """The ``ssft_tags.json`` a training run wrote beside its final model."""
+    path = Path(model_dir) / TAGS_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: {model_dir} is not a final model written by "
+            "workflows.train (those hold ssft_tags.json with the tags and the Pass@1 tag)."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sampling_plan(info: dict[str, Any], samples_per_tag: int) -> tuple[list[str], int]:
+    """``(tags to sample under, samples per tag)`` so that every method gets N x S samples."""
+    tags = list(info["tags"])
+    if uses_shared_tag(info["method"]):
+        return [info["shared_tag"]], samples_per_tag * len(tags)
+    return tags, samples_per_tag
+
+
+def _model_dir_cfg(model_dir: str | Path, trust_remote_code: bool) -> SimpleNamespace:
+    """A model config for a saved model directory, for ``ssft.models``' loaders.
+
+    Those loaders pass ``trust_remote_code`` explicitly (so transformers never prompts) and
+    turn a refused ``auto_map`` into an ``InputError`` naming the file; ``dtype=None`` keeps
+    the dtype the directory was saved in.
+    """
+    return SimpleNamespace(
+        init="pretrained", name_or_path=str(model_dir), tokenizer=None, dtype=None,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+
+
+def load_eval_model(model_dir: str | Path, *, trust_remote_code: bool = False):
+    """``(model, tokenizer)`` of a final model directory, in eval mode, on the GPU if any.
+
+    Code shipped in the directory (``auto_map``) is never run unless ``trust_remote_code``.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model_and_tokenizer(_model_dir_cfg(model_dir, trust_remote_code))
+    return model.to(device).eval(), tokenizer
+
+
+Classifier = Callable[[Question, str], tuple[str | None, str | None]]
+
+
+def mode_classifier(spec: str) -> Classifier:
+    """``(strategy, strategy_strict)`` of one sample, by ``eval.mode_classifier``.
+
+    ``"auto"``: on the known-modes benchmark's own questions, the layout (the mode a sample
+    follows, even with wrong arithmetic) and the strict data-flow classifier; elsewhere
+    none. ``"none"``: never. ``"module:function"``: a user's classifier, imported here, called
+    as ``function(text) -> label | None`` for every sample (both values). Labels are strings
+    (e.g. a strategy or teacher name); None or ``"unknown"`` means not classified.
+    """
+    if spec == "none":
+        return lambda q, text: (None, None)
+    if spec == "auto":
+
+        def auto(q: Question, text: str) -> tuple[str | None, str | None]:
+            if not known_modes.is_benchmark_source(q.source):
+                return None, None
+            return known_modes.classify_layout(text), known_modes.classify(text)
+
+        return auto
+    fn = load_callable(spec, "eval.mode_classifier")
+
+    def custom(q: Question, text: str) -> tuple[str | None, str | None]:
+        label = fn(text)
+        if label is not None and not isinstance(label, str):
+            raise ConfigError(
+                f"eval.mode_classifier={spec!r} returned {type(label).__name__} {label!r:.40} "
+                "for a sample; it must return a string label or None"
+            )
+        return label, label
+
+    return custom
+
+
+def evaluate_questions(
+    model_dir: str | Path,
+    questions: Sequence[Question],
+    eval_cfg: Any,
+    data_cfg: Any,
+    seed: int,
+    *,
+    model=None,
+    tokenizer=None,
+    trust_remote_code: bool = False,
+    greedy: bool = False,
+) -> list[dict[str, Any]]:
+    """Graded sample rows for ``questions`` (one row per question, tag and sample).
+
+    ``greedy``: one greedy (temperature 0) answer per question and tag instead of the
+    sampling protocol, rows tagged ``decoding="greedy"`` (else ``"sampled"``). Pass an
+    already loaded ``model``/``tokenizer`` (``load_eval_model``) to avoid loading them again;
+    the ``vllm`` backend builds its own engine from ``model_dir``.
+    """
+    info = read_model_tags(model_dir)
+    tokenizer = tokenizer or load_tokenizer(_model_dir_cfg(model_dir, trust_remote_code))
+    tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
+    if greedy:
+        per_tag = 1
+    common = dict(
+        samples_per_tag=per_tag, temperature=0.0 if greedy else eval_cfg.temperature,
+        top_p=eval_cfg.top_p, max_new_tokens=eval_cfg.max_new_tokens, seed=seed,
+        use_chat_template=data_cfg.use_chat_template, prompt_template=data_cfg.prompt_template,
+    )  # fmt: skip
+    if eval_cfg.backend == "vllm":
+        rows = sample_with_tags_vllm(str(model_dir), tokenizer, questions, tags, **common)
+    else:
+        if model is None:
+            model = load_eval_model(model_dir, trust_remote_code=trust_remote_code)[0]
+        rows = sample_with_tags(
+            model, tokenizer, questions, tags, batch_size=eval_cfg.batch_size, **common
+        )
+    gold = {q.question_id: q for q in questions}
+    classify = mode_classifier(eval_cfg.mode_classifier)
+    profiles = read_profiles(model_dir)
+    for row in rows:
+        q = gold[row["question_id"]]
+        row["decoding"] = "greedy" if greedy else "sampled"
+        row["parsed_answer"], row["correct"] = grade(
+            q.gold_answer, row["text"], eval_cfg.answer_extraction
+        )
+        row["strategy"], row["strategy_strict"] = classify(q, row["text"])
+        # Any data set: the teacher whose training traces the sample reads like.
+        row["teacher"] = profiles.attribute(row["text"]) if profiles is not None else None
+    return rows
+
+
+def _grouped_for_votes(rows: list[dict], shared_tag: str, n: int) -> tuple[list[dict], list[str]]:
+    """Shared-tag samples relabelled into N pseudo-tags so votes group N samples at a time."""
+    pseudo = [f"{shared_tag}#{i}" for i in range(n)]
+    out = [
+        {**r, "tag": pseudo[r["sample_index"] % n], "sample_index": r["sample_index"] // n}
+        for r in rows
+    ]
+    return out, pseudo
+
+
+def sample_ks(total: int) -> list[int]:
+    """The k of pass@k and Cons@k reported for ``total`` samples per question: powers of two
+    up to it, and ``total`` itself (so every method has k = 16 when it draws 16 or more)."""
+    return sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= total} | {total})
+
+
+def compute_metrics(
+    rows: list[dict[str, Any]], info: dict[str, Any], eval_cfg: Any
+) -> dict[str, float]:
+    """Pass@1 (chosen tag and every tag), Cons@N, Cons@k, pass@k, lengths, mode purity.
+
+    Rows with ``decoding="greedy"`` (``evaluate_questions(greedy=True)``) add the greedy
+    figures: ``greedy_pass1/<tag>``, ``greedy_accuracy_mean`` and greedy distinct modes.
+    With usable tags narrower than all tags (``ssft.eval.tag_selection``), ``cons_native_usable``
+    and ``tag_accuracy_min_usable`` give the figures over those.
+    """
+    greedy = [r for r in rows if r.get("decoding") == "greedy"]
+    rows = [r for r in rows if r.get("decoding", "sampled") == "sampled"]
+    tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
+    n_tags = len(info["tags"])
+    total = per_tag * len(tags)
+    ks = sample_ks(total)
+    pass1_tag = eval_cfg.pass1_tag or info["pass1_tag"]
+    metrics = eval_metrics.summarize(rows, tags, pass1_tag, ks)
+    vote_rows, vote_tags = (rows, tags)
+    if len(tags) == 1:  # shared tag: votes over groups of N consecutive samples
+        vote_rows, vote_tags = _grouped_for_votes(rows, tags[0], n_tags)
+    metrics["cons_native"] = eval_metrics.cons_native(vote_rows, vote_tags)
+    for label in eval_metrics.LABEL_KEYS:  # diversity among N parallel samples, one per tag
+        _, plural = eval_metrics.LABEL_KEYS[label]
+        if f"distinct_{plural}" in metrics:
+            metrics[f"distinct_{plural}"] = eval_metrics.distinct_labels_per_question(
+                vote_rows, vote_tags, label
+            )
+    for k in ks:
+        metrics[f"cons@{k}"] = eval_metrics.cons_at_k(vote_rows, vote_tags, k)
+    cons_k = eval_cfg.cons_k or total
+    if cons_k > total:
+        raise ValueError(
+            f"eval.cons_k={cons_k} but only {total} samples per question are drawn; raise "
+            "eval.samples_per_tag or lower eval.cons_k."
+        )
+    metrics["cons_k"] = eval_metrics.cons_at_k(vote_rows, vote_tags, cons_k)
+    metrics["num_tags"] = float(n_tags)
+    usable = [t for t in info.get("usable_tags") or tags if t in tags]
+    metrics["num_usable_tags"] = float(len(usable))
+    if len(tags) > 1 and usable != tags:
+        metrics["cons_native_usable"] = eval_metrics.cons_native(rows, usable)
+        metrics["tag_accuracy_min_usable"] = min(metrics[f"pass1/{t}"] for t in usable)
+    if greedy:
+        metrics |= _greedy_metrics(greedy, tags)
+    return metrics
+
+
+def _greedy_metrics(rows: list[dict[str, Any]], tags: list[str]) -> dict[str, float]:
+    """One greedy answer per tag: accuracy per tag and its mean, distinct modes per question."""
+    out = {f"greedy_pass1/{t}": eval_metrics.pass1(rows, t) for t in tags}
+    out["greedy_accuracy_mean"] = sum(out.values()) / len(tags)
+    for label, (_, plural) in eval_metrics.LABEL_KEYS.items():
+        if any(r.get(label) is not None for r in rows):
+            out[f"distinct_{plural}_greedy"] = eval_metrics.distinct_labels_per_question(
+                rows, tags, label
+            )
+    return out

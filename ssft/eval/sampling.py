@@ -1,0 +1,173 @@
+"""Tag-conditioned sampling from a trained model, as the paper evaluates it.
+
+The prompt is built exactly as in training (``ssft.method.sequences.format_prompt``: the chat
+template's generation prompt, or the plain template), then the tag token is appended, so
+the model continues after ``<think i>``. Sampling reuses the ``hf`` teacher's batched,
+per-row-seeded generation (``ssft.data.teachers.hf``): a sample depends on (seed, question, tag,
+sample index) only, not on batch composition.
+
+Shared-tag methods (SFT-mixed, single-trace SFT) get the same number of samples as the
+forking-token methods, all under their one tag: ``num_tags x samples_per_tag``.
+
+``tag_probabilities`` reports p(tag | prompt) at the position where the tag goes: the full
+softmax probability of each tag token, and the distribution renormalised over the tags
+(what a model trained with ``forking.tag_loss`` would pick from).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from ssft.data.teachers.base import Question
+from ssft.data.teachers.hf import HFTeacher
+from ssft.method.sequences import DEFAULT_PROMPT_TEMPLATE, format_prompt
+
+
+class _TagPrompt(HFTeacher):
+    """The ``hf`` teacher with training's prompt format and one tag appended."""
+
+    def __init__(self, cfg, model, tokenizer, tag_id: int, use_chat_template, prompt_template):
+        super().__init__(cfg, model=model, tokenizer=tokenizer)
+        self.tag_id, self.use_chat, self.template = tag_id, use_chat_template, prompt_template
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        ids = format_prompt(
+            self.tokenizer, prompt, use_chat_template=self.use_chat, prompt_template=self.template
+        )
+        return [*ids, self.tag_id]
+
+
+def sample_with_tags(
+    model,
+    tokenizer,
+    questions: Sequence[Question],
+    tags: Sequence[str],
+    *,
+    samples_per_tag: int,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    use_chat_template: bool = True,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+) -> list[dict[str, Any]]:
+    """One row per (question, tag, sample): question_id, tag, sample_index, text, num_tokens.
+
+    Rows are ordered by question, then tag (in ``tags`` order), then sample index.
+    """
+    cfg = SimpleNamespace(
+        name="eval", kind="hf", model=None, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, system_prompt=None,
+        use_chat_template=use_chat_template, dtype="auto", trust_remote_code=False,
+    )  # fmt: skip
+    by_key: dict[tuple[str, str], list] = {}
+    for tag in tags:
+        tag_id = tokenizer.convert_tokens_to_ids(tag)
+        if tokenizer.encode(tag, add_special_tokens=False) != [tag_id]:
+            raise ValueError(f"{tag!r} is not a single token of this tokenizer: not an SSFT model?")
+        sampler = _TagPrompt(cfg, model, tokenizer, tag_id, use_chat_template, prompt_template)
+        # The tag is part of the sample's identity, so each tag draws its own random streams.
+        keyed = [Question(f"{q.question_id}\t{tag}", q.prompt, q.gold_answer, q.source)
+                 for q in questions]  # fmt: skip
+        for s in sampler.generate(keyed, samples_per_tag, seed):
+            qid = s.question_id.rsplit("\t", 1)[0]
+            by_key.setdefault((qid, tag), []).append(s)
+    rows = []
+    for q in questions:
+        for tag in tags:
+            for k, s in enumerate(by_key[(q.question_id, tag)]):
+                rows.append({"question_id": q.question_id, "tag": tag, "sample_index": k,
+                             "text": s.text, "num_tokens": s.num_tokens})  # fmt: skip
+    return rows
+
+
+def sample_with_tags_vllm(
+    model_dir: str,
+    tokenizer,
+    questions: Sequence[Question],
+    tags: Sequence[str],
+    *,
+    samples_per_tag: int,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    use_chat_template: bool = True,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+) -> list[dict[str, Any]]:
+    """``sample_with_tags`` on vLLM: the same prompts (token ids, tag appended), same rows.
+
+    One request per (question, tag) with ``n=samples_per_tag`` and a seed from (seed,
+    question, tag), so results do not depend on batching. vLLM is an optional GPU dependency.
+    """
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+    except ImportError as err:
+        raise ImportError(
+            "eval.backend=vllm needs the vLLM package (an optional GPU dependency, installed "
+            "with `pip install vllm==<version>` pinned together with your Ray version); use "
+            "eval.backend=hf meanwhile."
+        ) from err
+    import hashlib
+
+    llm = LLM(model=str(model_dir), seed=seed, trust_remote_code=False)  # never run repo code
+    prompts, params, keys = [], [], []
+    for q in questions:
+        base = format_prompt(
+            tokenizer,
+            q.prompt,
+            use_chat_template=use_chat_template,
+            prompt_template=prompt_template,
+        )
+        for tag in tags:
+            digest = hashlib.sha256(f"{seed}|{q.question_id}|{tag}".encode()).digest()
+            prompts.append(
+                TokensPrompt(prompt_token_ids=[*base, tokenizer.convert_tokens_to_ids(tag)])
+            )
+            params.append(SamplingParams(
+                n=samples_per_tag, temperature=temperature, top_p=top_p,
+                max_tokens=max_new_tokens, seed=int.from_bytes(digest[:4], "little") & 0x7FFFFFFF,
+            ))  # fmt: skip
+            keys.append((q.question_id, tag))
+    rows = []
+    for (qid, tag), out in zip(keys, llm.generate(prompts, params), strict=True):
+        for k, completion in enumerate(out.outputs):
+            rows.append({"question_id": qid, "tag": tag, "sample_index": k,
+                         "text": completion.text.strip(),
+                         "num_tokens": len(completion.token_ids)})  # fmt: skip
+    return rows
+
+
+@torch.inference_mode()
+def tag_probabilities(
+    model,
+    tokenizer,
+    questions: Sequence[Question],
+    tags: Sequence[str],
+    *,
+    use_chat_template: bool = True,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+) -> list[dict[str, Any]]:
+    """Per question and tag: p(tag | prompt) over the vocabulary and renormalised over tags."""
+    tag_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(tags)))
+    device = next(model.parameters()).device
+    rows = []
+    for q in questions:
+        ids = format_prompt(
+            tokenizer,
+            q.prompt,
+            use_chat_template=use_chat_template,
+            prompt_template=prompt_template,
+        )
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
+        probs = torch.softmax(logits, dim=-1)[tag_ids.to(device)].cpu()
+        among = probs / probs.sum().clamp(min=1e-30)
+        for tag, p, r in zip(tags, probs.tolist(), among.tolist(), strict=True):
+            rows.append({"question_id": q.question_id, "tag": tag, "p_vocab": p, "p_among_tags": r})
+    return rows

@@ -1,0 +1,111 @@
+"""What an evaluation leaves behind, for a person to look at rather than read.
+
+Files under the evaluation folder: ``samples.parquet`` (one row per question, tag and
+sample: decoding, text, parsed answer, correct, strategy, attributed teacher),
+``tag_probabilities.parquet``, ``metrics.json``. Plots (PNG): per-tag accuracy and answer
+length, tag x strategy (known-modes) and tag x teacher heat maps, pass@k curves of one or
+several methods on one chart. MLflow metric keys
+are made safe here ("pass@4" -> "pass_at_4", "<think2>" -> "think2").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ssft.atomic_io import write_atomic
+from ssft.eval import metrics as eval_metrics
+from ssft.train.matching_stats import heatmap
+
+
+def mlflow_key(key: str) -> str:
+    return key.replace("@", "_at_").replace("<", "").replace(">", "").replace("#", "_")
+
+
+def write_table_atomic(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    table = pa.Table.from_pylist(list(rows))
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _figure(width: float = 7.0, height: float = 3.5, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def per_tag_figure(rows: Sequence[Mapping[str, Any]], title: str):
+    """Accuracy and mean answer length for every tag (bars), the chosen tag included."""
+    stats = eval_metrics.per_tag(rows)
+    tags = sorted(stats, key=eval_metrics.tag_sort_key)
+    fig, (acc, length) = _figure(ncols=2, width=9)
+    acc.bar(tags, [stats[t].accuracy for t in tags], color="tab:blue")
+    acc.set_ylim(0, 1)
+    acc.set_title("accuracy per tag")
+    length.bar(tags, [stats[t].mean_tokens for t in tags], color="tab:orange")
+    length.set_title("mean answer length (tokens)")
+    for ax in (acc, length):
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def label_figure(rows: Sequence[Mapping[str, Any]], label: str, title: str):
+    """Tag x label (strategy or attributed teacher) counts as a heat map; None if unlabelled."""
+    tags, labels, counts = eval_metrics.tag_label_counts(rows, label)
+    return heatmap(counts, list(tags), list(labels), title) if len(labels) else None
+
+
+def sampled(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of the sampling protocol (not the greedy answers)."""
+    return [r for r in rows if r.get("decoding", "sampled") == "sampled"]
+
+
+def pass_at_k_figure(curves: Mapping[str, Mapping[int, float]], title: str):
+    """pass@k against k (log2 axis), one line per method or run."""
+    fig, (ax,) = _figure(width=6, height=4)
+    for label, values in curves.items():
+        ks = sorted(values)
+        ax.plot(ks, [values[k] for k in ks], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def pass_at_k_curve(metrics: Mapping[str, float]) -> dict[int, float]:
+    return {int(k.split("@")[1]): v for k, v in metrics.items() if k.startswith("pass@")}
+
+
+def write_eval_outputs(
+    out_dir: Path, rows, prob_rows, metrics: Mapping[str, float], info: Mapping[str, Any]
+) -> None:
+    write_table_atomic(out_dir / "samples.parquet", rows)
+    write_table_atomic(out_dir / "tag_probabilities.parquet", prob_rows)
+    blob = json.dumps({"metrics": dict(metrics), "model": dict(info)}, indent=1)
+    (out_dir / "metrics.json").write_text(blob, encoding="utf-8")
+
+
+def log_eval(tracker, out_dir: Path, rows, metrics: Mapping[str, float], label: str) -> None:
+    tracker.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=0)
+    for name in ("samples.parquet", "tag_probabilities.parquet", "metrics.json"):
+        tracker.log_artifact(out_dir / name, "eval")
+    tracker.log_figure(per_tag_figure(sampled(rows), label), "plots/per_tag.png")
+    for column in eval_metrics.LABEL_KEYS:  # tag x strategy (known-modes), tag x teacher
+        fig = label_figure(sampled(rows), column, f"{label}: tag x {column}")
+        if fig is not None:
+            tracker.log_figure(fig, f"plots/tag_by_{column}.png")
+    tracker.log_figure(
+        pass_at_k_figure({label: pass_at_k_curve(metrics)}, label), "plots/pass_at_k.png"
+    )

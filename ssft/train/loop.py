@@ -1,0 +1,360 @@
+"""The one training loop for every method; the methods differ only in how traces get tags.
+
+    hungarian  cost matrix (no grad) -> Hungarian -> loss on the matched sequences (SSFT)
+    random     distinct random tags per trace, redrawn each epoch -> loss
+    shared     every trace under the shared <think> tag -> loss (the SFT baselines)
+
+(``ssft.method.table`` maps each method to its policy.)
+
+Per optimizer step (see ``ssft.train.batching`` for who gets which questions)::
+
+    plan -> for each chunk: cost -> assign -> matched sequences -> micro-batches fwd/bwd
+         -> clip -> step (skipped on the device if the norm is not finite) -> schedule
+         -> every train.log_every steps (and before a checkpoint): the host syncs, once
+            for the window (losses, norms, gathered assignments) -> log -> maybe checkpoint
+
+(The Hungarian matching itself runs on the host, so SSFT reads each step's cost matrices
+there: that sync is the method's own; the baselines have none between logs.)
+
+After the last step rank 0 writes the final model, samples every tag on the held-out
+validation questions and records the Pass@1 tag and the usable tags (``ssft.eval.tag_selection``)
+in its ``ssft_tags.json``: that write is the last, so a folder with it is a finished model.
+With ``matching.spare_tags=fill`` each tag the matching left unused also trains on its
+cheapest trace (``ssft.method.matching.spare_tag_fill``): N sequences per question instead of M.
+
+No Ray here: rank, world size, device, reporting, checkpoint reporting and model wrapping
+come in a ``TrainContext``, so the same function runs under Ray Train, torchrun or in a
+notebook. Non-zero ranks get a no-op tracker. Every rank runs the same number of forwards
+and backwards per step (zero-weight padding micro-batches), and each micro-batch
+backpropagates ``local NLL sum * world_size / global token count`` (DDP and FSDP average
+over ranks), so the gradient equals the token mean over the global batch for any worker
+count. A chunk's matched sequences go longest first into micro-batches of
+``train.micro_batch_sequences``, each packed into rows without padding between sequences
+(``train.packing``, ``ssft.train.packing``) or right-padded. Clipping and the optimizer step read
+nothing on the host (a non-finite gradient norm skips the update inside the fused AdamW
+kernel; the loop warns when it logs the norm). Under DDP the cost pass runs on the
+unwrapped model (no collectives) and rank 0's own state is the checkpoint; under FSDP
+(``ssft.train.parallel``) the cost pass goes through the wrapped module with the same number of
+forwards on every rank (dummy ones pad), and the checkpoints and the final model are
+gathered collectively, then written by rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssft.eval.evaluation import load_eval_model
+from ssft.eval.tag_selection import TagSelection, select_tags, validation_accuracy
+from ssft.final_model import write_tag_selection
+from ssft.method.losses import matched_sequences
+from ssft.method.matching import assign_tags, cost_forward_count, cost_matrices, spare_tag_fill
+from ssft.method.sequences import build_sequence, pad_batch
+from ssft.train.batching import StepPlan, micro_batch_count, plan_step
+from ssft.train.checkpointing import save_checkpoint
+from ssft.train.final_model import write_final_model
+from ssft.train.matching_stats import AssignmentRecord, MatchingTracker, second_best_gap
+from ssft.train.packing import pack_batch
+from ssft.train.parallel import clip_grad_norm, full_model_state, full_optimizer_state
+from ssft.train.setup import Run, SequenceNLL, TrainContext, load_training_data, setup_run
+
+__all__ = [
+    "SequenceNLL",
+    "StepOutput",
+    "TrainContext",
+    "TrainResult",
+    "load_training_data",
+    "train",
+    "train_step",
+]
+
+log = logging.getLogger("ssft.train")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float]
+    pass1_tag: str
+    data_log: list[list]
+    matching: MatchingTracker
+    final_dir: Path | None = None
+    selection: TagSelection | None = None  # rank 0 only
+
+
+def _gather(obj: Any, world_size: int) -> list[Any]:
+    if world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.Tensor, list]:
+    """Cost -> assign -> matched sequences -> forward/backward for one chunk on this rank."""
+    cfg, ctx, mbs = run.cfg, run.ctx, run.cfg.train.micro_batch_sequences
+    mine = [run.questions[i] for i in chunk[ctx.rank]]
+    costs, mc = None, cfg.matching
+    if run.policy.needs_cost and (mine or run.sharded):
+        kwargs: dict[str, Any] = {}
+        if run.sharded:  # every forward is a collective: same count on all ranks
+            kwargs["forward"] = lambda b: run.wrapped(b.input_ids, b.attention_mask, b.labels)
+            n_tags, size = len(run.tag_ids), mc.cost_batch_size
+            kwargs["min_forwards"] = cost_forward_count(chunk, run.questions, n_tags, size)
+        with run.phase("cost"), run.autocast():
+            costs = cost_matrices(
+                run.net if run.sharded else run.model, mine, run.tag_ids,
+                pad_id=run.pad_id, cost=mc.cost, prefix_tokens=mc.prefix_tokens,
+                batch_size=mc.cost_batch_size, prompt_cache=mc.prompt_cache, **kwargs,
+            )  # fmt: skip
+    with run.phase("assign"):
+        assigned = assign_tags(
+            run.policy, mine, len(run.tag_ids), costs, seed=cfg.seed, epoch=plan.epoch
+        )
+        records = [
+            AssignmentRecord(q.question_id, a, q.trace_keys, q.teachers, q.modes,
+                             second_best_gap(costs[b], a) if costs is not None else None)
+            for b, (q, a) in enumerate(zip(mine, assigned, strict=True))
+        ]  # fmt: skip
+        fill = run.policy.needs_cost and mc.spare_tags == "fill"
+        spare = None
+        if fill and mine:  # every unused tag also trains on its cheapest trace
+            spare = [spare_tag_fill(c, a) for c, a in zip(costs, assigned, strict=True)]
+        seqs = matched_sequences(
+            mine, assigned, run.tag_ids, tag_loss=cfg.forking.tag_loss, spare=spare
+        )
+        # Rows that carry the method's own loss (the logged loss); spare-tag rows do not.
+        matched = [True] * len(seqs)
+        if spare:
+            matched = [m for q, extra in zip(mine, spare, strict=True)
+                       for m in [True] * q.num_traces + [False] * len(extra)]  # fmt: skip
+        # Longest first, so each micro-batch holds similar lengths: little padding (or packing
+        # slack) per row. The gradient is a sum over sequences: the order does not change it.
+        order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]), reverse=True)
+        seqs, matched = [seqs[k] for k in order], [matched[k] for k in order]
+    per_question = len(run.tag_ids) if fill else 0
+    n_micro = micro_batch_count(chunk, run.questions, mbs, per_question)
+    nll = torch.zeros((), device=run.device)
+    with run.phase("loss"):
+        for m in range(n_micro):
+            part = seqs[m * mbs : (m + 1) * mbs]
+            weight = 1.0 if part else 0.0  # a padding pass: same collectives, zero gradient
+            if cfg.train.packing:  # rows of several sequences, attention kept inside each
+                batch = pack_batch(part or [dummy], run.pad_id).batch.to(run.device)
+            else:
+                batch = pad_batch(part or [dummy], run.pad_id).to(run.device)
+            # DDP all-reduces once per step (only the last backward syncs); FSDP has no no_sync
+            # and reduce-scatters every backward (its gradients stay sharded between them).
+            syncs = (last_chunk and m == n_micro - 1) or not hasattr(run.wrapped, "no_sync")
+            with contextlib.nullcontext() if syncs else run.wrapped.no_sync():
+                with run.autocast():
+                    sums, _ = run.wrapped(
+                        batch.input_ids, batch.attention_mask, batch.labels, batch.position_ids
+                    )
+                (sums.sum() * (weight * ctx.world_size / plan.global_tokens)).backward()
+            if spare and part:
+                keep = torch.tensor(matched[m * mbs : (m + 1) * mbs], device=sums.device)
+                nll += (sums.detach() * keep).sum()
+            else:
+                nll += sums.sum().detach() * weight
+    return nll, records
+
+
+@dataclass
+class StepOutput:
+    """What one optimizer step leaves for logging; tensors stay on the device (no sync)."""
+
+    plan: StepPlan
+    nll: torch.Tensor  # this rank's NLL sum over the step's supervised tokens
+    records: list[AssignmentRecord]  # this rank's assignments
+    grad_norm: torch.Tensor
+    lr: float  # the learning rate this step's update used (read before the schedule moved on)
+
+
+def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepOutput:
+    """One optimizer step: plan -> per chunk (cost, assign, fwd/bwd) -> clip -> step -> schedule.
+
+    ``dummy`` is the sequence a padding micro-batch forwards. The training loop and
+    ``benchmarks/step_cost.py`` both call this, so the benchmark times the real step.
+    """
+    cfg, ctx, tc = run.cfg, run.ctx, run.cfg.train
+    plan = plan_step(
+        step, run.questions, questions_per_step=tc.questions_per_step,
+        grad_accum_steps=tc.grad_accum_steps, world_size=ctx.world_size, seed=cfg.seed,
+        tag_loss=cfg.forking.tag_loss,
+    )  # fmt: skip
+    nll, records = torch.zeros((), device=run.device), []
+    for c, chunk in enumerate(plan.chunks):
+        chunk_nll, chunk_records = _train_chunk(run, plan, chunk, dummy, c == len(plan.chunks) - 1)
+        nll, records = nll + chunk_nll, records + chunk_records
+    lr = run.optimizer.param_groups[0]["lr"]
+    with run.phase("optimizer"):
+        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
+        if run.sharded:  # the optimizer's parameters are the shards (DTensor gradients)
+            params = [p for group in run.optimizer.param_groups for p in group["params"]]
+            grad_norm = clip_grad_norm(params, max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), max_norm)
+        # A non-finite gradient norm skips the update (the loop warns when it logs the norm).
+        if run.skips_on_device:  # fused AdamW reads the flag on the device: no host sync
+            run.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+            run.optimizer.step()
+        elif torch.isfinite(grad_norm):  # FSDP shards: a host sync per step
+            run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return StepOutput(plan, nll, records, grad_norm, lr)
+
+
+def _full_state(run: Run, optimizer: bool = True) -> tuple[dict | None, dict | None]:
+    """FSDP: whole weights (and optimizer state), gathered by every rank, kept on rank 0."""
+    if not run.sharded:
+        return None, None
+    weights = full_model_state(run.net, prefix="lm.")
+    return weights, full_optimizer_state(run.net, run.optimizer) if optimizer else None
+
+
+def _checkpoint(run: Run, step: int, metrics: dict) -> None:
+    """Rank 0 writes a checkpoint to a temp dir and reports it; other ranks report metrics."""
+    model_state, optimizer_state = _full_state(run)  # a collective under FSDP
+    if run.ctx.rank != 0:
+        run.ctx.report(metrics, None)
+        return
+    state = {
+        "step": step + 1, "total_steps": run.total_steps, "matching": run.stats.state_dict(),
+        "data_log": run.data_log, "losses": run.losses, "pass1_tag": run.pass1_tag,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ssft-ckpt-") as tmp:
+        save_checkpoint(
+            tmp, model=run.model, tokenizer=run.tokenizer, optimizer=run.optimizer,
+            scheduler=run.scheduler, state=state, model_state=model_state,
+            optimizer_state=optimizer_state,
+        )  # fmt: skip
+        run.ctx.report(metrics, Path(tmp))
+
+
+def _account(run: Run, window: list[StepOutput], seconds: float) -> dict[str, float]:
+    """The host side of the steps since the last log: losses, statistics, the data log.
+
+    This is where the loop syncs with the device (``nll``, the gradient norm) and gathers
+    every rank's assignments, once per window of ``train.log_every`` steps (and before each
+    checkpoint), not once per step. Returns the metrics of the window's last step.
+    """
+    world = run.ctx.world_size
+    nll = torch.stack([out.nll for out in window])
+    if world > 1:
+        torch.distributed.all_reduce(nll)
+    nll_host = nll.tolist()
+    norms = torch.stack([out.grad_norm.float() for out in window]).tolist()
+    gathered = _gather([out.records for out in window], world)  # one collective per window
+    metrics: dict[str, float] = {}
+    for k, out in enumerate(window):
+        plan = out.plan
+        all_records = [r for rank in gathered for r in rank[k]]
+        matching_metrics = run.stats.update(plan.step, plan.epoch, all_records)
+        loss = nll_host[k] / plan.global_tokens
+        run.losses.append(loss)
+        digest = hashlib.sha256("\n".join(plan.question_ids(run.questions)).encode())
+        run.data_log.append([plan.step, plan.epoch, len(all_records), digest.hexdigest()[:16]])
+        if not math.isfinite(norms[k]):  # train_step skipped this update
+            log.warning("step %d: gradient norm is %s; the update was skipped", plan.step, norms[k])
+        metrics = {
+            "step": plan.step + 1, "epoch": plan.epoch, "loss": loss, "lr": out.lr,
+            "grad_norm": norms[k], **matching_metrics,
+        }  # fmt: skip
+    tokens = sum(out.plan.global_tokens for out in window)
+    return {**metrics, "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+
+def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
+    """Train ``cfg.method`` on ``cfg.data.train_path``; resumes from ``ctx.resume_from``."""
+    ctx = ctx or TrainContext()
+    run = setup_run(cfg, ctx)
+    tc, q0 = cfg.train, run.questions[0]
+    dummy = build_sequence(q0.prompt_ids, run.tag_ids[0], q0.trace_ids[0])
+    began = window_began = time.perf_counter()
+    window: list[StepOutput] = []  # steps not yet accounted on the host
+    for step in range(run.start, run.total_steps):
+        if ctx.before_step:
+            ctx.before_step(step)
+        window.append(train_step(run, step, dummy))
+        last = step + 1 == run.total_steps
+        log_now = (step + 1) % tc.log_every == 0 or last
+        every = tc.checkpoint_every
+        checkpoint = (every and (step + 1) % every == 0) or last
+        if not (log_now or checkpoint):
+            continue  # no host sync: the device runs ahead
+        metrics = _account(run, window, time.perf_counter() - window_began)
+        window, window_began = [], time.perf_counter()
+        if ctx.rank == 0 and log_now:
+            ctx.tracker.log_metrics(metrics, step=step + 1)
+            done = step + 1 - run.start
+            eta = (time.perf_counter() - began) / done * (run.total_steps - step - 1)
+            print(
+                f"[train {cfg.name}] step {step + 1}/{run.total_steps} | "
+                f"epoch {metrics['epoch']} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
+                f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta:.0f}s",
+                flush=True,
+            )
+        if checkpoint:
+            _checkpoint(run, step, metrics)
+    final_dir = None
+    if ctx.final_dir is not None:
+        weights, _ = _full_state(run, optimizer=False)  # a collective under FSDP
+        if ctx.rank == 0:
+            log_ = {"steps": run.total_steps, "losses": run.losses, "data_log": run.data_log}
+            final_dir = write_final_model(
+                ctx.final_dir, run.model, run.tokenizer, run.stats, run.tags, cfg, log_,
+                state_dict=weights, profiles=run.profiles,
+            )  # fmt: skip
+    selection = select_final_tags(run, final_dir) if ctx.rank == 0 else None
+    if final_dir is not None:
+        write_tag_selection(final_dir, selection)  # last: its presence = a finished model
+    pass1 = selection.pass1_tag if selection else run.pass1_tag
+    return TrainResult(
+        run.total_steps, run.losses, pass1, run.data_log, run.stats, final_dir, selection
+    )
+
+
+def select_final_tags(run: Run, final_dir: Path | None) -> TagSelection:
+    """Validation accuracy of every tag on the held-out questions, then the Pass@1 rule.
+
+    The trained model samples in eval mode (as evaluation does). A sharded (FSDP) model
+    cannot sample on one rank: then the final model just written is loaded instead.
+    """
+    cfg, ts = run.cfg, run.cfg.tag_selection
+    tags = list(run.tags.tags) if not run.shared else [run.tags.shared_tag]
+    accuracy = None
+    if run.validation:
+        t0 = time.perf_counter()
+        if run.sharded:
+            if final_dir is None:
+                raise ValueError("a sharded run validates its tags from the final model: "
+                                 "give TrainContext.final_dir")  # fmt: skip
+            model = load_eval_model(final_dir)[0]
+        else:
+            model = run.model.eval()
+        accuracy = validation_accuracy(
+            model, run.tokenizer, run.validation, tags, cfg.eval, cfg.data,
+            samples_per_tag=ts.samples_per_tag, seed=cfg.seed,
+        )  # fmt: skip
+        shown = " ".join(f"{t} {a:.3f}" for t, a in accuracy.items())
+        print(f"[train] validation accuracy on {len(run.validation)} held-out questions "
+              f"({time.perf_counter() - t0:.0f}s): {shown}", flush=True)  # fmt: skip
+    selection = select_tags(  # the tracker counts the tags of tag_ids: [<think>] when shared
+        tags, run.stats.coverage(), run.stats.latest_coverage(), accuracy, rule=ts.pass1_rule,
+        min_relative_accuracy=ts.min_relative_accuracy,
+        validation_questions=len(run.validation),
+    )  # fmt: skip
+    usable = "" if selection.usable_tags == tags else f"; usable tags {selection.usable_tags}"
+    print(f"[train] Pass@1 tag {selection.why()}{usable}", flush=True)
+    return selection
