@@ -20,10 +20,11 @@ from ssft.config.checks import (
     non_negative,
     positive,
 )
+from ssft.data.teachers.kinds import TEACHER_KIND_NAMES, TEACHER_KINDS, kinds_help
 from ssft.plugins import is_callable_spec
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]  # also model.dtype
-TeacherKind = Literal["hf", "openai", "vllm", "replay", "strategy"]
+TeacherKind = Literal[TEACHER_KIND_NAMES]  # ssft.data.teachers.kinds: the one table of kinds
 QuestionSource = Literal["known_modes", "jsonl", "reasoning_gym", "champ"]
 Split = Literal["train", "test"]
 # ssft.data.grading.EXTRACTIONS, checked equal by the tests (loading a config never imports
@@ -48,10 +49,7 @@ class TeacherConfig(Section):
         "Label of this teacher, unique among build.teachers; every trace it writes carries it "
         "(Trace.teacher), e.g. 'smollm2' or 'strategy:column'. Overrides can address the teacher "
         "by it: build.teachers.<name>.<field>=...")})
-    kind: TeacherKind = field(metadata={"help": (
-        "Backend: 'hf' = a transformers model on this machine; 'vllm' = the same through vLLM; "
-        "'openai' = an OpenAI-compatible HTTP server; 'replay' = traces read from a file; "
-        "'strategy' = a known-modes rule-based solver (no model).")})
+    kind: TeacherKind = field(metadata={"help": "Backend: " + kinds_help()})
     model: str | None = field(default=None, metadata={"help": (
         "hf/vllm: local directory or hub id of the model (required); openai: the served model "
         "name (required).")})
@@ -142,14 +140,7 @@ class TeacherConfig(Section):
         )
 
     def _check_kind(self) -> None:
-        required = {
-            "hf": ("model",),
-            "vllm": ("model",),
-            "openai": ("base_url", "model"),
-            "replay": ("replay_path",),
-            "strategy": ("strategy",),
-        }[self.kind]
-        for name in required:
+        for name in TEACHER_KINDS[self.kind].required:
             if getattr(self, name) is None:
                 key = key_of(self, name)
                 raise invalid(

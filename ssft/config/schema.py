@@ -24,7 +24,13 @@ from ssft.config.checks import (
 from ssft.config.eval import EvalConfig
 from ssft.config.pipeline import PipelineConfig
 from ssft.config.sweep import SweepConfig
-from ssft.method.table import METHOD_NAMES, SHARED_TAG_METHODS, methods_help
+from ssft.method.table import (
+    COST_KIND_NAMES,
+    METHOD_NAMES,
+    SHARED_TAG_METHODS,
+    costs_help,
+    methods_help,
+)
 
 Method = Literal[METHOD_NAMES]  # ssft.method.table: the one table of methods
 # ssft.method.forking_tokens.MAX_NUM_TAGS (checked equal by the tests): copied, not imported,
@@ -33,7 +39,7 @@ MAX_NUM_TAGS = 1024
 ModelInit = Literal["pretrained", "random"]
 TooManyTraces = Literal["error", "keep_most_distinct"]
 Overlong = Literal["error", "drop"]
-MatchingCost = Literal["mean_nll", "sum_nll"]
+MatchingCost = Literal[COST_KIND_NAMES]  # ssft.method.table: the one table of cost kinds
 SpareTags = Literal["unused", "fill"]
 Pass1Rule = Literal["coverage", "coverage_last_epoch", "validation"]
 Parallelism = Literal["ddp", "fsdp"]
@@ -177,8 +183,7 @@ class MatchingConfig(Section):
 
     # fmt: off
     cost: MatchingCost = field(default="mean_nll", metadata={"help": (
-        "Cost of trace j under tag i: 'mean_nll' = per-token mean negative log-likelihood (the "
-        "paper's length-normalised cost); 'sum_nll' = summed over the scored tokens.")})
+        "Cost of trace j under tag i: " + costs_help())})
     prefix_tokens: int | None = field(default=None, metadata={"help": (
         "L: score only the first L tokens of each trace. null = the whole trace plus its "
         "end-of-turn token. Short prefixes are cheaper but may split modes by their openings.")})

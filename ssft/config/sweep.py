@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ssft.config.checks import Section, invalid
-from ssft.method.table import BASELINES, COMPARED_BY_DEFAULT
+from ssft.method.table import BASELINES, COMPARED_BY_DEFAULT, COST_KIND_NAMES
 
 
 @dataclass
@@ -16,8 +16,8 @@ class SweepConfig(Section):
     # fmt: off
     num_tags: str = field(default="2,4,6,8", metadata={"help": (
         "Comma-separated N values; SSFT runs once per (N, cost, prefix).")})
-    costs: str = field(default="mean_nll,sum_nll", metadata={"help": (
-        "Comma-separated matching cost kinds to sweep (mean_nll, sum_nll).")})
+    costs: str = field(default=",".join(COST_KIND_NAMES), metadata={"help": (
+        f"Comma-separated matching cost kinds to sweep ({', '.join(COST_KIND_NAMES)}).")})
     prefixes: str = field(default="none,16", metadata={"help": (
         "Comma-separated prefix lengths L; none = the whole trace.")})
     baselines: str = field(default=",".join(COMPARED_BY_DEFAULT[1:]), metadata={"help": (

@@ -68,8 +68,7 @@ from ssft.method.sequences import (
     build_sequence,
     pad_batch,
 )
-
-COST_KINDS = ("mean_nll", "sum_nll")
+from ssft.method.table import COST_KINDS
 
 
 def cost_forward_count(
@@ -118,6 +117,7 @@ def cost_matrices(
     """
     if cost not in COST_KINDS:
         raise ValueError(f"cost={cost!r} is not a cost kind; choose one of {list(COST_KINDS)}.")
+    per_token = COST_KINDS[cost].per_token
     device = next(model.parameters()).device
     was_training = model.training
     if prompt_cache and forward is None:
@@ -148,7 +148,7 @@ def cost_matrices(
             rows = order[start : start + batch_size]
             batch = pad_batch([sequences[k] for k in rows], pad_id).to(device)
             sums, counts = forward(batch)
-            values = sums / counts.clamp(min=1) if cost == "mean_nll" else sums
+            values = sums / counts.clamp(min=1) if per_token else sums
             flat[torch.tensor(rows, device=device)] = values
         if len(starts) < min_forwards:  # padding: same collectives as the busiest rank
             tag = tag_ids[0]
@@ -181,6 +181,7 @@ def _cached_prompt_costs(
     Questions go in groups of ``batch_size`` prompts: one prompt forward per group, then
     its continuations in length-sorted micro-batches of ``batch_size`` rows.
     """
+    per_token = COST_KINDS[cost].per_token
     device = next(model.parameters()).device
     total = sum(len(tag_ids) * q.num_traces for q in questions)
     flat = torch.empty(total, dtype=torch.float32, device=device)
@@ -204,7 +205,7 @@ def _cached_prompt_costs(
             sums, counts = sequence_nll(
                 model, batch, chunk_tokens, cached_prompt=encoded.select(owners)
             )
-            values = sums / counts.clamp(min=1) if cost == "mean_nll" else sums
+            values = sums / counts.clamp(min=1) if per_token else sums
             flat[torch.tensor([k for k, _, _ in part], device=device)] = values
     return flat
 

@@ -1,5 +1,6 @@
-"""The training methods, in one table: every list of methods (config choices, pipeline and
-sweep choices, help text, which methods sample under one shared tag) is derived from it.
+"""The training methods and the matching cost kinds, each in one table: every list of them
+(config choices, pipeline and sweep choices, help text, which methods sample under one shared
+tag) is derived from it.
 
 The methods differ only in how a question's traces get their tags (``policy``, a name in
 ``ssft.method.matching``'s assignment policies); the training loop is the same for all. Importing
@@ -56,3 +57,28 @@ def uses_shared_tag(name: str) -> bool:
 def methods_help() -> str:
     """``'ssft' = ...; 'sft_mixed' = ...`` for config help text."""
     return "; ".join(f"'{m.name}' = {m.help}" for m in METHODS.values()) + "."
+
+
+@dataclass(frozen=True)
+class CostKind:
+    """How a (tag, trace) pair's scored tokens become one matching cost C[i, j]."""
+
+    name: str
+    per_token: bool  # divide the NLL sum by the number of scored tokens
+    help: str
+
+
+COST_KINDS: dict[str, CostKind] = {
+    c.name: c
+    for c in (
+        CostKind("mean_nll", True, "per-token mean negative log-likelihood (the paper's "
+                 "length-normalised cost)"),
+        CostKind("sum_nll", False, "summed over the scored tokens (weights long traces more)"),
+    )
+}  # fmt: skip
+COST_KIND_NAMES: tuple[str, ...] = tuple(COST_KINDS)
+
+
+def costs_help() -> str:
+    """``'mean_nll' = ...; 'sum_nll' = ...`` for config help text."""
+    return "; ".join(f"'{c.name}' = {c.help}" for c in COST_KINDS.values()) + "."

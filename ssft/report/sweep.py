@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ssft.config import ConfigError, ExperimentConfig
+from ssft.method.table import COST_KIND_NAMES
 from ssft.tracking import MLflowTracker, start_run
 
-COSTS = ("mean_nll", "sum_nll")
+COSTS = COST_KIND_NAMES  # ssft.method.table
 ROW_FIELDS = (
     "label", "method", "num_tags", "cost", "prefix_tokens", "status", "final_loss", "steps",
     "trial_id", "mlflow_run_id", "error",

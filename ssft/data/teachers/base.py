@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ssft.data.teachers.kinds import TEACHER_KINDS
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Sample:
 
 
 class Teacher(ABC):
-    """A source of answer texts. Subclasses register with ``@register_teacher("kind")``."""
+    """A source of answer texts; each subclass is one entry of ``ssft.data.teachers.kinds``."""
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -64,34 +66,13 @@ class Teacher(ABC):
         """Release models, sessions or servers; called once by the building stage."""
 
 
-TEACHER_KINDS: dict[str, type[Teacher]] = {}
-# Module that defines each kind; imported on first use so optional dependencies stay optional.
-_KIND_MODULES = {
-    "hf": "ssft.data.teachers.hf",
-    "openai": "ssft.data.teachers.openai_compat",
-    "vllm": "ssft.data.teachers.vllm",
-    "replay": "ssft.data.teachers.replay",
-    "strategy": "ssft.data.teachers.strategy",
-}
-
-
-def register_teacher(kind: str) -> Callable[[type[Teacher]], type[Teacher]]:
-    """Class decorator: make ``kind`` buildable by ``build_teacher``; duplicates raise."""
-
-    def wrap(cls: type[Teacher]) -> type[Teacher]:
-        if kind in TEACHER_KINDS and TEACHER_KINDS[kind] is not cls:
-            raise ValueError(f"teacher kind {kind!r} is registered twice")
-        TEACHER_KINDS[kind] = cls
-        return cls
-
-    return wrap
-
-
 def build_teacher(cfg: Any) -> Teacher:
-    """The teacher for ``cfg.kind``; an unknown kind lists the valid ones."""
-    if cfg.kind not in _KIND_MODULES:
+    """The teacher for ``cfg.kind`` (``ssft.data.teachers.kinds``); an unknown kind lists the
+    valid ones. The kind's module is imported here, on first use."""
+    kind = TEACHER_KINDS.get(cfg.kind)
+    if kind is None:
         raise ValueError(
-            f"teacher {cfg.name!r}: unknown kind {cfg.kind!r}; valid kinds: {sorted(_KIND_MODULES)}"
+            f"teacher {cfg.name!r}: unknown kind {cfg.kind!r}; valid kinds: {list(TEACHER_KINDS)}"
         )
-    importlib.import_module(_KIND_MODULES[cfg.kind])
-    return TEACHER_KINDS[cfg.kind](cfg)
+    module, _, cls = kind.implementation.partition(":")
+    return getattr(importlib.import_module(module), cls)(cfg)

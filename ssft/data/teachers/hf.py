@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ssft.data.teachers.base import Question, Sample, Teacher, register_teacher
+from ssft.data.teachers.base import Question, Sample, Teacher
 from ssft.errors import InputError
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -71,7 +71,6 @@ class _RowSampler:
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
-@register_teacher("hf")
 class HFTeacher(Teacher):
     """Samples answers with ``model.generate``; see the module docstring for the layout."""
 

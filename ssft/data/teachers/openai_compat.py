@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ssft.data.teachers.base import Question, Sample, Teacher, register_teacher
+from ssft.data.teachers.base import Question, Sample, Teacher
 from ssft.errors import InputError
 
 _MAX_ERROR_CHARS = 300
@@ -75,7 +75,6 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-@register_teacher("openai")
 class OpenAITeacher(Teacher):
     """Samples answers from an OpenAI-compatible ``/chat/completions`` endpoint."""
 

@@ -48,7 +48,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ssft.data.teachers.base import Question, Sample, Teacher, register_teacher
+from ssft.data.teachers.base import Question, Sample, Teacher
 from ssft.errors import ConfigError, InputError
 from ssft.record_files import read_records
 
@@ -111,7 +111,6 @@ def _choice_rng(seed: int, question_id: str) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
 
-@register_teacher("replay")
 class ReplayTeacher(Teacher):
     """Serves answers from ``cfg.replay_path``; see the module docstring for the file format."""
 

@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 
 from ssft.data import known_modes
-from ssft.data.teachers.base import Question, Sample, Teacher, register_teacher
+from ssft.data.teachers.base import Question, Sample, Teacher
 from ssft.plugins import is_callable_spec, load_callable
 
 _PROMPT = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*=\s*\?\s*$")
@@ -35,7 +35,6 @@ def _rng(seed: int, teacher: str, question_id: str, index: int) -> random.Random
     return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
 
-@register_teacher("strategy")
 class StrategyTeacher(Teacher):
     """Renders the configured strategy's trace, slipping with probability ``error_rate``."""
 

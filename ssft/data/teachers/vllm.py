@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from ssft.data.teachers.base import Question, Sample, Teacher, register_teacher
+from ssft.data.teachers.base import Question, Sample, Teacher
 
 VLLM_MISSING = (
     "teacher {name!r}: kind 'vllm' needs the vLLM package, an optional GPU dependency that "
@@ -42,7 +42,6 @@ def _question_seed(seed: int, question_id: str) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
 
 
-@register_teacher("vllm")
 class VLLMTeacher(Teacher):
     """Samples ``num_samples`` answers per question with ``vllm.LLM`` in this process."""
 
