@@ -294,7 +294,7 @@ class VariantRun:
         self.next_step += 1
         if timed:
             self.steps.append(elapsed)
-            matching = self.timer.seconds["cost"] + self.timer.seconds["assign"]
+            matching = self.timer.seconds["sequences"]  # cost pass + assignment + sequences
             self.shares.append(matching / elapsed)
 
     def result(self, peak_bytes: int | None) -> dict:

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from ssft.method.assignments import AssignmentRecord, second_best_gap
 from ssft.train.matching_stats import (
-    AssignmentRecord,
     MatchingTracker,
     heatmap,
-    second_best_gap,
     step_metrics,
 )
 

@@ -82,7 +82,7 @@ def test_spare_tag_fill_gives_every_unused_tag_its_cheapest_trace():
 def test_micro_batches_count_n_sequences_per_question_when_spare_tags_fill():
     q = TokenizedQuestion("q", (1,), ((2,), (3,)))  # M = 2
     assert micro_batch_count([[0, 1]], [q, q], 3) == 2  # 4 sequences
-    assert micro_batch_count([[0, 1]], [q, q], 3, sequences_per_question=6) == 4  # 12
+    assert micro_batch_count([[0, 1]], [q, q], 3, lambda q: max(q.num_traces, 6)) == 4  # 12
 
 
 def _cfg(path, *overrides):
@@ -93,12 +93,15 @@ def _cfg(path, *overrides):
     ))  # fmt: skip
 
 
-def test_fill_leaves_the_logged_loss_to_the_matched_sequences(known_modes_traces):
-    """Same init and the same matching at step 0: the logged (matched-only) loss agrees."""
+@pytest.mark.parametrize("packing", ["false", "true"])
+def test_fill_leaves_the_logged_loss_to_the_matched_sequences(known_modes_traces, packing):
+    """Same init and the same matching at step 0: the logged (matched-only) loss agrees, also
+    when packed rows mix matched and spare-tag sequences."""
     losses = [
-        train(_cfg(known_modes_traces, f"matching.spare_tags={spare}"), TrainContext()).losses
+        train(_cfg(known_modes_traces, f"matching.spare_tags={spare}", f"train.packing={packing}"),
+              TrainContext()).losses
         for spare in ("unused", "fill")
-    ]
+    ]  # fmt: skip
     assert len(losses[0]) == 1 and losses[1][0] == pytest.approx(losses[0][0], rel=1e-6)
 
 

@@ -59,3 +59,9 @@ def matched_sequences(
                 build_sequence(q.prompt_ids, tag_ids[tag], q.trace_ids[j], tag_loss=tag_loss)
             )
     return out
+
+
+def supervised_tokens(q: TokenizedQuestion, tag_loss: bool = False) -> int:
+    """Loss tokens of all of a question's sequences (trace + end-of-turn, + tag if supervised):
+    its share of the step's loss denominator, known before any forward."""
+    return sum(len(t) for t in q.trace_ids) + (q.num_traces if tag_loss else 0)

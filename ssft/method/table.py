@@ -1,38 +1,53 @@
 """The training methods and the matching cost kinds, each in one table: every list of them
-(config choices, pipeline and sweep choices, help text, which methods sample under one shared
-tag) is derived from it.
+(config choices, pipeline and sweep choices, help text, evaluation and reports, which methods
+sample under one shared tag) is derived from it.
 
-The methods differ only in how a question's traces get their tags (``policy``, a name in
-``ssft.method.matching``'s assignment policies); the training loop is the same for all. Importing
-this module imports nothing heavy, so the config can use it.
+A method is one ``Method`` entry: what it is called, how its traces get tags (``policy``, an
+assignment policy of ``ssft.method.matching``), whether it trains and samples under the one
+shared tag, whether it runs the no-grad cost pass, its cap on traces per question, and its
+implementation (a ``ssft.method.base.TrainingMethod`` named ``"module:Class"``, imported by
+``build_method`` on first use), which gives the training loop each step's sequences and
+per-sequence loss weights. The loop is the same for all: a new method is one entry here and
+its module. Importing this module imports nothing heavy, so the config can use it.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
+
+_ASSIGNED_TAGS = "ssft.method.assigned_tags:AssignedTags"
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    policy: str  # assignment policy: "hungarian", "random" or "shared"
     help: str
+    policy: str | None = None  # assignment policy: "hungarian", "random", "shared" (or None)
+    shared_tag: bool = False  # trains (and samples) every trace under the one shared tag
+    needs_cost: bool = False  # runs the no-grad cost pass (matching.cost) every step
+    max_traces: int | None = None  # traces kept per question; None: data.max_traces_per_question
+    implementation: str = _ASSIGNED_TAGS  # "module:Class", a ssft.method.base.TrainingMethod
 
     @property
-    def shared_tag(self) -> bool:
-        """Trains (and samples) every trace under the one shared tag, not under N tags."""
-        return self.policy == "shared"
+    def injective(self) -> bool:
+        """Distinct traces of a question get distinct tags (so M <= N is required)."""
+        return not self.shared_tag
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("ssft", "hungarian", "Hungarian matching of a question's traces to distinct tags"),
-        Method("sft_mixed", "shared", "every trace under forking.shared_tag"),
-        Method("random", "random", "distinct random tags per trace, re-drawn each epoch"),
-        Method("single", "shared", "one trace per question under the shared tag"),
+        Method("ssft", "Hungarian matching of a question's traces to distinct tags",
+               policy="hungarian", needs_cost=True),
+        Method("sft_mixed", "every trace under forking.shared_tag", policy="shared",
+               shared_tag=True),
+        Method("random", "distinct random tags per trace, re-drawn each epoch", policy="random"),
+        Method("single", "one trace per question under the shared tag", policy="shared",
+               shared_tag=True, max_traces=1),
     )
-}
+}  # fmt: skip
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 BASELINES: tuple[str, ...] = tuple(n for n in METHOD_NAMES if n != "ssft")
 SHARED_TAG_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.shared_tag)
@@ -46,12 +61,19 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        valid = ", ".join(METHOD_NAMES)
+        valid = ", ".join(METHODS)
         raise ValueError(f"unknown method {name!r}; valid methods: {valid}") from None
 
 
 def uses_shared_tag(name: str) -> bool:
     return get_method(name).shared_tag
+
+
+def build_method(cfg: Any) -> Any:
+    """The ``TrainingMethod`` of ``cfg.method``, built from the run's config."""
+    method = get_method(cfg.method)
+    module, _, cls = method.implementation.partition(":")
+    return getattr(importlib.import_module(module), cls)(method, cfg)
 
 
 def methods_help() -> str:

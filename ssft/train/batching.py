@@ -22,24 +22,13 @@ replays exactly the batches an uninterrupted run would have seen from s on.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ssft.method.losses import supervised_tokens
 from ssft.method.sequences import TokenizedQuestion
-from ssft.method.table import get_method
-
-
-def method_policy(method: str) -> tuple[str, bool]:
-    """``(policy name, shared tag?)`` of a training method (``ssft.method.table``)."""
-    m = get_method(method)
-    return m.policy, m.shared_tag
-
-
-def supervised_tokens(q: TokenizedQuestion, tag_loss: bool = False) -> int:
-    """Loss tokens of all of a question's sequences (trace + end-of-turn, + tag if supervised)."""
-    return sum(len(t) for t in q.trace_ids) + (q.num_traces if tag_loss else 0)
 
 
 def steps_per_epoch(num_questions: int, questions_per_step: int) -> int:
@@ -93,14 +82,19 @@ def plan_step(
     world_size: int,
     seed: int,
     tag_loss: bool = False,
+    tokens: Callable[[TokenizedQuestion], int] | None = None,
 ) -> StepPlan:
-    """The plan of global optimizer step ``step`` (0-based, counted across epochs)."""
+    """The plan of global optimizer step ``step`` (0-based, counted across epochs).
+
+    ``tokens(q)``: a question's supervised tokens (the method's, ``TrainingMethod``); default
+    ``supervised_tokens(q, tag_loss)``. They balance the ranks and sum to the denominator."""
+    tokens = tokens or (lambda q: supervised_tokens(q, tag_loss))
     per_epoch = steps_per_epoch(len(questions), questions_per_step)
     epoch, batch = divmod(step, per_epoch)
     order = epoch_order(len(questions), seed, epoch)
     picked = order[batch * questions_per_step : (batch + 1) * questions_per_step].tolist()
     # Only the step's own questions: a step's planning cost does not grow with the data set.
-    weights = {i: supervised_tokens(questions[i], tag_loss) for i in picked}
+    weights = {i: tokens(questions[i]) for i in picked}
     chunks = tuple(
         _balance(chunk.tolist(), weights, world_size)
         for chunk in np.array_split(np.asarray(picked, dtype=np.int64), grad_accum_steps)
@@ -112,18 +106,16 @@ def micro_batch_count(
     plan_chunk: Sequence[Sequence[int]],
     questions: Sequence[TokenizedQuestion],
     micro_batch_sequences: int,
-    sequences_per_question: int = 0,
+    sequences_of: Callable[[TokenizedQuestion], int] | None = None,
 ) -> int:
     """Micro-batches EVERY rank runs for this chunk: the most any rank needs (at least 1).
 
-    A question trains ``max(M, sequences_per_question)`` sequences (N with
-    ``matching.spare_tags=fill``, which gives every tag a sequence; else 0: its M traces).
+    ``sequences_of(q)``: how many sequences question q trains (the method's
+    ``sequences_per_question``; default its M traces).
     """
+    count = sequences_of or (lambda q: q.num_traces)
     needed = [
-        math.ceil(
-            sum(max(questions[i].num_traces, sequences_per_question) for i in rank)
-            / micro_batch_sequences
-        )
+        math.ceil(sum(count(questions[i]) for i in rank) / micro_batch_sequences)
         for rank in plan_chunk
     ]
     return max(1, *needed)

@@ -1,14 +1,14 @@
-"""The one training loop for every method; the methods differ only in how traces get tags.
+"""The one training loop for every method: the methods differ only in the sequences and
+loss weights they give each step (``ssft.method.base.TrainingMethod``, one entry of
+``ssft.method.table`` each)::
 
-    hungarian  cost matrix (no grad) -> Hungarian -> loss on the matched sequences (SSFT)
-    random     distinct random tags per trace, redrawn each epoch -> loss
-    shared     every trace under the shared <think> tag -> loss (the SFT baselines)
-
-(``ssft.method.table`` maps each method to its policy.)
+    ssft       cost matrix (no grad) -> Hungarian -> the matched sequences, weight 1
+    random     distinct random tags per trace, redrawn each epoch -> sequences, weight 1
+    sft_mixed  every trace under the shared <think> tag (single: one trace) -> weight 1
 
 Per optimizer step (see ``ssft.train.batching`` for who gets which questions)::
 
-    plan -> for each chunk: cost -> assign -> matched sequences -> micro-batches fwd/bwd
+    plan -> for each chunk: the method's sequences and weights -> micro-batches fwd/bwd
          -> clip -> step (skipped on the device if the norm is not finite) -> schedule
          -> every train.log_every steps (and before a checkpoint): the host syncs, once
             for the window (losses, norms, gathered assignments) -> log -> maybe checkpoint
@@ -17,26 +17,26 @@ Per optimizer step (see ``ssft.train.batching`` for who gets which questions)::
 there: that sync is the method's own; the baselines have none between logs.)
 
 After the last step rank 0 writes the final model, samples every tag on the held-out
-validation questions and records the Pass@1 tag and the usable tags (``ssft.eval.tag_selection``)
-in its ``ssft_tags.json``: that write is the last, so a folder with it is a finished model.
-With ``matching.spare_tags=fill`` each tag the matching left unused also trains on its
-cheapest trace (``ssft.method.matching.spare_tag_fill``): N sequences per question instead of M.
+validation questions and records the Pass@1 tag and the usable tags
+(``ssft.eval.tag_selection``) in its ``ssft_tags.json``: that write is the last, so a folder
+with it is a finished model (``ssft.final_model``).
 
 No Ray here: rank, world size, device, reporting, checkpoint reporting and model wrapping
 come in a ``TrainContext``, so the same function runs under Ray Train, torchrun or in a
 notebook. Non-zero ranks get a no-op tracker. Every rank runs the same number of forwards
-and backwards per step (zero-weight padding micro-batches), and each micro-batch
-backpropagates ``local NLL sum * world_size / global token count`` (DDP and FSDP average
-over ranks), so the gradient equals the token mean over the global batch for any worker
-count. A chunk's matched sequences go longest first into micro-batches of
+and backwards per step (zero-weight padding micro-batches; the count comes from the
+method's ``sequences_per_question``), and each micro-batch backpropagates
+``sum_k weight_k * NLL_sum_k * world_size / global token count`` (DDP and FSDP average over
+ranks), so with unit weights the gradient equals the token mean over the global batch for
+any worker count. A chunk's sequences go longest first into micro-batches of
 ``train.micro_batch_sequences``, each packed into rows without padding between sequences
-(``train.packing``, ``ssft.train.packing``) or right-padded. Clipping and the optimizer step read
-nothing on the host (a non-finite gradient norm skips the update inside the fused AdamW
-kernel; the loop warns when it logs the norm). Under DDP the cost pass runs on the
-unwrapped model (no collectives) and rank 0's own state is the checkpoint; under FSDP
-(``ssft.train.parallel``) the cost pass goes through the wrapped module with the same number of
-forwards on every rank (dummy ones pad), and the checkpoints and the final model are
-gathered collectively, then written by rank 0.
+(``train.packing``, ``ssft.train.packing``; the weights follow each token's sequence) or
+right-padded. Clipping and the optimizer step read nothing on the host (a non-finite
+gradient norm skips the update inside the fused AdamW kernel; the loop warns when it logs
+the norm). Under DDP the cost pass runs on the unwrapped model (no collectives) and rank 0's
+own state is the checkpoint; under FSDP (``ssft.train.parallel``) the cost pass goes through
+the wrapped module with the same number of forwards on every rank (dummy ones pad), and the
+checkpoints and the final model are gathered collectively, then written by rank 0.
 """
 
 from __future__ import annotations
@@ -47,22 +47,25 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ssft.eval.evaluation import load_eval_model
 from ssft.eval.tag_selection import TagSelection, select_tags, validation_accuracy
 from ssft.final_model import write_tag_selection
-from ssft.method.losses import matched_sequences
-from ssft.method.matching import assign_tags, cost_forward_count, cost_matrices, spare_tag_fill
-from ssft.method.sequences import build_sequence, pad_batch
+from ssft.method.assignments import AssignmentRecord
+from ssft.method.base import MethodContext
+from ssft.method.matching import cost_forward_count, cost_matrices
+from ssft.method.sequences import TokenizedQuestion, build_sequence, pad_batch
 from ssft.train.batching import StepPlan, micro_batch_count, plan_step
 from ssft.train.checkpointing import save_checkpoint
 from ssft.train.final_model import write_final_model
-from ssft.train.matching_stats import AssignmentRecord, MatchingTracker, second_best_gap
+from ssft.train.matching_stats import MatchingTracker
 from ssft.train.packing import pack_batch
 from ssft.train.parallel import clip_grad_norm, full_model_state, full_optimizer_state
 from ssft.train.setup import Run, SequenceNLL, TrainContext, load_training_data, setup_run
@@ -99,74 +102,82 @@ def _gather(obj: Any, world_size: int) -> list[Any]:
     return out
 
 
-def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.Tensor, list]:
-    """Cost -> assign -> matched sequences -> forward/backward for one chunk on this rank."""
-    cfg, ctx, mbs = run.cfg, run.ctx, run.cfg.train.micro_batch_sequences
-    mine = [run.questions[i] for i in chunk[ctx.rank]]
-    costs, mc = None, cfg.matching
-    if run.policy.needs_cost and (mine or run.sharded):
+def _cost_pass(run: Run, chunk) -> Callable[[Sequence[TokenizedQuestion]], list[np.ndarray]]:
+    """The no-grad cost pass a method may ask for (``MethodContext.cost_matrices``)."""
+    mc = run.cfg.matching
+
+    def cost(questions: Sequence[TokenizedQuestion]) -> list[np.ndarray]:
+        if not (questions or run.sharded):
+            return []
         kwargs: dict[str, Any] = {}
         if run.sharded:  # every forward is a collective: same count on all ranks
             kwargs["forward"] = lambda b: run.wrapped(b.input_ids, b.attention_mask, b.labels)
             n_tags, size = len(run.tag_ids), mc.cost_batch_size
             kwargs["min_forwards"] = cost_forward_count(chunk, run.questions, n_tags, size)
         with run.phase("cost"), run.autocast():
-            costs = cost_matrices(
-                run.net if run.sharded else run.model, mine, run.tag_ids,
+            return cost_matrices(
+                run.net if run.sharded else run.model, questions, run.tag_ids,
                 pad_id=run.pad_id, cost=mc.cost, prefix_tokens=mc.prefix_tokens,
                 batch_size=mc.cost_batch_size, prompt_cache=mc.prompt_cache, **kwargs,
             )  # fmt: skip
-    with run.phase("assign"):
-        assigned = assign_tags(
-            run.policy, mine, len(run.tag_ids), costs, seed=cfg.seed, epoch=plan.epoch
-        )
-        records = [
-            AssignmentRecord(q.question_id, a, q.trace_keys, q.teachers, q.modes,
-                             second_best_gap(costs[b], a) if costs is not None else None)
-            for b, (q, a) in enumerate(zip(mine, assigned, strict=True))
-        ]  # fmt: skip
-        fill = run.policy.needs_cost and mc.spare_tags == "fill"
-        spare = None
-        if fill and mine:  # every unused tag also trains on its cheapest trace
-            spare = [spare_tag_fill(c, a) for c, a in zip(costs, assigned, strict=True)]
-        seqs = matched_sequences(
-            mine, assigned, run.tag_ids, tag_loss=cfg.forking.tag_loss, spare=spare
-        )
-        # Rows that carry the method's own loss (the logged loss); spare-tag rows do not.
-        matched = [True] * len(seqs)
-        if spare:
-            matched = [m for q, extra in zip(mine, spare, strict=True)
-                       for m in [True] * q.num_traces + [False] * len(extra)]  # fmt: skip
+
+    return cost
+
+
+def _token_weights(values: Sequence[float], batch, segments: torch.Tensor | None) -> torch.Tensor:
+    """Each label position's sequence value ([R, W], 0 on padding): per row, or per segment."""
+    device = batch.labels.device
+    if segments is None:  # one sequence per row
+        column = torch.tensor(list(values), dtype=torch.float32, device=device)[:, None]
+        return column.expand_as(batch.labels)
+    table = torch.tensor([*values, 0.0], dtype=torch.float32, device=device)
+    return table[segments]  # segment -1 (padding) reads the trailing 0
+
+
+def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.Tensor, list]:
+    """The method's sequences for one chunk on this rank -> weighted forward/backward."""
+    cfg, ctx, mbs = run.cfg, run.ctx, run.cfg.train.micro_batch_sequences
+    mine = [run.questions[i] for i in chunk[ctx.rank]]
+    with run.phase("sequences"):  # the method's part: cost pass, assignment, sequences
+        mctx = MethodContext(run.tag_ids, cfg.seed, plan.epoch, _cost_pass(run, chunk))
+        out = run.method.chunk_sequences(mine, mctx)
         # Longest first, so each micro-batch holds similar lengths: little padding (or packing
         # slack) per row. The gradient is a sum over sequences: the order does not change it.
-        order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]), reverse=True)
-        seqs, matched = [seqs[k] for k in order], [matched[k] for k in order]
-    per_question = len(run.tag_ids) if fill else 0
-    n_micro = micro_batch_count(chunk, run.questions, mbs, per_question)
+        order = sorted(range(len(out.sequences)), key=lambda k: -len(out.sequences[k][0]))
+        seqs = [out.sequences[k] for k in order]
+        weights, logged = [out.weights[k] for k in order], [out.logged[k] for k in order]
+    n_micro = micro_batch_count(chunk, run.questions, mbs, run.method.sequences_per_question)
+    if len(seqs) > n_micro * mbs:
+        raise RuntimeError(
+            f"method {cfg.method!r} gave {len(seqs)} sequences on rank {ctx.rank}, more than its "
+            f"sequences_per_question allows ({n_micro * mbs}): the ranks would disagree on the "
+            "number of micro-batches"
+        )
     nll = torch.zeros((), device=run.device)
     with run.phase("loss"):
         for m in range(n_micro):
             part = seqs[m * mbs : (m + 1) * mbs]
-            weight = 1.0 if part else 0.0  # a padding pass: same collectives, zero gradient
+            # A padding pass (no sequence left): same collectives, zero gradient.
+            w = weights[m * mbs : (m + 1) * mbs] if part else [0.0]
+            kept = [float(x) for x in logged[m * mbs : (m + 1) * mbs]] if part else [0.0]
             if cfg.train.packing:  # rows of several sequences, attention kept inside each
-                batch = pack_batch(part or [dummy], run.pad_id).batch.to(run.device)
+                packed = pack_batch(part or [dummy], run.pad_id).to(run.device)
+                batch, segments = packed.batch, packed.segments
             else:
-                batch = pad_batch(part or [dummy], run.pad_id).to(run.device)
+                batch, segments = pad_batch(part or [dummy], run.pad_id).to(run.device), None
             # DDP all-reduces once per step (only the last backward syncs); FSDP has no no_sync
             # and reduce-scatters every backward (its gradients stay sharded between them).
             syncs = (last_chunk and m == n_micro - 1) or not hasattr(run.wrapped, "no_sync")
             with contextlib.nullcontext() if syncs else run.wrapped.no_sync():
                 with run.autocast():
-                    sums, _ = run.wrapped(
-                        batch.input_ids, batch.attention_mask, batch.labels, batch.position_ids
-                    )
-                (sums.sum() * (weight * ctx.world_size / plan.global_tokens)).backward()
-            if spare and part:
-                keep = torch.tensor(matched[m * mbs : (m + 1) * mbs], device=sums.device)
-                nll += (sums.detach() * keep).sum()
-            else:
-                nll += sums.sum().detach() * weight
-    return nll, records
+                    token_nll = run.wrapped(
+                        batch.input_ids, batch.attention_mask, batch.labels, batch.position_ids,
+                        per_token=True,
+                    )  # fmt: skip
+                loss = (token_nll * _token_weights(w, batch, segments)).sum()
+                (loss * (ctx.world_size / plan.global_tokens)).backward()
+            nll += (token_nll.detach() * _token_weights(kept, batch, segments)).sum()
+    return nll, out.records
 
 
 @dataclass
@@ -181,7 +192,7 @@ class StepOutput:
 
 
 def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepOutput:
-    """One optimizer step: plan -> per chunk (cost, assign, fwd/bwd) -> clip -> step -> schedule.
+    """One optimizer step: plan -> per chunk (the method's sequences, fwd/bwd) -> clip -> step.
 
     ``dummy`` is the sequence a padding micro-batch forwards. The training loop and
     ``benchmarks/step_cost.py`` both call this, so the benchmark times the real step.
@@ -190,7 +201,7 @@ def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepO
     plan = plan_step(
         step, run.questions, questions_per_step=tc.questions_per_step,
         grad_accum_steps=tc.grad_accum_steps, world_size=ctx.world_size, seed=cfg.seed,
-        tag_loss=cfg.forking.tag_loss,
+        tokens=run.method.supervised_tokens,
     )  # fmt: skip
     nll, records = torch.zeros((), device=run.device), []
     for c, chunk in enumerate(plan.chunks):

@@ -23,13 +23,14 @@ from ssft.data.tokenize import tokenize_trace_sets
 from ssft.data.trace_set import TraceSet, read_trace_sets
 from ssft.errors import InputError
 from ssft.eval.tag_selection import held_out_count, validation_split
+from ssft.method.base import TrainingMethod
 from ssft.method.forking_tokens import ForkingTokens, add_forking_tokens
-from ssft.method.logprobs import sequence_nll
-from ssft.method.matching import get_policy
+from ssft.method.logprobs import sequence_nll, token_nll
 from ssft.method.sequences import PaddedBatch, TokenizedQuestion
+from ssft.method.table import build_method, get_method
 from ssft.models import load_model_and_tokenizer
 from ssft.tracking import NullTracker
-from ssft.train.batching import method_policy, planned_steps
+from ssft.train.batching import planned_steps
 from ssft.train.checkpointing import MODEL_DIR, load_state
 from ssft.train.matching_stats import MatchingTracker
 from ssft.train.optim import build_optimizer, build_scheduler
@@ -55,26 +56,30 @@ class TrainContext:
 
 
 class SequenceNLL(torch.nn.Module):
-    """The model as DDP/FSDP sees it: ``(input_ids, attention_mask, labels) -> (sums, counts)``."""
+    """The model as DDP/FSDP sees it: ``(input_ids, attention_mask, labels) -> (sums, counts)``.
+
+    ``per_token=True`` returns the NLL of every label position instead, float32 [B, T] (0 where
+    nothing is scored): the loop weights it per sequence, which also works on packed rows."""
 
     def __init__(self, lm: torch.nn.Module) -> None:
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids, attention_mask, labels, position_ids=None):
+    def forward(self, input_ids, attention_mask, labels, position_ids=None, per_token=False):
         """Per-row NLL sums and counts; ``position_ids`` (no mask) for packed rows."""
-        return sequence_nll(self.lm, PaddedBatch(input_ids, attention_mask, labels, position_ids))
+        batch = PaddedBatch(input_ids, attention_mask, labels, position_ids)
+        return token_nll(self.lm, batch) if per_token else sequence_nll(self.lm, batch)
 
 
 def load_training_data(cfg, tokenizer, path: str | None = None, sets=None):
-    """Tokenized questions for ``cfg.method`` (``single`` keeps one trace per question),
+    """Tokenized questions for ``cfg.method`` (its ``max_traces``: ``single`` keeps one),
     without the validation questions (``ssft.eval.tag_selection.validation_split``).
 
     ``sets``: the trace sets already read from ``path`` (the file is then not read again)."""
     path = path or cfg.data.train_path
     if path is None:
         raise ValueError("data.train_path is not set: point it at a trace-set Parquet file.")
-    _, shared = method_policy(cfg.method)
+    method = get_method(cfg.method)
     data = cfg.data
     sets = read_trace_sets(path) if sets is None else sets
     ts = cfg.tag_selection
@@ -89,9 +94,9 @@ def load_training_data(cfg, tokenizer, path: str | None = None, sets=None):
         sets,
         tokenizer,
         num_tags=cfg.forking.num_tags,
-        injective=not shared,
+        injective=method.injective,
         max_seq_len=data.max_seq_len,
-        max_traces_per_question=1 if cfg.method == "single" else data.max_traces_per_question,
+        max_traces_per_question=method.max_traces or data.max_traces_per_question,
         too_many_traces=data.too_many_traces,
         overlong=data.overlong,
         use_chat_template=data.use_chat_template,
@@ -122,7 +127,7 @@ class Run:
     tokenizer: Any
     tags: Any
     questions: list
-    policy: Any
+    method: TrainingMethod  # the method's step logic (ssft.method.table)
     tag_ids: tuple[int, ...]
     shared: bool
     net: SequenceNLL
@@ -151,7 +156,8 @@ class Run:
         return contextlib.nullcontext()
 
     def phase(self, name: str) -> AbstractContextManager:
-        """A named part of the step ("cost", "assign", "loss", "optimizer") for ``timer``."""
+        """A named part of the step for ``timer``: "sequences" (the method's part, which holds
+        "cost", the no-grad cost pass), "loss" (forwards and backwards), "optimizer"."""
         return self.timer(name) if self.timer is not None else contextlib.nullcontext()
 
     @property
@@ -218,7 +224,8 @@ def build_run(
     synthetic questions so it times the very step the training loop runs. ``pad_id``
     defaults to the tokenizer's.
     """
-    policy_name, shared = method_policy(cfg.method)
+    method = build_method(cfg)
+    shared = method.method.shared_tag
     tag_ids = tags.ids_for(shared)
     tc = cfg.train
     speed_up(model, activation_checkpointing=tc.activation_checkpointing, compile=tc.compile)
@@ -229,7 +236,7 @@ def build_run(
     sharded = is_sharded(net)
     return Run(
         cfg, ctx, torch.device(ctx.device), model, tokenizer, tags, list(questions),
-        get_policy(policy_name), tag_ids, shared, net, wrapped, optimizer,
+        method, tag_ids, shared, net, wrapped, optimizer,
         build_scheduler(optimizer, total, tc.warmup_steps, tc.lr_schedule), total,
         MatchingTracker(len(tag_ids)), sharded=sharded,
         pad_id=tokenizer.pad_token_id if pad_id is None else pad_id,
