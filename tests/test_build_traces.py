@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from dataclasses import asdict, replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -9,6 +10,8 @@ from mlflow import MlflowClient
 
 from ssft.config import parse_cli
 from ssft.data import known_modes
+from ssft.data.question_sources import load_questions
+from ssft.data.trace_building import build_shard
 from ssft.data.trace_set import read_trace_sets
 from ssft.models import build_char_tokenizer, build_random_model
 from tests.conftest import last_wins, tiny_model_config
@@ -90,6 +93,24 @@ def test_strategy_teachers_end_to_end_then_resume(ray_local, tmp_path, mlflow_ur
     again = run(tiny_build(tmp_path))
     assert "resuming: 3 of 3 shards already on disk" in capsys.readouterr().out
     assert again == out and read_trace_sets(again) == sets
+
+
+def test_modes_come_from_the_question_source_not_from_the_build(tmp_path):
+    """Ray-free: the same questions as a known_modes build and as a jsonl file build the same
+    trace sets, labelled with strategies only under the known_modes source."""
+    cfg = tiny_build(tmp_path, "build.num_questions=6")
+    questions = load_questions(cfg.build)
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(asdict(q)) + "\n" for q in questions))
+    as_file = tiny_build(tmp_path, "build.questions=jsonl", f"build.questions_path={path}")
+    assert load_questions(as_file.build)[:6] == questions
+    labelled, stats, rejected = build_shard(questions, cfg.build, cfg.seed)
+    unlabelled, stats_file, rejected_file = build_shard(questions, as_file.build, cfg.seed)
+    assert labelled and (stats.to_json(), rejected) == (stats_file.to_json(), rejected_file)
+    for a, b in zip(labelled, unlabelled, strict=True):
+        assert [t.mode for t in a.traces] == [known_modes.classify(t.text) for t in a.traces]
+        assert {t.mode for t in b.traces} == {None}
+        assert replace(a, traces=tuple(replace(t, mode=None) for t in a.traces)) == b
 
 
 def test_crashed_and_raising_shards_are_retried_without_duplicates_or_gaps(

@@ -1,8 +1,11 @@
 import pytest
 
-from ssft.data.tokenize import most_distinct, tokenize_trace_sets
+from ssft.data import tokenize
+from ssft.data.tokenize import tokenize_trace_sets
+from ssft.data.trace_selection import most_distinct
 from ssft.data.trace_set import Trace, TraceSet
 from ssft.errors import ConfigError, InputError
+from ssft.method.sequences import end_of_turn_id, tokenize_trace
 
 
 def trace(k, text, correct=True, teacher="t"):
@@ -93,6 +96,24 @@ def test_most_distinct_is_deterministic():
     traces = [[1, 2, 3, 4], [1, 2, 3, 4], [9, 8, 7, 6], [1, 2, 3, 5]]
     assert most_distinct(traces, 2) == [0, 2]
     assert most_distinct(traces, 9) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3, 5])
+def test_cap_and_too_many_traces_keep_trace_selection_most_distinct(tokenizer, keep):
+    """Both cuts are ``ssft.data.trace_selection.most_distinct`` over the token ids."""
+    assert tokenize.most_distinct is most_distinct  # one function, no copy here
+    texts = ["12+34=46", "12+34=46.", "34+12=46", "10+30=40, 2+4=6, 46", "46", "12+34=46!"]
+    eot = end_of_turn_id(tokenizer)
+    expected = tuple(f"t{k}" for k in most_distinct([tokenize_trace(tokenizer, t, eot)
+                                                     for t in texts], keep))  # fmt: skip
+    capped, _ = tokenize_trace_sets(
+        [trace_set("a", texts)], tokenizer, num_tags=9, max_traces_per_question=keep
+    )
+    cut, stats = tokenize_trace_sets(
+        [trace_set("a", texts)], tokenizer, num_tags=keep, too_many_traces="keep_most_distinct"
+    )
+    assert capped[0].trace_keys == cut[0].trace_keys == expected
+    assert len(expected) == keep and stats.dropped == {"too_many_traces": len(texts) - keep}
 
 
 def test_questions_without_a_correct_trace_are_dropped_and_counted(tokenizer):

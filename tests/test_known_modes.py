@@ -1,5 +1,6 @@
 """Tests for ssft/data/known_modes.py: the addition task with four known reasoning strategies."""
 
+import dataclasses
 import itertools
 import json
 import random
@@ -8,10 +9,10 @@ from pathlib import Path
 import pytest
 from math_verify import parse, verify
 
-from ssft.data import known_modes
+from ssft.data import known_modes, teachers
 from ssft.data.known_modes import (
     STRATEGIES,
-    Question,
+    AdditionQuestion,
     classify,
     make_questions,
     make_splits,
@@ -189,7 +190,7 @@ def test_make_questions_deterministic_distinct_and_well_formed(digits):
     assert questions != make_questions(300, seed=8, digits=digits)
     assert len({frozenset((q.a, q.b)) for q in questions}) == len(questions)
     for i, q in enumerate(questions):
-        assert isinstance(q, Question)
+        assert type(q) is AdditionQuestion
         assert q.question_id == f"add{digits}-s7-{i:05d}"
         assert q.prompt == f"{q.a} + {q.b} = ?"
         assert q.gold_answer == str(q.a + q.b)
@@ -197,6 +198,17 @@ def test_make_questions_deterministic_distinct_and_well_formed(digits):
         for x in (q.a, q.b):
             assert len(str(x)) == digits and x % 10 != 0
     assert any(q.a < q.b for q in questions) and any(q.a > q.b for q in questions)
+
+
+def test_a_benchmark_question_is_the_one_question_plus_its_operands():
+    assert known_modes.Question is teachers.Question  # one Question, defined in teachers.base
+    assert issubclass(AdditionQuestion, teachers.Question)
+    q = make_questions(1, seed=0)[0]
+    plain = q.as_question()
+    assert type(plain) is teachers.Question
+    assert plain == teachers.Question(q.question_id, q.prompt, q.gold_answer, q.source)
+    # What workers rebuild from a shipped dict (workflows: Question(**asdict(q))).
+    assert teachers.Question(**dataclasses.asdict(plain)) == plain
 
 
 def test_make_questions_can_exhaust_all_pairs():

@@ -21,6 +21,7 @@ from ssft.data.question_sources import (
     held_out_questions,
     load_questions,
     read_questions_jsonl,
+    trace_mode_classifier,
 )
 from ssft.data.teachers.base import Question
 
@@ -82,6 +83,14 @@ def test_known_modes_errors():
         load_questions(cfg(num_questions=None))
     with pytest.raises(ValueError, match=r"build\.split='dev'"):
         load_questions(cfg(split="dev"))
+
+
+def test_only_known_modes_labels_trace_modes():
+    from ssft.data import known_modes
+
+    assert trace_mode_classifier("known_modes") is known_modes.classify
+    for source in ("jsonl", "reasoning_gym", "champ"):
+        assert trace_mode_classifier(source) is None
 
 
 # --- jsonl -------------------------------------------------------------------------------
@@ -228,8 +237,7 @@ def test_unknown_source_and_bad_cap():
 
 
 def test_held_out_questions_come_from_a_file_or_the_split_and_say_what_is_cut(tmp_path):
-    from ssft.config.build import BuildConfig
-    from ssft.config.eval import EvalConfig
+    from ssft.config import BuildConfig, EvalConfig
 
     path = tmp_path / "held_out.jsonl"
     path.write_text("".join(

@@ -11,6 +11,10 @@ from ssft.data.teachers.base import Question, Sample
 from ssft.data.trace_selection import (
     DROP_REASONS,
     KEPT,
+    jaccard,
+    most_distinct,
+    ngrams,
+    normalized,
     rejection_reason,
     select_traces,
     similarity,
@@ -84,6 +88,41 @@ def test_similarity_is_jaccard_of_word_3grams():
     assert similarity("a b c a b c", "a b c a b c a") == 1.0  # same 3-gram set, not equal
     assert similarity("a b", "a b c") == 0.0  # fewer words: one shingle of all of them
     assert similarity("x y z", "p q r") == 0.0
+
+
+def test_one_definition_of_distinct_for_words_and_token_ids():
+    """``ngrams`` and ``jaccard`` serve the build (words) and tokenization (token ids) alike."""
+    assert ngrams("a b c d".split()) == {("a", "b", "c"), ("b", "c", "d")}
+    assert ngrams([1, 2, 3, 4]) == {(1, 2, 3), (2, 3, 4)}
+    assert ngrams([7, 8]) == {(7, 8)} and ngrams([7]) == {(7,)}  # short: one gram of all
+    assert ngrams([]) == {()} and ngrams("".split()) == {()}  # never empty
+    words, ids = "w1 w2 w3 w4 w5".split(), [1, 2, 3, 4, 5]
+    other_words, other_ids = "w1 w2 w3 w4 x".split(), [1, 2, 3, 4, 9]
+    assert (
+        jaccard(ngrams(words), ngrams(other_words))
+        == 0.5
+        == similarity(" ".join(words), " ".join(other_words))
+    )
+    assert jaccard(ngrams(ids), ngrams(other_ids)) == 0.5  # the same number for token ids
+    assert jaccard(frozenset(), frozenset()) == 1.0
+    assert normalized("  a\tb \n c ") == "a b c" and normalized("X") != normalized("x")
+
+
+def test_most_distinct_is_farthest_point_from_the_first_item():
+    traces = [[1, 2, 3, 4], [1, 2, 3, 4], [9, 8, 7, 6], [1, 2, 3, 5]]
+    assert most_distinct(traces, 1) == [0]
+    assert most_distinct(traces, 2) == [0, 2]  # 2 shares nothing with 0
+    # Then 3 (distance 2/3 to 0, 1 to 2) before the copy 1 (distance 0 to 0).
+    assert most_distinct(traces, 3) == [0, 2, 3]
+    assert most_distinct(traces, 4) == most_distinct(traces, 9) == [0, 1, 2, 3]
+    assert most_distinct([], 2) == []
+    # Ties go to the lowest index; words work like token ids.
+    assert most_distinct([["a"], ["b"], ["c"]], 2) == [0, 1]
+    texts = ["x plus y is z", "x plus y is z .", "z is the sum of x and y"]
+    assert most_distinct([t.split() for t in texts], 2) == [0, 2]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="keep"):
+            most_distinct(traces, bad)
 
 
 @pytest.mark.parametrize(("threshold", "near"), [(0.5, 1), (0.51, 0), (0.49, 1), (1.0, 0)])

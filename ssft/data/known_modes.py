@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ssft.atomic_io import write_text_atomic
+from ssft.data.teachers.base import Question
 
 STRATEGIES: tuple[str, ...] = ("column", "split", "round", "count_on")
 UNKNOWN = "unknown"
@@ -70,13 +71,21 @@ Fault = tuple[str, int, int]
 
 
 @dataclass(frozen=True)
-class Question:
-    question_id: str
-    prompt: str
-    gold_answer: str
-    source: str
+class AdditionQuestion(Question):
+    """A benchmark question: the one ``Question`` (``ssft.data.teachers``), plus its operands.
+
+    The prompt is ``f"{a} + {b} = ?"``, so ``a`` and ``b`` add nothing a teacher needs; they
+    are kept for rendering (``sample_trace``) and are written to the question files (``main``).
+    ``question_sources`` hands teachers the plain ``Question`` (``as_question``), which is what
+    travels to Ray workers as a dict.
+    """
+
     a: int
     b: int
+
+    def as_question(self) -> Question:
+        """The plain ``Question`` (without the operands)."""
+        return Question(self.question_id, self.prompt, self.gold_answer, self.source)
 
 
 def _delta(fault: Fault | None, kind: str, step: int) -> int:
@@ -314,14 +323,16 @@ def classify_layout(text: str) -> str:
     return matches[0] if len(matches) == 1 else UNKNOWN
 
 
-def sample_trace(q: Question, strategy: str, *, error_rate: float, rng: random.Random) -> str:
+def sample_trace(
+    q: AdditionQuestion, strategy: str, *, error_rate: float, rng: random.Random
+) -> str:
     """render(q.a, q.b, strategy), slipping with probability error_rate."""
     if not 0.0 <= error_rate <= 1.0:
         raise ValueError(f"error_rate must be in [0, 1], got {error_rate!r}")
     return render(q.a, q.b, strategy, slip=rng.random() < error_rate, rng=rng)
 
 
-def make_questions(n: int, *, seed: int, digits: int = 2) -> list[Question]:
+def make_questions(n: int, *, seed: int, digits: int = 2) -> list[AdditionQuestion]:
     """n questions a + b with distinct unordered pairs {a, b}, deterministic by (seed, digits).
 
     Operands have exactly `digits` digits and a nonzero ones digit. The draw is one stream per
@@ -342,7 +353,7 @@ def make_questions(n: int, *, seed: int, digits: int = 2) -> list[Question]:
         return x
 
     seen: set[tuple[int, int]] = set()
-    questions: list[Question] = []
+    questions: list[AdditionQuestion] = []
     while len(questions) < n:
         a, b = draw(), draw()
         if (min(a, b), max(a, b)) in seen:
@@ -350,13 +361,13 @@ def make_questions(n: int, *, seed: int, digits: int = 2) -> list[Question]:
         seen.add((min(a, b), max(a, b)))
         qid = f"add{digits}-s{seed}-{len(questions):05d}"
         source = f"known_modes/addition-d{digits}"
-        questions.append(Question(qid, f"{a} + {b} = ?", str(a + b), source, a, b))
+        questions.append(AdditionQuestion(qid, f"{a} + {b} = ?", str(a + b), source, a, b))
     return questions
 
 
 def make_splits(
     n_train: int, n_test: int, *, seed: int, digits: int = 2
-) -> tuple[list[Question], list[Question]]:
+) -> tuple[list[AdditionQuestion], list[AdditionQuestion]]:
     """(train, test), disjoint as unordered pairs. Test takes the stream's first n_test
     questions, so it does not change when n_train grows."""
     questions = make_questions(n_test + n_train, seed=seed, digits=digits)

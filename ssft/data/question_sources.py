@@ -36,6 +36,9 @@ Sources:
   split depends only on the seed and its id, never on ``num_questions``, so train and test
   builds with one seed never share a problem.
 
+Modes: ``trace_mode_classifier(source)`` is how the build labels a kept trace's ``mode``
+(known_modes: the strategy classifier; other sources: None, modes unknown).
+
 Sources without a split (``jsonl``: one file is one set of questions) refuse
 ``split="test"`` with a ``ConfigError`` naming the setting to change, instead of returning
 training questions for a held-out evaluation.
@@ -51,6 +54,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +122,17 @@ def load_questions(build_cfg: Any) -> list[Question]:
     return _reasoning_gym(build_cfg.reasoning_gym_task, build_cfg.split, n, build_cfg.question_seed)
 
 
+def trace_mode_classifier(source: str) -> Callable[[str], str] | None:
+    """How source ``source``'s traces get their ``Trace.mode`` at build time, or None when its
+    traces have no known modes (every source but ``known_modes``, whose strategy classifier
+    ``ssft.data.known_modes.classify`` labels each kept trace)."""
+    if source == "known_modes":
+        from ssft.data import known_modes
+
+        return known_modes.classify
+    return None
+
+
 def champ_split(question_id: str, seed: int) -> str:
     """``"test"`` or ``"train"`` for one CHAMP problem (module docstring)."""
     digest = hashlib.sha256(f"{seed}|champ|{question_id}".encode()).digest()[:8]
@@ -136,7 +151,7 @@ def _known_modes(split: str, n: int, seed: int, digits: int) -> list[Question]:
     n_train = n if split == "train" else 0
     train, test = known_modes.make_splits(n_train, KNOWN_MODES_TEST_SIZE, seed=seed, digits=digits)
     chosen = train if split == "train" else test[:n]
-    return [Question(q.question_id, q.prompt, q.gold_answer, q.source) for q in chosen]
+    return [q.as_question() for q in chosen]  # plain: what workers rebuild as Question(**q)
 
 
 def _reasoning_gym(task: str, split: str, n: int, seed: int) -> list[Question]:

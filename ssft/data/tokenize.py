@@ -23,10 +23,10 @@ Runs once per dataset (not per step). For each question, in this order:
 Errors (``overlong="error"``, M > N under ``"error"``) are ``InputError``s naming the file,
 row, question_id, field and the setting that fixes them.
 
-"Most distinct" is greedy farthest-point selection under the Jaccard distance of token
-trigram sets: start from the first stored trace, repeatedly add the trace farthest from
-everything kept (ties: lowest index), then restore stored order. Deterministic, cheap, and
-it prefers traces that differ in their wording over near-copies.
+"Most distinct" is ``ssft.data.trace_selection.most_distinct`` over the traces' token ids:
+greedy farthest-point selection under the Jaccard distance of token trigram sets, from the
+first stored trace (ties: lowest index), in stored order. Exact duplicates are judged as in
+the build (``trace_selection.normalized``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ssft.data.trace_selection import most_distinct, normalized
 from ssft.data.trace_set import TraceSet
 from ssft.errors import ConfigError, InputError
 from ssft.method.sequences import (
@@ -62,27 +63,6 @@ class PrepStats:
             f"kept {self.traces_kept}/{self.traces_in} traces of "
             f"{self.questions_kept}/{self.questions_in} questions; dropped: {reasons}"
         )
-
-
-def _trigrams(ids: Sequence[int]) -> set[tuple[int, ...]]:
-    return {tuple(ids[k : k + 3]) for k in range(max(1, len(ids) - 2))}
-
-
-def most_distinct(traces: Sequence[Sequence[int]], keep: int) -> list[int]:
-    """Indices (sorted) of ``keep`` traces chosen by greedy farthest-point selection."""
-    if keep >= len(traces):
-        return list(range(len(traces)))
-    grams = [_trigrams(t) for t in traces]
-
-    def distance(a: int, b: int) -> float:
-        union = grams[a] | grams[b]
-        return 1.0 - len(grams[a] & grams[b]) / len(union) if union else 0.0
-
-    chosen = [0]
-    while len(chosen) < keep:
-        rest = [k for k in range(len(traces)) if k not in chosen]
-        chosen.append(max(rest, key=lambda k: (min(distance(k, c) for c in chosen), -k)))
-    return sorted(chosen)
 
 
 def tokenize_trace_sets(
@@ -124,7 +104,7 @@ def tokenize_trace_sets(
             if not trace.correct:
                 stats.dropped["incorrect"] += 1
                 continue
-            text = " ".join(trace.text.split())
+            text = normalized(trace.text)
             if text in texts:
                 stats.dropped["duplicate"] += 1
                 continue

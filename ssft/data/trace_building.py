@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ssft.atomic_io import write_atomic, write_json_atomic
-from ssft.data import known_modes
 from ssft.data.grading import grade_sample
+from ssft.data.question_sources import trace_mode_classifier
 from ssft.data.teachers import Question, build_teacher
 from ssft.data.trace_selection import KEPT, Graded, rejection_reason, select_traces
 from ssft.data.trace_set import TraceSet, read_trace_sets, write_trace_sets
@@ -136,8 +136,9 @@ def build_shard(
     questions: Sequence[Question], build_cfg: Any, seed: int
 ) -> tuple[list[TraceSet], ShardStats, list[dict[str, Any]]]:
     """Sample, grade and select traces for one shard of questions; the third value holds
-    the samples not kept (``REJECTED_SCHEMA`` rows)."""
-    classify = known_modes.classify if build_cfg.questions == "known_modes" else None
+    the samples not kept (``REJECTED_SCHEMA`` rows). Kept traces' modes are labelled as the
+    question source says (``question_sources.trace_mode_classifier``)."""
+    classify = trace_mode_classifier(build_cfg.questions)  # labels Trace.mode, or None
     samples_by_question: dict[str, list[Graded]] = {q.question_id: [] for q in questions}
     stats = ShardStats(questions=len(questions))
     gold = {q.question_id: q.gold_answer for q in questions}

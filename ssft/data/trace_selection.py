@@ -22,11 +22,18 @@ Samples are judged in this order:
 Trace ids are ``f"{question_id}/{teacher}/{k}"``, k being the sample's index among that
 teacher's samples for the question (all of them, dropped ones included). Given the same
 samples, a rerun produces the same ids, so rebuilding a question never mints new ids.
+
+"Distinct" has one definition in the data layer, here: a low Jaccard similarity of 3-gram
+sets (``ngrams``, ``jaccard``). The build's near-duplicate test compares word 3-grams
+(``similarity``); ``most_distinct``, which tokenization (``ssft.data.tokenize``) uses to cut
+a question's traces to a cap or to N, compares token-id 3-grams. The build does not itself
+pick the M most distinct: it keeps the first M non-duplicates in teacher round-robin order,
+so that different teachers come first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import NamedTuple
 
 from ssft.data.teachers.base import Question, Sample
@@ -45,14 +52,26 @@ class Graded(NamedTuple):
     grading: str | None = None
 
 
-NGRAM = 3  # words per shingle in ``similarity``
+NGRAM = 3  # items per gram: a text's words (``similarity``) or a trace's token ids
 
 
-def _shingles(text: str) -> frozenset[tuple[str, ...]]:
-    """Word ``NGRAM``-grams of ``text``; a text of fewer words is one shingle of all of them."""
-    words = text.split()
-    n = min(NGRAM, len(words))
-    return frozenset(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+def ngrams(items: Sequence[Hashable], n: int = NGRAM) -> frozenset[tuple]:
+    """The ``n``-grams of ``items`` (a text's words, or a trace's token ids) as a set.
+
+    Fewer than ``n`` items are one gram of all of them (no items: the empty gram), so the set
+    is never empty.
+    """
+    n = min(n, len(items))
+    return frozenset(tuple(items[i : i + n]) for i in range(len(items) - n + 1))
+
+
+def jaccard(sa: frozenset, sb: frozenset) -> float:
+    """``|sa & sb| / |sa | sb|`` (1.0 for two empty sets): how alike two gram sets are.
+
+    The one definition of "distinct" in the data layer: the build's near-duplicate test
+    (``similarity``) and ``most_distinct`` (distance ``1 - jaccard``) both use it.
+    """
+    return len(sa & sb) / len(sa | sb) if sa or sb else 1.0
 
 
 def similarity(a: str, b: str) -> float:
@@ -60,11 +79,41 @@ def similarity(a: str, b: str) -> float:
 
     1.0 does not mean equal: ``"a b c a b c"`` and ``"a b c a b c a"`` share every 3-gram.
     """
-    return _jaccard(_shingles(a), _shingles(b))
+    return jaccard(ngrams(a.split()), ngrams(b.split()))
 
 
-def _jaccard(sa: frozenset, sb: frozenset) -> float:
-    return len(sa & sb) / len(sa | sb) if sa or sb else 1.0
+def normalized(text: str) -> str:
+    """``text`` with whitespace runs collapsed to one space, case kept: two traces with equal
+    normalized texts are exact duplicates (the build's ``duplicate_exact``, tokenization's
+    ``duplicate``)."""
+    return " ".join(text.split())
+
+
+def most_distinct(items: Sequence[Sequence[Hashable]], keep: int) -> list[int]:
+    """Indices, in stored order, of ``keep`` of ``items`` (token-id sequences, or word lists)
+    that differ most from each other; all of them when ``keep >= len(items)``.
+
+    Greedy farthest-point selection under the Jaccard distance of 3-gram sets (``1 -
+    jaccard(ngrams(x), ngrams(y))``): start from item 0, repeatedly add the item whose
+    distance to the nearest chosen one is largest (ties: the lowest index), then sort.
+    Deterministic, cheap, and it prefers items that differ in their wording over near-copies.
+    Tokenization keeps traces this way when a question has more than the cap or more than N
+    (``data.too_many_traces=keep_most_distinct``).
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep={keep!r}: must be an int >= 1")
+    if keep >= len(items):
+        return list(range(len(items)))
+    grams = [ngrams(x) for x in items]
+
+    def distance(a: int, b: int) -> float:
+        return 1.0 - jaccard(grams[a], grams[b])
+
+    chosen = [0]
+    while len(chosen) < keep:
+        rest = [k for k in range(len(items)) if k not in chosen]
+        chosen.append(max(rest, key=lambda k: (min(distance(k, c) for c in chosen), -k)))
+    return sorted(chosen)
 
 
 def _round_robin(items: Sequence[tuple[str, int]]) -> list[int]:
@@ -130,12 +179,12 @@ def select_traces(
     kept_shingles: list[frozenset] = []
     for pos in _round_robin(candidates):
         sample, parsed, _, grading = graded[pos]
-        norm = " ".join(sample.text.split())
-        shingles = _shingles(sample.text)
+        norm = normalized(sample.text)
+        shingles = ngrams(sample.text.split())
         if norm in kept_norm:
             outcomes[pos] = "duplicate_exact"
         elif near_duplicate_threshold < 1.0 and any(
-            _jaccard(shingles, s) >= near_duplicate_threshold for s in kept_shingles
+            jaccard(shingles, s) >= near_duplicate_threshold for s in kept_shingles
         ):
             outcomes[pos] = "duplicate_near"
         elif len(kept) >= max_traces:

@@ -27,7 +27,9 @@ from ssft.data.teachers.kinds import TEACHER_KINDS
 
 @dataclass(frozen=True)
 class Question:
-    """A question to sample answers for."""
+    """A question to sample answers for: the project's one question type (question sources,
+    teachers, trace selection, evaluation). The known-modes benchmark's ``AdditionQuestion``
+    (``ssft.data.known_modes``) is this plus its operands."""
 
     question_id: str
     prompt: str
