@@ -105,3 +105,22 @@ def test_ignoring_the_positions_would_mix_sequences():
     packed.batch.attention_mask = torch.ones_like(packed.batch.input_ids)
     wrong, _ = packed_sequence_nll(model, packed)
     assert not torch.allclose(right, wrong, atol=1e-3)
+
+
+def test_per_sequence_weights_follow_each_token_into_its_packed_row():
+    """The loop's weighted loss, ``sum_k w_k * NLL_sum_k``, is the same packed or padded, also
+    when a row holds several sequences with different weights."""
+    from ssft.train.loop import _token_weights
+
+    model, tok, tags = make_model_and_tags()
+    seqs = _sequences(tok, tags, "random")
+    weights = torch.linspace(-1.0, 2.0, len(seqs)).tolist()  # any float, negative included
+    padded = pad_batch(seqs, tok.pad_token_id)
+    sums, _ = sequence_nll(model, padded)
+    expected = (sums * torch.tensor(weights)).sum()
+    packed = pack_batch(seqs, tok.pad_token_id, capacity=2 * max(len(s[0]) for s in seqs))
+    assert packed.batch.input_ids.shape[0] < len(seqs)  # rows really hold several sequences
+    got = token_nll(model, packed.batch) * _token_weights(weights, packed.batch, packed.segments)
+    torch.testing.assert_close(got.sum(), expected, rtol=1e-5, atol=1e-5)
+    per_row = token_nll(model, padded) * _token_weights(weights, padded, None)
+    torch.testing.assert_close(per_row.sum(), expected, rtol=1e-5, atol=1e-5)
