@@ -15,10 +15,12 @@ from ssft.eval.metrics import (
     cons_at_k,
     cons_native,
     distinct_labels_per_question,
+    greedy_metrics,
     label_metrics,
     majority_vote,
     min_tag_accuracy,
     mode_purity,
+    parallel_groups,
     pass1,
     pass_at_k,
     pass_at_k_table,
@@ -235,6 +237,97 @@ def test_summarize():
     assert "mode_purity" not in plain and "distinct_strategies" not in plain
     with pytest.raises(ValueError, match="pass1_tag"):
         summarize(rows, TAGS, "<think9>", [1])
+
+
+# ---- one computation of the votes, N parallel samples of a shared tag ---------------------
+
+SHARED = "<think>"
+# A shared-tag method with N = 2: per question, 4 samples (boxed answer, strategy) under one tag.
+SHARED_SAMPLES = {
+    "q1": [("5", "column"), ("7", "split"), ("5", "column"), ("7", "column")],  # gold 5
+    "q2": [("4", "round"), ("3", "unknown"), ("3", "round"), ("4", None)],  # gold 3
+}
+SHARED_GOLD = {"q1": "5", "q2": "3"}
+
+
+def shared_rows() -> list[dict]:
+    rows = []
+    for qid, samples in SHARED_SAMPLES.items():
+        for i, (answer, strategy) in enumerate(samples):
+            parsed, correct = grade(SHARED_GOLD[qid], f"work\n\\boxed{{{answer}}}")
+            rows.append(dict(question_id=qid, tag=SHARED, sample_index=i, parsed_answer=parsed,
+                             correct=correct, num_tokens=10, strategy=strategy))  # fmt: skip
+    return rows
+
+
+def test_parallel_groups_put_a_shared_tags_samples_n_at_a_time():
+    rows = [*shared_rows(), make_rows()[0]]  # a row of another tag is left alone
+    grouped, tags = parallel_groups(rows, [SHARED], 2)
+    assert tags == ["<think>#0", "<think>#1"]
+    q1 = [(r["tag"], r["sample_index"], r["parsed_answer"]) for r in grouped[:4]]
+    assert q1 == [("<think>#0", 0, "5"), ("<think>#1", 0, "7"),
+                  ("<think>#0", 1, "5"), ("<think>#1", 1, "7")]  # fmt: skip
+    assert grouped[-1] == rows[-1]
+    plain = make_rows()
+    assert parallel_groups(plain, TAGS, 3) == parallel_groups(plain, TAGS) == (plain, TAGS)
+    assert parallel_groups(rows, [SHARED], 1) == (rows, [SHARED])
+    with pytest.raises(ValueError, match="3 tags are groups of 3 samples, not of n=2"):
+        parallel_groups(plain, TAGS, 2)
+
+
+def test_summarize_votes_over_a_shared_tags_groups_once_by_hand():
+    rows = shared_rows()
+    out = summarize(rows, [SHARED], SHARED, [1, 2, 4], group_size=2, cons_k=3)
+    # Cons@N, N = 2: groups (samples 0,1) and (2,3). q1 [5,7] tie -> 5 right, [5,7] -> 5 right;
+    # q2 [4,3] tie -> 4 wrong, [3,4] -> 3 right: (1 + 1/2) / 2.
+    assert out["cons_native"] == 0.75
+    # Cons@k: slot j is sample j. k=1: q1 5, q2 4; k=2: q1 [5,7] -> 5, q2 [4,3] -> 4;
+    # k=4: ties to the earliest, 5 and 4; cons_k = 3: q1 [5,7,5] -> 5, q2 [4,3,3] -> 3.
+    assert (out["cons@1"], out["cons@2"], out["cons@4"], out["cons_k"]) == (0.5, 0.5, 0.5, 1.0)
+    # Distinct strategies among each question's N = 2 parallel samples (0 and 1): q1
+    # column, split -> 2; q2 round, unknown -> 1. Purity stays per (real) tag: 3 column of
+    # the 7 labelled samples.
+    assert out["distinct_strategies"] == 1.5
+    assert out["mode_purity"] == pytest.approx(3 / 7) and set(out) >= {"mode_purity/<think>"}
+    assert list(out)[-1] == "cons_k"  # last: metrics.json keeps its key order
+    # Without the grouping each "group" is one sample (what shared-tag votes must not be).
+    alone = summarize(rows, [SHARED], SHARED, [1, 2, 4])
+    assert alone["cons_native"] == 0.5 and alone["distinct_strategies"] == 1.0
+    assert {k: alone[k] for k in ("cons@1", "cons@2", "cons@4")} == {
+        k: out[k] for k in ("cons@1", "cons@2", "cons@4")
+    }  # Cons@k reads the same samples either way
+    assert "cons_k" not in alone
+
+
+def test_summarize_computes_each_vote_once(monkeypatch):
+    import ssft.eval.metrics as m
+
+    calls, real = [], m.cons_at_k
+
+    def counted(rows, tags, k):
+        calls.append(k)
+        return real(rows, tags, k)
+
+    monkeypatch.setattr(m, "cons_at_k", counted)
+    out = m.summarize(make_rows(), TAGS, T1, [1, 2, 4], cons_k=4)
+    assert calls == [1, 2, 4] and out["cons_k"] == out["cons@4"]  # cons_k = 4 reused
+    calls.clear()
+    out = m.summarize(make_rows(), TAGS, T1, [1, 2, 4], cons_k=6)
+    assert calls == [1, 2, 4, 6] and out["cons_k"] == cons_at_k(make_rows(), TAGS, 6) == 0.5
+    # Forking tags: the groups are the tags themselves, whatever group_size says (= N).
+    assert m.summarize(make_rows(), TAGS, T1, [1], group_size=3) == m.summarize(
+        make_rows(), TAGS, T1, [1]
+    )
+
+
+def test_greedy_metrics_by_hand():
+    greedy = [dict(r, sample_index=0) for r in make_rows() if r["sample_index"] == 0]
+    out = greedy_metrics(greedy, TAGS)
+    # Sample 0 of each tag: q1 5, 5, 7 (gold 5); q2 0.5, 3, 1/2 (gold 1/2).
+    assert [out[f"greedy_pass1/{t}"] for t in TAGS] == [1.0, 0.5, 0.5]
+    assert out["greedy_accuracy_mean"] == pytest.approx(2 / 3)
+    assert out["distinct_strategies_greedy"] == 2.5  # q1 column/split/round, q2 column/round
+    assert "distinct_teachers_greedy" not in out  # no row carries a teacher
 
 
 # ---- agreement with lighteval ------------------------------------------------------------

@@ -7,13 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ssft.config import load_config
+from ssft.config import EvalConfig, ModelConfig, load_config
 from ssft.data.question_sources import load_questions
 from ssft.data.teachers.base import Question
 from ssft.eval.evaluation import compute_metrics, evaluate_questions, read_model_tags
 from ssft.eval.sampling import sample_with_tags, tag_probabilities
 from ssft.report.comparison import aggregate, load_eval, markdown_table
-from ssft.report.eval import write_eval_outputs
+from ssft.report.eval import per_tag_figure, write_eval_outputs
 from ssft.train.loop import TrainContext, train
 
 
@@ -138,7 +138,7 @@ def test_greedy_rows_teachers_and_usable_tags_reach_the_metrics(trained):
 
 def test_mode_classifier_auto_is_for_the_benchmarks_own_questions_only():
     from ssft.data.known_modes import render
-    from ssft.eval.evaluation import mode_classifier
+    from ssft.eval.modes import mode_classifier
 
     auto = mode_classifier("auto")
     text = render(47, 38, "column")
@@ -151,7 +151,7 @@ def test_mode_classifier_auto_is_for_the_benchmarks_own_questions_only():
 
 def test_a_users_mode_classifier_is_imported_and_checked():
     from ssft.config.checks import ConfigError
-    from ssft.eval.evaluation import mode_classifier
+    from ssft.eval.modes import mode_classifier
 
     q = Question("q", "p", "1", "mine")
     assert mode_classifier("tests.user_plugin:by_first_word")(q, "Guess then check") == (
@@ -163,3 +163,84 @@ def test_a_users_mode_classifier_is_imported_and_checked():
         mode_classifier("tests.user_plugin:missing")
     with pytest.raises(ConfigError, match=r"cannot import it \(ModuleNotFoundError"):
         mode_classifier("no_such_package.modes:classify")
+
+
+def test_auto_looks_the_questions_source_up_in_the_benchmark_table():
+    from ssft.data import known_modes
+    from ssft.eval.modes import BENCHMARK_CLASSIFIERS, benchmark_classifier
+
+    found = benchmark_classifier("known_modes/addition-d3")
+    assert found is BENCHMARK_CLASSIFIERS[0] and found.name == "known_modes"
+    assert (found.layout, found.strict) == (known_modes.classify_layout, known_modes.classify)
+    assert benchmark_classifier("known_modes_mine") is None
+    assert benchmark_classifier("champ") is None
+
+
+def test_a_model_folder_is_loaded_through_a_model_config(tmp_path):
+    from ssft.eval.evaluation import _model_dir_cfg
+
+    cfg = _model_dir_cfg(tmp_path, trust_remote_code=False)
+    assert cfg == ModelConfig(name_or_path=str(tmp_path), init="pretrained", dtype="auto")
+
+
+# -- the metrics of a constructed sample table (no model) ----------------------------------------
+
+SHARED_INFO = {"method": "sft_mixed", "tags": ["<think1>", "<think2>"], "shared_tag": "<think>",
+               "pass1_tag": "<think>"}  # fmt: skip
+
+
+def test_compute_metrics_of_a_shared_tag_table_by_hand():
+    from tests.test_eval_metrics import shared_rows
+
+    greedy = [dict(r, decoding="greedy") for r in shared_rows() if r["sample_index"] == 0]
+    rows = shared_rows() + greedy
+    metrics = compute_metrics(rows, SHARED_INFO, EvalConfig(samples_per_tag=2, cons_k=3))
+    # N = 2 tags x 2 samples = 4 samples under <think>, voted 2 at a time (by hand in
+    # tests/test_eval_metrics.py::test_summarize_votes_over_a_shared_tags_groups_once_by_hand).
+    assert metrics["cons_native"] == 0.75 and metrics["distinct_strategies"] == 1.5
+    assert [metrics[f"cons@{k}"] for k in (1, 2, 4)] == [0.5, 0.5, 0.5]
+    assert metrics["cons_k"] == 1.0 and metrics["n_samples"] == 4.0
+    assert metrics["num_tags"] == 2.0 and metrics["num_usable_tags"] == 1.0
+    # Greedy: sample 0 of each question (q1 5 right, q2 4 wrong; column and round).
+    assert metrics["greedy_pass1/<think>"] == metrics["greedy_accuracy_mean"] == 0.5
+    assert metrics["distinct_strategies_greedy"] == 1.0
+    keys = list(metrics)
+    assert keys[keys.index("cons_k") :][:3] == ["cons_k", "num_tags", "num_usable_tags"]
+    with pytest.raises(ValueError, match=r"eval.cons_k=5 but only 4 samples"):
+        compute_metrics(rows, SHARED_INFO, EvalConfig(samples_per_tag=2, cons_k=5))
+
+
+def test_compute_metrics_votes_once(monkeypatch):
+    import ssft.eval.metrics as m
+    from tests.test_eval_metrics import TAGS, make_rows
+
+    calls = []
+
+    def counted(name):
+        real = getattr(m, name)
+
+        def vote(*args):
+            calls.append(name)
+            return real(*args)
+
+        return vote
+
+    for name in ("cons_native", "cons_at_k"):
+        monkeypatch.setattr(m, name, counted(name))
+    info = {"method": "ssft", "tags": TAGS, "shared_tag": "<think>", "pass1_tag": TAGS[0]}
+    metrics = compute_metrics(make_rows(), info, EvalConfig(samples_per_tag=2))
+    # ks = 1, 2, 4, 6 (6 = all samples, also cons_k): one vote computation each.
+    assert calls == ["cons_native"] + ["cons_at_k"] * 4
+    assert metrics["cons_k"] == metrics["cons@6"]
+
+
+def test_the_per_tag_plot_shows_the_logged_figures():
+    from ssft.eval import metrics as m
+    from tests.test_eval_metrics import TAGS, make_rows
+
+    metrics = m.summarize(make_rows(), TAGS, TAGS[0], [1])
+    acc, length = per_tag_figure(metrics, "t").axes
+    stats = m.per_tag(make_rows())
+    assert [b.get_height() for b in acc.patches] == [stats[t].accuracy for t in TAGS]
+    assert [b.get_height() for b in length.patches] == [stats[t].mean_tokens for t in TAGS]
+    assert [x.get_text() for x in acc.get_xticklabels()] == TAGS

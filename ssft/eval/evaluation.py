@@ -3,41 +3,43 @@ spreads question shards over Ray tasks).
 
 For each question and each tag the model was trained with, ``samples_per_tag`` samples are
 drawn after ``[prompt ; tag]`` (``ssft.eval.sampling``), graded against the gold answer
-(math-verify, gold first) and, on the known-modes benchmark, classified into a strategy by
-its layout (``known_modes.classify_layout``: the reasoning mode, even with wrong arithmetic;
-the stricter data-flow classifier's verdict is kept as ``strategy_strict``), or by a user's
-classifier (``eval.mode_classifier``, ``mode_classifier``). On any data,
+(math-verify, gold first) and labelled with a reasoning mode by ``eval.mode_classifier``
+(``ssft.eval.modes``: on a benchmark with known modes, e.g. known-modes, its own
+classifiers; or a user's). On any data,
 each sample is also attributed to the teacher whose training traces it reads like
 (``ssft.data.teacher_attribution``, from the model folder's ``teacher_profiles.json``), and with
 ``eval.greedy`` one greedy answer per question and tag is decoded as well.
 Shared-tag methods sample ``num_tags x samples_per_tag`` times under their one tag, so every
-method is judged on the same number of samples. Metrics come from ``ssft.eval.metrics``.
+method is judged on the same number of samples. Metrics come from ``ssft.eval.metrics``
+(``summarize``), which computes every vote once.
 
 Cons@N for a shared-tag method: its samples are grouped N at a time (sample j belongs to
-group j // N), which is what "N parallel samples, then a vote" means without forking tokens.
+group j // N; ``metrics.parallel_groups``), which is what "N parallel samples, then a vote"
+means without forking tokens.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ssft.data import known_modes
+from ssft.config import DataConfig, EvalConfig, ModelConfig
 from ssft.data.grading import grade
 from ssft.data.teacher_attribution import read_profiles
 from ssft.data.teachers.base import Question
-from ssft.errors import ConfigError
 from ssft.eval import metrics as eval_metrics
+from ssft.eval.modes import mode_classifier
 from ssft.eval.sampling import sample_with_tags, sample_with_tags_vllm
 from ssft.final_model import TAGS_FILE
 from ssft.method.table import uses_shared_tag
 from ssft.models import load_model_and_tokenizer, load_tokenizer
-from ssft.plugins import load_callable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def read_model_tags(model_dir: str | Path) -> dict[str, Any]:
@@ -59,20 +61,22 @@ def sampling_plan(info: dict[str, Any], samples_per_tag: int) -> tuple[list[str]
     return tags, samples_per_tag
 
 
-def _model_dir_cfg(model_dir: str | Path, trust_remote_code: bool) -> SimpleNamespace:
-    """A model config for a saved model directory, for ``ssft.models``' loaders.
+def _model_dir_cfg(model_dir: str | Path, trust_remote_code: bool) -> ModelConfig:
+    """The model config of a saved model directory, for ``ssft.models``' loaders.
 
     Those loaders pass ``trust_remote_code`` explicitly (so transformers never prompts) and
-    turn a refused ``auto_map`` into an ``InputError`` naming the file; ``dtype=None`` keeps
-    the dtype the directory was saved in.
+    turn a refused ``auto_map`` into an ``InputError`` naming the file; ``dtype="auto"``
+    keeps the dtype the directory was saved in.
     """
-    return SimpleNamespace(
-        init="pretrained", name_or_path=str(model_dir), tokenizer=None, dtype=None,
+    return ModelConfig(
+        name_or_path=str(model_dir), init="pretrained", tokenizer=None, dtype="auto",
         trust_remote_code=trust_remote_code,
     )  # fmt: skip
 
 
-def load_eval_model(model_dir: str | Path, *, trust_remote_code: bool = False):
+def load_eval_model(
+    model_dir: str | Path, *, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` of a final model directory, in eval mode, on the GPU if any.
 
     Code shipped in the directory (``auto_map``) is never run unless ``trust_remote_code``.
@@ -82,51 +86,15 @@ def load_eval_model(model_dir: str | Path, *, trust_remote_code: bool = False):
     return model.to(device).eval(), tokenizer
 
 
-Classifier = Callable[[Question, str], tuple[str | None, str | None]]
-
-
-def mode_classifier(spec: str) -> Classifier:
-    """``(strategy, strategy_strict)`` of one sample, by ``eval.mode_classifier``.
-
-    ``"auto"``: on the known-modes benchmark's own questions, the layout (the mode a sample
-    follows, even with wrong arithmetic) and the strict data-flow classifier; elsewhere
-    none. ``"none"``: never. ``"module:function"``: a user's classifier, imported here, called
-    as ``function(text) -> label | None`` for every sample (both values). Labels are strings
-    (e.g. a strategy or teacher name); None or ``"unknown"`` means not classified.
-    """
-    if spec == "none":
-        return lambda q, text: (None, None)
-    if spec == "auto":
-
-        def auto(q: Question, text: str) -> tuple[str | None, str | None]:
-            if not known_modes.is_benchmark_source(q.source):
-                return None, None
-            return known_modes.classify_layout(text), known_modes.classify(text)
-
-        return auto
-    fn = load_callable(spec, "eval.mode_classifier")
-
-    def custom(q: Question, text: str) -> tuple[str | None, str | None]:
-        label = fn(text)
-        if label is not None and not isinstance(label, str):
-            raise ConfigError(
-                f"eval.mode_classifier={spec!r} returned {type(label).__name__} {label!r:.40} "
-                "for a sample; it must return a string label or None"
-            )
-        return label, label
-
-    return custom
-
-
 def evaluate_questions(
     model_dir: str | Path,
     questions: Sequence[Question],
-    eval_cfg: Any,
-    data_cfg: Any,
+    eval_cfg: EvalConfig,
+    data_cfg: DataConfig,
     seed: int,
     *,
-    model=None,
-    tokenizer=None,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     trust_remote_code: bool = False,
     greedy: bool = False,
 ) -> list[dict[str, Any]]:
@@ -170,16 +138,6 @@ def evaluate_questions(
     return rows
 
 
-def _grouped_for_votes(rows: list[dict], shared_tag: str, n: int) -> tuple[list[dict], list[str]]:
-    """Shared-tag samples relabelled into N pseudo-tags so votes group N samples at a time."""
-    pseudo = [f"{shared_tag}#{i}" for i in range(n)]
-    out = [
-        {**r, "tag": pseudo[r["sample_index"] % n], "sample_index": r["sample_index"] // n}
-        for r in rows
-    ]
-    return out, pseudo
-
-
 def sample_ks(total: int) -> list[int]:
     """The k of pass@k and Cons@k reported for ``total`` samples per question: powers of two
     up to it, and ``total`` itself (so every method has k = 16 when it draws 16 or more)."""
@@ -187,7 +145,7 @@ def sample_ks(total: int) -> list[int]:
 
 
 def compute_metrics(
-    rows: list[dict[str, Any]], info: dict[str, Any], eval_cfg: Any
+    rows: list[dict[str, Any]], info: dict[str, Any], eval_cfg: EvalConfig
 ) -> dict[str, float]:
     """Pass@1 (chosen tag and every tag), Cons@N, Cons@k, pass@k, lengths, mode purity.
 
@@ -201,28 +159,17 @@ def compute_metrics(
     tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
     n_tags = len(info["tags"])
     total = per_tag * len(tags)
-    ks = sample_ks(total)
-    pass1_tag = eval_cfg.pass1_tag or info["pass1_tag"]
-    metrics = eval_metrics.summarize(rows, tags, pass1_tag, ks)
-    vote_rows, vote_tags = (rows, tags)
-    if len(tags) == 1:  # shared tag: votes over groups of N consecutive samples
-        vote_rows, vote_tags = _grouped_for_votes(rows, tags[0], n_tags)
-    metrics["cons_native"] = eval_metrics.cons_native(vote_rows, vote_tags)
-    for label in eval_metrics.LABEL_KEYS:  # diversity among N parallel samples, one per tag
-        _, plural = eval_metrics.LABEL_KEYS[label]
-        if f"distinct_{plural}" in metrics:
-            metrics[f"distinct_{plural}"] = eval_metrics.distinct_labels_per_question(
-                vote_rows, vote_tags, label
-            )
-    for k in ks:
-        metrics[f"cons@{k}"] = eval_metrics.cons_at_k(vote_rows, vote_tags, k)
     cons_k = eval_cfg.cons_k or total
     if cons_k > total:
         raise ValueError(
             f"eval.cons_k={cons_k} but only {total} samples per question are drawn; raise "
             "eval.samples_per_tag or lower eval.cons_k."
         )
-    metrics["cons_k"] = eval_metrics.cons_at_k(vote_rows, vote_tags, cons_k)
+    pass1_tag = eval_cfg.pass1_tag or info["pass1_tag"]
+    # A shared tag's samples vote N = n_tags at a time, as N tags' samples do.
+    metrics = eval_metrics.summarize(
+        rows, tags, pass1_tag, sample_ks(total), group_size=n_tags, cons_k=cons_k
+    )
     metrics["num_tags"] = float(n_tags)
     usable = [t for t in info.get("usable_tags") or tags if t in tags]
     metrics["num_usable_tags"] = float(len(usable))
@@ -230,17 +177,5 @@ def compute_metrics(
         metrics["cons_native_usable"] = eval_metrics.cons_native(rows, usable)
         metrics["tag_accuracy_min_usable"] = min(metrics[f"pass1/{t}"] for t in usable)
     if greedy:
-        metrics |= _greedy_metrics(greedy, tags)
+        metrics |= eval_metrics.greedy_metrics(greedy, tags)
     return metrics
-
-
-def _greedy_metrics(rows: list[dict[str, Any]], tags: list[str]) -> dict[str, float]:
-    """One greedy answer per tag: accuracy per tag and its mean, distinct modes per question."""
-    out = {f"greedy_pass1/{t}": eval_metrics.pass1(rows, t) for t in tags}
-    out["greedy_accuracy_mean"] = sum(out.values()) / len(tags)
-    for label, (_, plural) in eval_metrics.LABEL_KEYS.items():
-        if any(r.get(label) is not None for r in rows):
-            out[f"distinct_{plural}_greedy"] = eval_metrics.distinct_labels_per_question(
-                rows, tags, label
-            )
-    return out

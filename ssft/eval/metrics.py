@@ -216,6 +216,34 @@ def cons_at_k(rows: Rows, tags: Sequence[str], k: int) -> float:
     return float(np.mean(per_q))
 
 
+def parallel_groups(
+    rows: Rows, tags: Sequence[str], n: int | None = None
+) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """``(rows, tags)`` in which "sample g of every tag" is the g-th group of N parallel samples:
+    what Cons@N votes over and ``distinct_labels_per_question`` counts in.
+
+    Several tags: the rows and tags as they are (N = len(tags), one sample per tag; ``n``, if
+    given, must be len(tags)). One tag (a shared-tag method's) and ``n`` > 1: its samples are
+    grouped n at a time, sample j becoming sample j // n of pseudo-tag ``"<tag>#<j % n>"``, so
+    group g is samples gn .. gn + n - 1: "n parallel samples, then a vote" without forking
+    tokens. Rows of other tags are left as they are. ``cons_at_k`` reads the same samples in
+    the same order either way (its slot j is sample j).
+    """
+    rows, tags = _as_rows(rows), list(tags)
+    if len(tags) > 1 and n not in (None, len(tags)):
+        raise ValueError(f"{len(tags)} tags are groups of {len(tags)} samples, not of n={n}")
+    if len(tags) != 1 or n is None or n == 1:
+        return rows, tags
+    shared = tags[0]
+    pseudo = [f"{shared}#{i}" for i in range(n)]
+    out = [
+        r if r["tag"] != shared
+        else {**r, "tag": pseudo[r["sample_index"] % n], "sample_index": r["sample_index"] // n}
+        for r in rows
+    ]  # fmt: skip
+    return out, pseudo
+
+
 # ---- per-tag accuracy and length -----------------------------------------------------------
 
 
@@ -339,22 +367,43 @@ def distinct_labels_per_question(rows: Rows, tags: Sequence[str], label: str = "
 LABEL_KEYS = {"strategy": ("mode", "strategies"), "teacher": ("teacher", "teachers")}
 
 
-def label_metrics(rows: Rows, tags: Sequence[str], label: str) -> dict[str, float]:
+def _labelled(rows: Rows, label: str) -> bool:
+    return any(r.get(label) is not None for r in _as_rows(rows))
+
+
+def label_metrics(
+    rows: Rows, tags: Sequence[str], label: str, *, group_size: int | None = None
+) -> dict[str, float]:
     """Mode diagnostics of one label column (``LABEL_KEYS``), {} when no row carries it.
 
     For "strategy": "mode_purity" (+ "mode_purity/<tag>"), "question_tag_mode_purity",
     "distinct_strategies", "unknown_strategy_share"; for "teacher": "teacher_purity", ...,
-    "distinct_teachers", "unknown_teacher_share".
+    "distinct_teachers", "unknown_teacher_share". Purities are per tag; the distinct labels
+    are counted among each question's N parallel samples (``parallel_groups(rows, tags,
+    group_size)``: one per tag, or a shared tag's samples ``group_size`` at a time).
     """
-    if not any(r.get(label) is not None for r in _as_rows(rows)):
+    if not _labelled(rows, label):
         return {}
     stem, plural = LABEL_KEYS[label]
     per, purity = mode_purity(rows, label)
     out = {f"{stem}_purity": purity}
     out |= {f"{stem}_purity/{t}": share for t, (_, share) in per.items()}
     out[f"question_tag_{stem}_purity"] = question_tag_purity(rows, label)
-    out[f"distinct_{plural}"] = distinct_labels_per_question(rows, tags, label)
+    groups = parallel_groups(rows, tags, group_size)
+    out[f"distinct_{plural}"] = distinct_labels_per_question(*groups, label)
     out[f"unknown_{label}_share"] = unknown_share(rows, label)
+    return out
+
+
+def greedy_metrics(rows: Rows, tags: Sequence[str]) -> dict[str, float]:
+    """One greedy answer per question and tag: "greedy_pass1/<tag>", their mean
+    "greedy_accuracy_mean", and per labelled column "distinct_<plural>_greedy" (distinct
+    known labels among a question's greedy answers, one per tag)."""
+    out = {f"greedy_pass1/{t}": pass1(rows, t) for t in tags}
+    out["greedy_accuracy_mean"] = sum(out.values()) / len(tags)
+    for label, (_, plural) in LABEL_KEYS.items():
+        if _labelled(rows, label):
+            out[f"distinct_{plural}_greedy"] = distinct_labels_per_question(rows, tags, label)
     return out
 
 
@@ -362,7 +411,13 @@ def label_metrics(rows: Rows, tags: Sequence[str], label: str) -> dict[str, floa
 
 
 def summarize(
-    rows: Rows, tags: Sequence[str], pass1_tag: str, ks: Sequence[int]
+    rows: Rows,
+    tags: Sequence[str],
+    pass1_tag: str,
+    ks: Sequence[int],
+    *,
+    group_size: int | None = None,
+    cons_k: int | None = None,
 ) -> dict[str, float]:
     """All metrics over the rows under ``tags`` (other tags are dropped), as a flat dict.
 
@@ -370,8 +425,12 @@ def summarize(
     "n_samples/t"; "tag_accuracy_min", "tag_accuracy_mean" (over tags); "cons_native"; for
     k in ks "pass@k" (all tags pooled) and "cons@k"; "n_samples" (the n of pass@k) and
     "n_questions". With strategies or teachers also their ``label_metrics`` ("mode_purity",
-    "teacher_purity", ...). MLflow does not accept "@", "<" and ">" in keys:
-    ``ssft.tracking`` logs them with "_" instead.
+    "teacher_purity", ...); with ``cons_k``, last, "cons_k" (Cons@cons_k). MLflow does not
+    accept "@", "<" and ">" in keys: ``ssft.tracking`` logs them with "_" instead.
+
+    Every vote and every count of distinct labels is computed here, once, over the
+    ``parallel_groups(rows, tags, group_size)``: with one (shared) tag, ``group_size`` says how
+    many of its samples make the N parallel samples of Cons@N and "distinct_<labels>".
     """
     if pass1_tag not in tags:
         raise ValueError(f"pass1_tag {pass1_tag!r} is not one of the tags {list(tags)}")
@@ -387,12 +446,16 @@ def summarize(
         out |= {f"length_median/{t}": s.median_tokens, f"n_samples/{t}": float(s.n)}
     out["tag_accuracy_min"] = min(stats[t].accuracy for t in tags)
     out["tag_accuracy_mean"] = float(np.mean([stats[t].accuracy for t in tags]))
-    out["cons_native"] = cons_native(rows, tags)
+    vote_rows, vote_tags = parallel_groups(rows, tags, group_size)
+    out["cons_native"] = cons_native(vote_rows, vote_tags)
     table = pass_at_k_table(rows, ks)
     for k in ks:
         out[f"pass@{k}"] = table.values[k]
-        out[f"cons@{k}"] = cons_at_k(rows, tags, k)
+        out[f"cons@{k}"] = cons_at_k(vote_rows, vote_tags, k)
     out |= {"n_samples": float(table.n), "n_questions": float(table.n_questions)}
     for label in LABEL_KEYS:  # known-modes strategies; teachers attributed to samples
-        out |= label_metrics(rows, tags, label)
+        out |= label_metrics(rows, tags, label, group_size=group_size)
+    if cons_k is not None:
+        reused = cons_k in ks  # Cons@k of that k is in out already
+        out["cons_k"] = out[f"cons@{cons_k}"] if reused else cons_at_k(vote_rows, vote_tags, cons_k)
     return out

@@ -17,8 +17,8 @@ softmax probability of each tag token, and the distribution renormalised over th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import SimpleNamespace
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -26,11 +26,44 @@ from ssft.data.teachers.base import Question
 from ssft.data.teachers.hf import HFTeacher
 from ssft.method.sequences import DEFAULT_PROMPT_TEMPLATE, format_prompt
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class _SamplerSettings:
+    """What ``HFTeacher`` reads from its config, for sampling an in-memory student.
+
+    Not a ``TeacherConfig`` (``build.teachers[i]``): that section requires a model name for
+    kind ``hf`` and a temperature > 0, while the student is already loaded and greedy
+    evaluation samples at temperature 0 (which ``HFTeacher`` itself accepts).
+    """
+
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    batch_size: int
+    use_chat_template: bool
+    name: str = "eval"
+    kind: Literal["hf"] = "hf"
+    model: str | None = None  # the model is passed in built
+    system_prompt: str | None = None  # unused: ``_TagPrompt.prompt_ids`` builds the prompt
+    dtype: Literal["auto"] = "auto"
+    trust_remote_code: bool = False
+
 
 class _TagPrompt(HFTeacher):
     """The ``hf`` teacher with training's prompt format and one tag appended."""
 
-    def __init__(self, cfg, model, tokenizer, tag_id: int, use_chat_template, prompt_template):
+    def __init__(
+        self,
+        cfg: _SamplerSettings,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        tag_id: int,
+        use_chat_template: bool,
+        prompt_template: str,
+    ) -> None:
         super().__init__(cfg, model=model, tokenizer=tokenizer)
         self.tag_id, self.use_chat, self.template = tag_id, use_chat_template, prompt_template
 
@@ -42,8 +75,8 @@ class _TagPrompt(HFTeacher):
 
 
 def sample_with_tags(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[Question],
     tags: Sequence[str],
     *,
@@ -60,10 +93,9 @@ def sample_with_tags(
 
     Rows are ordered by question, then tag (in ``tags`` order), then sample index.
     """
-    cfg = SimpleNamespace(
-        name="eval", kind="hf", model=None, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, system_prompt=None,
-        use_chat_template=use_chat_template, dtype="auto", trust_remote_code=False,
+    cfg = _SamplerSettings(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, use_chat_template=use_chat_template,
     )  # fmt: skip
     by_key: dict[tuple[str, str], list] = {}
     for tag in tags:
@@ -88,7 +120,7 @@ def sample_with_tags(
 
 def sample_with_tags_vllm(
     model_dir: str,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[Question],
     tags: Sequence[str],
     *,
@@ -146,8 +178,8 @@ def sample_with_tags_vllm(
 
 @torch.inference_mode()
 def tag_probabilities(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[Question],
     tags: Sequence[str],
     *,

@@ -30,13 +30,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ssft.config import DataConfig, EvalConfig
 from ssft.data.grading import grade
 from ssft.data.teachers.base import Question
 from ssft.data.trace_set import TraceSet
 from ssft.eval import metrics as eval_metrics
 from ssft.eval.sampling import sample_with_tags
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PASS1_RULES = ("coverage", "coverage_last_epoch", "validation")
 
@@ -63,12 +67,12 @@ def validation_split(
 
 
 def validation_accuracy(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     held_out: Sequence[TraceSet],
     tags: Sequence[str],
-    eval_cfg: Any,
-    data_cfg: Any,
+    eval_cfg: EvalConfig,
+    data_cfg: DataConfig,
     *,
     samples_per_tag: int,
     seed: int,

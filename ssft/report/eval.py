@@ -39,15 +39,18 @@ def _figure(width: float = 7.0, height: float = 3.5, ncols: int = 1):
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def per_tag_figure(rows: Sequence[Mapping[str, Any]], title: str):
-    """Accuracy and mean answer length for every tag (bars), the chosen tag included."""
-    stats = eval_metrics.per_tag(rows)
-    tags = sorted(stats, key=eval_metrics.tag_sort_key)
+def per_tag_figure(metrics: Mapping[str, float], title: str):
+    """Accuracy and mean answer length for every tag (bars), the chosen tag included: the
+    ``pass1/<tag>`` and ``length_mean/<tag>`` of the metrics (``eval_metrics.summarize``)."""
+    tags = sorted(
+        (k.removeprefix("pass1/") for k in metrics if k.startswith("pass1/")),
+        key=eval_metrics.tag_sort_key,
+    )
     fig, (acc, length) = _figure(ncols=2, width=9)
-    acc.bar(tags, [stats[t].accuracy for t in tags], color="tab:blue")
+    acc.bar(tags, [metrics[f"pass1/{t}"] for t in tags], color="tab:blue")
     acc.set_ylim(0, 1)
     acc.set_title("accuracy per tag")
-    length.bar(tags, [stats[t].mean_tokens for t in tags], color="tab:orange")
+    length.bar(tags, [metrics[f"length_mean/{t}"] for t in tags], color="tab:orange")
     length.set_title("mean answer length (tokens)")
     for ax in (acc, length):
         ax.tick_params(axis="x", rotation=30)
@@ -101,7 +104,7 @@ def log_eval(tracker, out_dir: Path, rows, metrics: Mapping[str, float], label: 
     tracker.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=0)
     for name in ("samples.parquet", "tag_probabilities.parquet", "metrics.json"):
         tracker.log_artifact(out_dir / name, "eval")
-    tracker.log_figure(per_tag_figure(sampled(rows), label), "plots/per_tag.png")
+    tracker.log_figure(per_tag_figure(metrics, label), "plots/per_tag.png")
     for column in eval_metrics.LABEL_KEYS:  # tag x strategy (known-modes), tag x teacher
         fig = label_figure(sampled(rows), column, f"{label}: tag x {column}")
         if fig is not None:
