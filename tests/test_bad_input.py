@@ -197,7 +197,7 @@ def test_train_with_an_overlong_trace_under_overlong_error_exits_2_before_ray(tm
 def test_driver_check_prepares_data_with_the_forking_tags_added(tmp_path):
     """A trace that writes a tag's text counts it as one token, as on the workers: a sequence
     at exactly data.max_seq_len passes the driver's check, one token more fails it."""
-    from workflows.train import check_training_data
+    from ssft.train.setup import check_training_data
 
     cfg = tiny_test()
     cfg.data.overlong = "error"

@@ -17,9 +17,7 @@ replay_source: champ writes its replay file first when it is missing.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -46,8 +44,9 @@ from ssft.data.trace_building import (
 from ssft.errors import InputError
 from ssft.report.build import log_build_report
 from ssft.tracking import git_commit, start_run
+from workflows import faults
 from workflows.cli import preflight, run_main
-from workflows.ray_runtime import init_ray, ray_job_id
+from workflows.ray_runtime import absolute_paths, init_ray, ray_job_id
 
 log = logging.getLogger("ssft.build_traces")
 
@@ -57,7 +56,7 @@ log = logging.getLogger("ssft.build_traces")
 @ray.remote(num_cpus=1)
 def build_shard_task(cfg_dict: dict, questions: list[dict], build_dir: str, index: int) -> dict:
     cfg = config_from_dict(cfg_dict)
-    _maybe_inject_fault(index)
+    faults.before_shard(index)
     try:
         sets, stats, rejected = build_shard([Question(**q) for q in questions], cfg.build, cfg.seed)
     except InputError as err:
@@ -66,39 +65,6 @@ def build_shard_task(cfg_dict: dict, questions: list[dict], build_dir: str, inde
         return {"input_error": str(err)}
     write_shard(Path(build_dir), index, sets, stats, rejected)
     return stats.to_json()
-
-
-def _maybe_inject_fault(index: int) -> None:
-    """Fault-injection hook for tests, in ``$SSFT_FAULT_DIR`` (each file is removed when it
-    fires, so the retry runs clean):
-
-    - ``crash-shard-<index>``: this worker process dies (``os._exit``): Ray's retry of a dead
-      worker runs for real.
-    - ``raise-shard-<index>``: the task raises, so ``retry_exceptions`` is what retries it.
-    """
-    fault_dir = os.environ.get("SSFT_FAULT_DIR")
-    if not fault_dir:
-        return
-    for kind in ("crash", "raise"):
-        request = Path(fault_dir) / f"{kind}-shard-{index}"
-        if request.exists():
-            request.unlink()
-            if kind == "crash":
-                os._exit(1)
-            raise RuntimeError(f"injected failure in shard {index} (test hook {request})")
-
-
-def _absolute_teacher_paths(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Local model directories and replay files resolved on the driver, for the workers."""
-    teachers = []
-    for t in cfg.build.teachers:
-        changes = {
-            k: str(Path(v).resolve())
-            for k in ("model", "replay_path")
-            if (v := getattr(t, k)) and Path(v).exists()
-        }
-        teachers.append(dataclasses.replace(t, **changes))
-    return dataclasses.replace(cfg, build=dataclasses.replace(cfg.build, teachers=teachers))
 
 
 def check_replay_files(cfg: ExperimentConfig) -> None:
@@ -149,7 +115,7 @@ def run(cfg: ExperimentConfig) -> Path:
     build = cfg.build
     preflight({"build.output_dir": build.output_dir})  # MLflow and the folder, before compute
     questions = load_questions(build)
-    cfg = _absolute_teacher_paths(cfg)
+    cfg = absolute_paths(cfg)
     check_replay_files(cfg)
     # Absolute: Ray workers (and Ray Train, which changes directory) must find the same place.
     build_dir = Path(build.output_dir).resolve() / f"{build.split}-{build_key(build, cfg.seed)}"

@@ -8,12 +8,15 @@ Otherwise Ray starts embedded in this process (``address="local"``), so a stray
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 from pathlib import Path
 
 import ray
+
+from ssft.config import ExperimentConfig
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -93,3 +96,30 @@ def ray_job_id() -> str | None:
         job_config = {}
     submission_id = (job_config.get("metadata") or {}).get("job_submission_id")
     return submission_id or ray.get_runtime_context().get_job_id()
+
+
+def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """A copy of ``cfg`` whose local paths are absolute, resolved on the driver: Ray workers
+    (and Ray Train, which changes directory) must find the same files. Trace sets, the model
+    and tokenizer directories, and each teacher's local model and replay file."""
+
+    def resolve(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else path
+
+    def local(path: str | None) -> str | None:  # a hub id that is no local path stays as is
+        return resolve(path) if path and Path(path).exists() else path
+
+    data = dataclasses.replace(
+        cfg.data, train_path=resolve(cfg.data.train_path), eval_path=resolve(cfg.data.eval_path)
+    )
+    model = cfg.model
+    if model.init == "pretrained":
+        model = dataclasses.replace(model, name_or_path=local(model.name_or_path))
+    if model.tokenizer and model.tokenizer != "char":
+        model = dataclasses.replace(model, tokenizer=local(model.tokenizer))
+    teachers = [
+        dataclasses.replace(t, model=local(t.model), replay_path=local(t.replay_path))
+        for t in cfg.build.teachers
+    ]
+    build = dataclasses.replace(cfg.build, teachers=teachers)
+    return dataclasses.replace(cfg, data=data, model=model, build=build)

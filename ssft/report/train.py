@@ -41,3 +41,10 @@ def log_training_artifacts(tracker, cfg, stats: MatchingTracker, final_dir: Path
         tracker.log_artifact(final_dir / ASSIGNMENTS_FILE, "matching")
         tracker.log_artifact(final_dir / TAGS_FILE, "matching")
         tracker.log_artifact(final_dir, "final_model")
+
+
+def method_tags(cfg) -> dict:
+    """The MLflow tags that say what a training run trained (runs table columns)."""
+    m = cfg.matching
+    return {"method": cfg.method, "num_tags": cfg.forking.num_tags, "cost": m.cost,
+            "prefix_tokens": m.prefix_tokens or "all"}  # fmt: skip

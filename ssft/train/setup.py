@@ -20,15 +20,15 @@ import torch
 
 from ssft.data.teacher_attribution import TeacherProfiles
 from ssft.data.tokenize import tokenize_trace_sets
-from ssft.data.trace_set import TraceSet, read_trace_sets
-from ssft.errors import InputError
+from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
+from ssft.errors import ConfigError, InputError
 from ssft.eval.tag_selection import held_out_count, validation_split
 from ssft.method.base import TrainingMethod
 from ssft.method.forking_tokens import ForkingTokens, add_forking_tokens
 from ssft.method.logprobs import sequence_nll, token_nll
 from ssft.method.sequences import PaddedBatch, TokenizedQuestion
 from ssft.method.table import build_method, get_method
-from ssft.models import load_model_and_tokenizer
+from ssft.models import load_model_and_tokenizer, load_tokenizer
 from ssft.tracking import NullTracker
 from ssft.train.batching import planned_steps
 from ssft.train.checkpointing import MODEL_DIR, load_state
@@ -275,3 +275,36 @@ def skip_nonfinite_on_device(optimizer: torch.optim.Optimizer) -> bool:
     for group in optimizer.param_groups:
         group["fused"], group["foreach"] = True, False
     return True
+
+
+def check_training_data(cfg, sets: list[TraceSet] | None = None) -> str:
+    """Validate and prepare ``cfg``'s training data on the driver; returns its digest.
+
+    A driver runs it before Ray starts, so bad data costs a second and one line naming the
+    file, row and field, not a Ray-wrapped traceback from every worker. The trace
+    sets are read and validated, then tokenized as every worker will tokenize them: the
+    configured tokenizer with the forking tokens added (no model is loaded), the same
+    ``load_training_data``. That raises on more usable traces than tags (M > N, with
+    ``data.too_many_traces=error``) and on an overlong trace (``data.overlong=error``).
+    ``sets``: the file's trace sets when the caller has read them already.
+    """
+    path = cfg.data.train_path
+    if path is None:
+        raise ConfigError(
+            "data.train_path=null: training needs trace sets. Set data.train_path=<path to the "
+            "trace_sets.parquet written by workflows.build_traces>."
+        )
+    sets = read_trace_sets(path) if sets is None else sets
+    digest = trace_set_digest(sets)
+    tokenizer = load_tokenizer(cfg.model)
+    f = cfg.forking
+    add_forking_tokens(tokenizer, num_tags=f.num_tags, tag_format=f.tag_format,
+                       shared_tag=f.shared_tag)  # fmt: skip
+    questions, prep = load_training_data(cfg, tokenizer, path, sets)
+    if not questions:
+        raise InputError(
+            f"trace set file {path!r}: no trainable question ({prep.summary()}). Every question "
+            "lost all its traces to the reasons listed; raise data.max_seq_len if they are "
+            "overlong, or rebuild the trace sets if none is correct."
+        )
+    return digest
