@@ -7,7 +7,6 @@ import pytest
 from ssft.method.sequences import TokenizedQuestion
 from ssft.train.batching import (
     epoch_order,
-    method_policy,
     micro_batch_count,
     plan_step,
     supervised_tokens,
@@ -66,10 +65,13 @@ def test_tag_loss_adds_one_token_per_trace():
 
 
 def test_methods_map_to_policies():
-    assert method_policy("ssft") == ("hungarian", False)
-    assert method_policy("sft_mixed") == ("shared", True)
+    from ssft.method.table import get_method
+
+    assert (get_method("ssft").policy, get_method("ssft").shared_tag) == ("hungarian", False)
+    assert (get_method("sft_mixed").policy, get_method("sft_mixed").shared_tag) == ("shared", True)
+    assert get_method("single").max_traces == 1 and get_method("ssft").needs_cost
     with pytest.raises(ValueError, match="valid methods"):
-        method_policy("dpo")
+        get_method("dpo")
 
 
 def test_lr_schedule_shapes():
@@ -87,19 +89,17 @@ def test_lr_schedule_shapes():
 
 
 def test_every_method_list_is_derived_from_the_one_table():
-    from ssft.config.eval import EvalConfig
-    from ssft.config.pipeline import PipelineConfig
-    from ssft.config.schema import Method
-    from ssft.method.table import BASELINES, METHOD_NAMES, SHARED_TAG_METHODS
+    from ssft.config import EvalConfig, Method, PipelineConfig
+    from ssft.method.table import BASELINES, METHOD_NAMES, SHARED_TAG_METHODS, get_method
 
     assert typing.get_args(Method) == METHOD_NAMES
     assert BASELINES == tuple(m for m in METHOD_NAMES if m != "ssft")
     assert SHARED_TAG_METHODS == ("sft_mixed", "single")
     help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(EvalConfig)}
     assert "(sft_mixed, single)" in help_text["samples_per_tag"]
-    assert PipelineConfig().methods == "ssft,sft_mixed,random"
+    assert PipelineConfig().methods == ("ssft", "sft_mixed", "random")
     with pytest.raises(ValueError, match="valid methods: ssft, sft_mixed, random, single"):
-        method_policy("sft-mixed")
+        get_method("sft-mixed")
 
 
 def test_planned_steps_are_the_epochs_cut_at_max_steps():

@@ -4,6 +4,7 @@ import dataclasses
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from ssft.config import (
     load_config,
     parse_cli,
 )
+from ssft.config.checks import field_types
 from ssft.config.presets import PRESETS, base, get_preset, tiny_cpu, tiny_test
 from ssft.data import known_modes
 
@@ -110,7 +112,7 @@ def test_shipped_yaml_loads_to_its_preset():
 
 
 def test_the_pretrained_student_presets_compare_ssft_with_sft_mixed_on_held_out_questions():
-    from ssft.config.eval import EvalConfig
+    from ssft.config import EvalConfig
     from ssft.data.question_sources import held_out_questions
     from workflows.pipeline import variant_configs
 
@@ -452,10 +454,10 @@ def test_default_teachers_are_the_four_strategy_solvers():
 
 
 def test_build_copies_of_known_modes_constants_are_in_sync():
-    from ssft.config import build as config_build
+    from ssft.config import stages as config_stages
 
-    assert config_build.STRATEGIES == known_modes.STRATEGIES
-    assert config_build.KNOWN_MODES_DIGITS == (known_modes.MIN_DIGITS, known_modes.MAX_DIGITS)
+    assert config_stages.STRATEGIES == known_modes.STRATEGIES
+    assert config_stages.KNOWN_MODES_DIGITS == (known_modes.MIN_DIGITS, known_modes.MAX_DIGITS)
 
 
 def test_yaml_list_of_teachers_replaces_the_default_list(tmp_path):
@@ -699,10 +701,130 @@ def test_help_exits_zero_and_lists_every_field(capsys):
 def test_config_module_imports_no_heavy_dependencies():
     code = (
         "import sys, ssft.config, ssft.config.presets\n"
-        "heavy = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]\n"
+        "heavy = ('torch', 'transformers', 'ray', 'math_verify')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# The package's layers, bottom first: each module imports only those before it.
+LAYERS = ["checks", "stages", "schema", "presets", "loading", "__init__"]
+
+
+def test_the_config_modules_import_one_way_and_presets_alone_imports():
+    import ast
+
+    package = REPO / "ssft" / "config"
+    assert sorted(p.stem for p in package.glob("*.py")) == sorted(LAYERS)
+    for i, module in enumerate(LAYERS):
+        tree = ast.parse((package / f"{module}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        inside = {m.removeprefix("ssft.config").lstrip(".") for m in imported if m and
+                  m.startswith("ssft.config")}  # fmt: skip
+        assert "" not in inside, f"{module} imports the package ssft.config (a cycle)"
+        assert inside <= set(LAYERS[:i]), f"{module} imports {inside - set(LAYERS[:i])}"
+    for module in ("ssft.config.presets", "ssft.config.stages", "ssft.config.loading"):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=REPO)
+
+
+# --- lists of values --------------------------------------------------------------------------
+
+# (key, YAML value, command-line value, the config's value): one per list field, or more.
+LIST_CASES = [
+    ("pipeline.methods", "[ssft, sft_mixed]", "ssft,sft_mixed", ("ssft", "sft_mixed")),
+    ("pipeline.seeds", "[0, 1, 2]", "0,1,2", (0, 1, 2)),
+    ("pipeline.seeds", "[3]", "3", (3,)),
+    ("sweep.num_tags", "[2, 4]", "2, 4", (2, 4)),
+    ("sweep.costs", "[sum_nll]", "sum_nll", ("sum_nll",)),
+    ("sweep.prefixes", "[none, 16]", "none,16", (None, 16)),
+    ("sweep.prefixes", "[null, 8]", "None,8", (None, 8)),
+    ("sweep.baselines", "[random]", "random", ("random",)),
+    ("sweep.baselines", "[]", "", ()),
+]
+
+
+def _list_fields() -> set[str]:
+    return {
+        f"{section}.{name}"
+        for section, cls in field_types(ExperimentConfig).items()
+        if dataclasses.is_dataclass(cls)
+        for name, tp in field_types(cls).items()
+        if typing.get_origin(tp) is tuple
+    }
+
+
+def test_every_list_field_is_covered_below():
+    assert _list_fields() == {key for key, *_ in LIST_CASES}
+
+
+@pytest.mark.parametrize(("key", "yaml_value", "cli_value", "expected"), LIST_CASES)
+def test_a_yaml_list_and_a_comma_list_give_the_same_config(tmp_path, key, yaml_value, cli_value,
+                                                           expected):  # fmt: skip
+    section, leaf = key.split(".")
+    text = f"preset: tiny_test\n{section}:\n  {leaf}: {yaml_value}\n"
+    from_yaml = load_config(write(tmp_path, text))
+    from_cli = load_config(TINY_YAML, [f"{key}={cli_value}"])
+    from_cli_brackets = load_config(TINY_YAML, [f"{key}={yaml_value}"])
+    assert getattr(getattr(from_yaml, section), leaf) == expected
+    assert from_yaml == from_cli == from_cli_brackets
+    # A comma string in a YAML file still works (the files' old spelling).
+    quoted = f'preset: tiny_test\n{section}:\n  {leaf}: "{cli_value}"\n'
+    assert load_config(write(tmp_path, quoted, "old.yaml")) == from_yaml
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("pipeline.methods=ssft,sft-mixed",
+     ["pipeline.methods=", "'sft-mixed'", "'ssft', 'sft_mixed', 'random', 'single'",
+      "Did you mean 'sft_mixed'?"]),
+    ("sweep.costs=mean_nll,l2", ["sweep.costs=", "'l2'", "one of 'mean_nll', 'sum_nll'"]),
+    ("sweep.baselines=sft_mixed,ssft", ["sweep.baselines=", "item 2, 'ssft'",
+                                        "one of 'sft_mixed', 'random', 'single'"]),
+    ("pipeline.seeds=0,x", ["pipeline.seeds=", "'x'", "must be an integer"]),
+    ("sweep.prefixes=none,-4", ["sweep.prefixes=", "must be >= 1 (-4 is not)"]),
+    ("sweep.num_tags=0,2", ["sweep.num_tags=[0, 2]", "must be >= 1 (0 is not)"]),
+    ("sweep.num_tags=2,2", ["sweep.num_tags=[2, 2]", "once (2 repeats)"]),
+    ("sweep.prefixes=none,all", ["sweep.prefixes=[null, null]", "once"]),
+    ("pipeline.methods=", ["pipeline.methods=[]", "at least one", "pipeline.methods=ssft,"]),
+    ("pipeline.seeds=true", ["pipeline.seeds=", "'true'", "an integer"]),
+])  # fmt: skip
+def test_a_bad_list_item_names_the_key_the_item_and_the_choices(override, expected):
+    msg = error(load_config, TINY_YAML, [override])
+    for part in expected:
+        assert part in msg, (part, msg)
+
+
+def test_a_bad_list_in_a_yaml_file_names_the_file(tmp_path):
+    msg = error(
+        load_config, write(tmp_path, "preset: tiny_test\nsweep:\n  costs: [mean_nll, l1]\n")
+    )
+    assert "sweep.costs=['mean_nll', 'l1']: item 2, 'l1'" in msg and "run.yaml" in msg
+    msg = error(load_config, write(tmp_path, "preset: tiny_test\nsweep:\n  num_tags: {a: 1}\n"))
+    assert "sweep.num_tags={'a': 1}: expected a list of int, got dict" in msg
+
+
+def test_lists_round_trip_through_yaml_and_dicts(tmp_path):
+    cfg = tiny("pipeline.methods=random,ssft", "pipeline.seeds=4,2", "sweep.num_tags=3",
+               "sweep.prefixes=8,none", "sweep.baselines=")  # fmt: skip
+    text = config_to_yaml(cfg)
+    assert "  seeds:\n  - 4\n  - 2\n" in text and "  baselines: []\n" in text
+    assert "  prefixes:\n  - 8\n  - null\n" in text
+    assert load_config(write(tmp_path, text)) == cfg
+    d = config_to_dict(cfg)
+    assert d["sweep"]["prefixes"] == [8, None] and config_from_dict(d) == cfg
+    flat = flatten_config(cfg)  # MLflow params: one comma-separated value per list
+    assert (flat["pipeline.seeds"], flat["sweep.prefixes"], flat["sweep.baselines"]) == (
+        "4,2", "8,none", ""
+    )  # fmt: skip
+
+
+def test_lists_assigned_by_hand_are_checked_by_validate():
+    cfg = tiny_test()
+    cfg.pipeline.seeds = [5, 6]
+    assert cfg.validate().pipeline.seeds == (5, 6)
+    cfg.sweep.costs = ("l2",)
+    assert "sweep.costs=['l2']: item 1, 'l2'" in error(cfg.validate)
 
 
 def test_the_hf_teachers_preset_points_at_a_server_with_two_overrides():

@@ -153,7 +153,7 @@ def test_off_the_main_thread_grading_prints_no_timeout_notice(caplog):
 def test_extraction_modes_are_the_configs_choices():
     from typing import get_args
 
-    from ssft.config.build import AnswerExtraction
+    from ssft.config import AnswerExtraction
 
     assert tuple(grading.EXTRACTIONS) == get_args(AnswerExtraction)
 

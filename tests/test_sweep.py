@@ -6,15 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssft.config import ConfigError, load_config
-from ssft.report.sweep import (
-    apply_variant,
-    grid,
-    parse_choices,
-    parse_ints,
-    parse_prefixes,
-    summary_markdown,
-    write_summary,
-)
+from ssft.report.sweep import apply_variant, grid, summary_markdown, write_summary
 
 CONFIG = "workflows/configs/sweep_tiny.yaml"
 # 48 questions (the known_modes_traces fixture) / 8 per step = 6 steps, a checkpoint every 2.
@@ -36,17 +28,20 @@ def test_grid_crosses_n_cost_prefix_and_adds_each_baseline_once():
     assert base.forking.num_tags == n_base  # the base config is left as it was
 
 
-def test_grid_flags_parse_and_reject_bad_values():
-    assert parse_ints("2, 4,8", "--num-tags") == [2, 4, 8]
-    assert parse_prefixes("None,16") == [None, 16]
-    assert parse_choices("", "--baselines", ("sft_mixed",), allow_empty=True) == []
+def test_grid_settings_parse_and_reject_bad_values():
+    """The sweep section's lists are typed and checked when the config loads (every rule:
+    tests/test_config.py); the grid takes them as they are."""
+    cfg = load_config(CONFIG, ["sweep.num_tags=2, 4,8", "sweep.prefixes=None,16",
+                               "sweep.baselines="])  # fmt: skip
+    sw = cfg.sweep
+    assert (sw.num_tags, sw.prefixes, sw.baselines) == ((2, 4, 8), (None, 16), ())
     for bad in ("0,2", "2,2", "two", ""):
-        with pytest.raises(ConfigError, match="--num-tags"):
-            parse_ints(bad, "--num-tags")
+        with pytest.raises(ConfigError, match=r"sweep\.num_tags"):
+            load_config(CONFIG, [f"sweep.num_tags={bad}"])
     with pytest.raises(ConfigError, match="mean_nll"):
-        parse_choices("mean_nll,l2", "--costs", ("mean_nll", "sum_nll"))
+        load_config(CONFIG, ["sweep.costs=mean_nll,l2"])
     with pytest.raises(ConfigError, match=r"sweep\.prefixes"):
-        parse_prefixes("none,all")
+        load_config(CONFIG, ["sweep.prefixes=none,all"])
 
 
 def test_summary_table_and_plot(tmp_path):

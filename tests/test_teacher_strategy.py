@@ -58,8 +58,7 @@ def test_unknown_kind_lists_kinds():
 def test_a_users_own_solver_is_a_strategy_teacher():
     from types import SimpleNamespace
 
-    from ssft.config.build import TeacherConfig
-    from ssft.config.checks import ConfigError
+    from ssft.config import ConfigError, TeacherConfig
     from ssft.data.grading import is_correct
     from ssft.data.teachers import Question, build_teacher
 

@@ -25,8 +25,7 @@ from typing import TypeVar
 
 import ray
 
-from ssft.config import ExperimentConfig, apply_overrides, parse_cli
-from ssft.config.pipeline import VariantConfig
+from ssft.config import ExperimentConfig, VariantConfig, apply_overrides, parse_cli
 from ssft.data.question_sources import held_out_questions
 from ssft.data.trace_set import read_trace_sets, trace_set_digest
 from ssft.final_model import is_finished_model
@@ -130,7 +129,7 @@ def run(cfg: ExperimentConfig) -> str:
     digest = trace_set_digest(read_trace_sets(traces))
     runs, labels = [], []  # (training config, evaluation config) per (variant, seed)
     for variant, variant_cfg in variants:
-        for seed in cfg.pipeline.seed_list():
+        for seed in cfg.pipeline.seeds:
             run_cfg = train_config(variant_cfg, variant.name, seed, traces, digest)
             final = Path(run_cfg.train.output_dir) / run_cfg.name / "final_model"
             eval_cfg = dataclasses.replace(

@@ -40,24 +40,21 @@ from ssft.config import (
     parse_cli,
 )
 from ssft.data.trace_set import read_trace_sets, trace_set_digest
-from ssft.method.table import BASELINES
 from ssft.report.sweep import (
-    COSTS,
     apply_variant,
     grid,
     open_parent_run,
-    parse_choices,
-    parse_ints,
-    parse_prefixes,
     report_to_parent,
     summary_rows,
 )
+from ssft.report.train import method_tags
 from ssft.tracking import git_commit
 from ssft.train.batching import planned_steps
+from ssft.train.setup import check_training_data
 from workflows import build_traces
 from workflows.cli import preflight, run_main
-from workflows.ray_runtime import init_ray, ray_job_id, trainings_that_fit
-from workflows.train import absolute_paths, check_training_data, method_tags, torch_trainer
+from workflows.ray_runtime import absolute_paths, init_ray, ray_job_id, trainings_that_fit
+from workflows.train import torch_trainer
 
 # A trial's driver only waits on its TorchTrainer: it reserves some memory and no CPU, so that
 # trials of one 1-CPU worker each fill the CPUs (Tune needs a non-empty resource request).
@@ -188,14 +185,13 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
 
 
 def parse_args(argv: list[str]) -> tuple[ExperimentConfig, SweepArgs]:
-    """``--config PATH`` and ``key=value`` overrides; the grid is the ``sweep`` section."""
+    """``--config PATH`` and ``key=value`` overrides; the grid is the ``sweep`` section
+    (its lists checked when the config loads)."""
     cfg = parse_cli(argv)
     sw = cfg.sweep
     sweep = SweepArgs(
-        num_tags=parse_ints(sw.num_tags, "sweep.num_tags"),
-        costs=parse_choices(sw.costs, "sweep.costs", COSTS),
-        prefixes=parse_prefixes(sw.prefixes),
-        baselines=parse_choices(sw.baselines, "sweep.baselines", BASELINES, allow_empty=True),
+        num_tags=list(sw.num_tags), costs=list(sw.costs), prefixes=list(sw.prefixes),
+        baselines=list(sw.baselines),
         asha=sw.asha, max_concurrent=sw.max_concurrent_trials, storage=sw.output_dir,
     )  # fmt: skip
     return cfg, sweep

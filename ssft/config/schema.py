@@ -1,16 +1,15 @@
-"""The experiment config schema: one dataclass per concern, each field documented once.
+"""The training run's sections (model, data, forking, matching, train, tag_selection) and
+``ExperimentConfig``, the whole config: these sections, the stage sections of ``stages``, and
+the run's name, method and seed.
 
-Each field's help text lives in ``metadata["help"]``; ``ssft.config.config_help()`` prints it.
-Per-field rules run in each section's ``validate()`` (also on construction); cross-field
-rules run in ``ExperimentConfig.validate()``. The build stage's section (``BuildConfig``, with
-its list of ``TeacherConfig``) lives in ``ssft.config.build``. Loading, overrides and the CLI are in
-``ssft.config``, which re-exports everything here: import from there.
+Each field's help is written once, in ``metadata["help"]`` (``config_help()`` prints it).
+Per-field rules run in each section's ``validate()`` (also on construction); cross-field rules
+run in ``ExperimentConfig.validate()``.
 """
 
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Self
 
-from ssft.config.build import BuildConfig, DType
 from ssft.config.checks import (
     ConfigError,
     Section,
@@ -21,25 +20,23 @@ from ssft.config.checks import (
     non_negative,
     positive,
 )
-from ssft.config.eval import EvalConfig
-from ssft.config.pipeline import PipelineConfig
-from ssft.config.sweep import SweepConfig
-from ssft.method.table import (
-    COST_KIND_NAMES,
-    METHOD_NAMES,
-    SHARED_TAG_METHODS,
-    costs_help,
-    methods_help,
+from ssft.config.stages import (
+    BuildConfig,
+    DType,
+    EvalConfig,
+    MatchingCost,
+    Method,
+    PipelineConfig,
+    SweepConfig,
 )
+from ssft.method.table import SHARED_TAG_METHODS, costs_help, methods_help
 
-Method = Literal[METHOD_NAMES]  # ssft.method.table: the one table of methods
 # ssft.method.forking_tokens.MAX_NUM_TAGS (checked equal by the tests): copied, not imported,
 # so that loading a config never imports torch.
 MAX_NUM_TAGS = 1024
 ModelInit = Literal["pretrained", "random"]
 TooManyTraces = Literal["error", "keep_most_distinct"]
 Overlong = Literal["error", "drop"]
-MatchingCost = Literal[COST_KIND_NAMES]  # ssft.method.table: the one table of cost kinds
 SpareTags = Literal["unused", "fill"]
 Pass1Rule = Literal["coverage", "coverage_last_epoch", "validation"]
 Parallelism = Literal["ddp", "fsdp"]
@@ -384,7 +381,8 @@ class ExperimentConfig(Section):
         """
         check_types(self)
         sections = (self.model, self.data, self.forking, self.matching, self.train,
-                    self.tag_selection, self.build)  # fmt: skip
+                    self.tag_selection, self.build, self.eval, self.pipeline,
+                    self.sweep)  # fmt: skip
         for section in sections:
             section.validate()
         non_empty(self, "name")

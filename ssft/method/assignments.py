@@ -56,7 +56,6 @@ def second_best_gap(cost: np.ndarray, tags: np.ndarray) -> float:
     return max(gap, 0.0)
 
 
-
 @dataclass(frozen=True)
 class AssignmentRecord:
     """One question's assignment in one step; inputs are normalised to tuples of int / str.

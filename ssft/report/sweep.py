@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ssft.config import ConfigError, ExperimentConfig
+from ssft.config import ExperimentConfig
 from ssft.method.table import COST_KIND_NAMES
 from ssft.tracking import MLflowTracker, start_run
 
@@ -37,44 +37,6 @@ ROW_FIELDS = (
     "label", "method", "num_tags", "cost", "prefix_tokens", "status", "final_loss", "steps",
     "trial_id", "mlflow_run_id", "error",
 )  # fmt: skip
-
-
-def _items(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def parse_ints(text: str, flag: str) -> list[int]:
-    """``"2,4,8"`` -> ``[2, 4, 8]``; positive and distinct, else ``ConfigError`` naming ``flag``."""
-    try:
-        values = [int(t) for t in _items(text)]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1 or len(set(values)) != len(values):
-        raise ConfigError(f"{flag} {text!r}: expected distinct positive integers, e.g. 2,4,6,8.")
-    return values
-
-
-def parse_prefixes(text: str) -> list[int | None]:
-    """``"none,16"`` -> ``[None, 16]`` (none/null/all = score the whole trace)."""
-    whole = ("none", "null", "all")
-    out = [None if t.lower() in whole else parse_ints(t, "sweep.prefixes")[0] for t in _items(text)]
-    if not out or len(set(out)) != len(out):
-        raise ConfigError(f"sweep.prefixes={text!r}: expected distinct values, e.g. none,16.")
-    return out
-
-
-def parse_choices(
-    text: str, flag: str, valid: Sequence[str], allow_empty: bool = False
-) -> list[str]:
-    """A comma-separated subset of ``valid``; unknown names raise ``ConfigError`` listing them."""
-    values = _items(text)
-    bad = [v for v in values if v not in valid]
-    if bad or (not values and not allow_empty) or len(set(values)) != len(values):
-        raise ConfigError(
-            f"{flag} {text!r}: expected distinct names from {', '.join(valid)}"
-            + (" (or an empty string for none)." if allow_empty else ".")
-        )
-    return values
 
 
 def variant_label(v: Mapping[str, Any]) -> str:

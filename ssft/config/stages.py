@@ -1,18 +1,22 @@
-"""The trace-building stage's config: ``BuildConfig`` and its list of ``TeacherConfig``.
+"""The sections of the stages around training: ``build`` (with its list of teachers),
+``eval``, ``pipeline`` (with its list of variants) and ``sweep``.
 
-Split from ``ssft.config.schema`` (which puts ``build: BuildConfig`` into ``ExperimentConfig``)
-to keep files short; import both from ``ssft.config``. Teachers are a list, so their keys carry
-an index: ``build.teachers[2].temperature`` in messages and help, ``build.teachers.2.temperature``
-or ``build.teachers.<name>.temperature`` on the command line (see ``ssft.config.lists``).
+Each field's help is written once, in ``metadata["help"]``; per-field rules run in each
+section's ``validate()``. ``ExperimentConfig`` (``schema``) holds these next to the training
+sections, so the choice types both use are declared here, each derived from its table.
+List entries carry an index in their keys: ``build.teachers[2].temperature`` in messages,
+``build.teachers.2.temperature`` or ``build.teachers.<name>.temperature`` on the command line.
 """
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ssft.config.checks import (
     ConfigError,
     Section,
+    distinct_items,
     invalid,
     item_errors,
     key_of,
@@ -21,10 +25,21 @@ from ssft.config.checks import (
     positive,
 )
 from ssft.data.teachers.kinds import TEACHER_KIND_NAMES, TEACHER_KINDS, kinds_help
+from ssft.method.table import (
+    BASELINES,
+    COMPARED_BY_DEFAULT,
+    COST_KIND_NAMES,
+    METHOD_NAMES,
+    SHARED_TAG_METHODS,
+)
 from ssft.plugins import is_callable_spec
 
-DType = Literal["auto", "float32", "bfloat16", "float16"]  # also model.dtype
-TeacherKind = Literal[TEACHER_KIND_NAMES]  # ssft.data.teachers.kinds: the one table of kinds
+# Choices, each derived from its one table (ssft.method.table, ssft.data.teachers.kinds).
+Method = Literal[METHOD_NAMES]
+Baseline = Literal[BASELINES]  # every method but ssft
+MatchingCost = Literal[COST_KIND_NAMES]
+TeacherKind = Literal[TEACHER_KIND_NAMES]
+DType = Literal["auto", "float32", "bfloat16", "float16"]  # model.dtype and a teacher's
 QuestionSource = Literal["known_modes", "jsonl", "reasoning_gym", "champ"]
 Split = Literal["train", "test"]
 # ssft.data.grading.EXTRACTIONS, checked equal by the tests (loading a config never imports
@@ -36,6 +51,9 @@ AnswerExtraction = Literal["boxed", "final_answer", "last_expression"]
 STRATEGIES = ("column", "split", "round", "count_on")
 KNOWN_MODES_DIGITS = (2, 6)  # ssft.data.known_modes.MIN_DIGITS, MAX_DIGITS
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# --- build: questions, teachers, trace sets ----------------------------------------------------
 
 
 @dataclass
@@ -279,3 +297,222 @@ class BuildConfig(Section):
                     "Rename one of them.",
                 )
             seen[teacher.name] = i
+
+
+# --- eval: tag-conditioned sampling ---------------------------------------------------------
+
+
+# Defaults follow the paper's released evaluation code: temperature 0.7, top_p 0.95, the tag
+# appended after the chat template's generation prompt. Questions come from the same source as
+# the trace build (build.questions and its seed/difficulty), from eval.split.
+@dataclass
+class EvalConfig(Section):
+    """Tag-conditioned sampling and the metrics computed from it."""
+
+    SECTION: ClassVar[str] = "eval"
+
+    # fmt: off
+    model_dir: str | None = field(default=None, metadata={"help": (
+        "A final model directory written by training (it holds ssft_tags.json). None = this "
+        "config's own training output, <train.output_dir>/<name>/final_model.")})
+    backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": (
+        "Sampling engine: 'hf' = transformers generate (CPU or GPU); 'vllm' = vLLM offline "
+        "batch inference (GPU machines with vLLM installed; much faster for large models).")})
+    split: Split = field(default="test", metadata={"help": (
+        "Which split of build.questions to evaluate on (unused with eval.questions_path).")})
+    questions_path: str | None = field(default=None, metadata={"help": (
+        "A JSONL file of held-out questions (question_id, prompt, gold_answer, source per "
+        "line) to evaluate on instead of build.questions at eval.split: your own test set.")})
+    num_questions: int = field(default=64, metadata={"help": (
+        "Questions to evaluate: the first ones of the split or file (evaluation says when "
+        "this cuts some off).")})
+    samples_per_tag: int = field(default=4, metadata={"help": (
+        f"Samples per forking token per question. Shared-tag methods "
+        f"({', '.join(SHARED_TAG_METHODS)}) draw "
+        "num_tags x samples_per_tag samples under their one tag, so every method gets the same "
+        "number of samples.")})
+    greedy: bool = field(default=True, metadata={"help": (
+        "Also decode one greedy (temperature 0) answer per question and tag: greedy accuracy "
+        "per tag and distinct modes among the N greedy answers (rows with decoding=greedy).")})
+    temperature: float = field(default=0.7, metadata={"help": (
+        "Sampling temperature (the paper's 0.7). 0 = greedy.")})
+    top_p: float = field(default=0.95, metadata={"help": (
+        "Nucleus sampling mass (the paper's 0.95).")})
+    max_new_tokens: int = field(default=256, metadata={"help": (
+        "Longest answer sampled, in tokens; longer answers are cut and count as unfinished.")})
+    batch_size: int = field(default=32, metadata={"help": (
+        "Questions per generate call (each expands to samples_per_tag rows).")})
+    answer_extraction: AnswerExtraction = field(default="boxed", metadata={"help": (
+        "Where grading finds the student's final answer: 'boxed' (strict), 'final_answer' or "
+        "'last_expression' (build.teachers[i].answer_extraction says what each means). Keep "
+        "'boxed' when the traces box their answers; a student trained on free-form traces "
+        "answers free-form. Also used by tag_selection's validation sampling.")})
+    mode_classifier: str = field(default="auto", metadata={"help": (
+        "What labels each sample's reasoning mode (the strategy columns and purity): 'auto' = "
+        "the known-modes classifier on that benchmark's own questions, nothing elsewhere; "
+        "'none'; or 'package.module:function', your function(text) -> label or None, "
+        "importable on every worker. Teacher attribution runs on any data regardless.")})
+    cons_k: int | None = field(default=None, metadata={"help": (
+        "k of Cons@k (samples spread round-robin over the tags, majority vote). None = all "
+        "samples of a question.")})
+    pass1_tag: str | None = field(default=None, metadata={"help": (
+        "Tag whose samples give Pass@1. None = the one training chose by "
+        "tag_selection.pass1_rule, read from the model's ssft_tags.json.")})
+    questions_per_task: int = field(default=16, metadata={"help": (
+        "Questions per Ray evaluation task.")})
+    gpus_per_task: float = field(default=0.0, metadata={"help": (
+        "GPUs each evaluation task reserves from Ray; 0 = CPU.")})
+    output_dir: str = field(default="runs/eval", metadata={"help": (
+        "Samples and metrics go to <output_dir>/<name>/.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        non_empty(self, "questions_path")
+        spec = self.mode_classifier
+        if spec not in ("auto", "none") and not is_callable_spec(spec):
+            fix = "Set 'auto', 'none' or e.g. eval.mode_classifier=mytask.modes:classify."
+            rule = "must be 'auto', 'none' or 'package.module:function'"
+            raise invalid("eval.mode_classifier", spec, rule, fix)
+        positive(self, "num_questions", "samples_per_tag", "max_new_tokens", "batch_size")
+        positive(self, "questions_per_task")
+        non_negative(self, "temperature", "gpus_per_task")
+        if not 0 < self.top_p <= 1:
+            raise invalid("eval.top_p", self.top_p, "must be in (0, 1]", "Set eval.top_p=0.95.")
+        if self.cons_k is not None and self.cons_k < 1:
+            raise invalid(
+                "eval.cons_k",
+                self.cons_k,
+                "must be >= 1 or null",
+                "Set eval.cons_k=32, or null for all samples.",
+            )
+
+
+# --- pipeline: the variants and seeds to compare ------------------------------------------
+
+
+@dataclass
+class VariantConfig(Section):
+    """One arm of the comparison: a name and the settings that differ from the rest."""
+
+    SECTION: ClassVar[str] = "pipeline.variants[i]"
+
+    # fmt: off
+    name: str = field(metadata={"help": (
+        "Label of the variant in run names and tables, e.g. 'ssft-n6'; unique.")})
+    overrides: str = field(default="", metadata={"help": (
+        "Space-separated key=value overrides applied to the whole config for this variant, "
+        "e.g. 'method=ssft forking.num_tags=6 matching.spare_tags=fill' (quote values with "
+        "spaces as in a shell).")})
+    # fmt: on
+
+    def override_list(self) -> list[str]:
+        return shlex.split(self.overrides)
+
+    def _check_values(self) -> None:
+        non_empty(self, "name")
+        key = key_of(self, "name")
+        if not all(c.isalnum() or c in "-_." for c in self.name):
+            rule = "may hold letters, digits, '-', '_' and '.' only (it names runs and folders)"
+            raise invalid(key, self.name, rule, "Rename it, e.g. ssft-n6.")
+        try:
+            items = self.override_list()
+        except ValueError as err:
+            raise invalid(key_of(self, "overrides"), self.overrides, f"unparsable ({err})",
+                          "Write key=value items separated by spaces.") from None  # fmt: skip
+        if bad := [i for i in items if "=" not in i]:
+            raise invalid(key_of(self, "overrides"), self.overrides, f"{bad} are not key=value",
+                          "Write e.g. 'method=ssft forking.num_tags=6'.")  # fmt: skip
+
+
+@dataclass
+class PipelineConfig(Section):
+    """build traces -> train every (variant, seed) -> evaluate each -> compare."""
+
+    SECTION: ClassVar[str] = "pipeline"
+
+    # fmt: off
+    methods: tuple[Method, ...] = field(default=COMPARED_BY_DEFAULT, metadata={"help": (
+        f"Training methods to compare, from {', '.join(METHOD_NAMES)} (a YAML list, or "
+        "comma-separated on the command line: pipeline.methods=ssft,sft_mixed); each is one "
+        "variant named after it. Ignored when pipeline.variants is given.")})
+    variants: list[VariantConfig] = field(default_factory=list, metadata={"help": (
+        "The arms of the comparison, a YAML list of {name, overrides} (e.g. SSFT at N = 4 and "
+        "N = 6 side by side). Empty = one variant per entry of pipeline.methods.")})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"help": (
+        "Seeds (a list; pipeline.seeds=0,1,2 on the command line); every variant trains once "
+        "per seed (intervals over seeds).")})
+    max_concurrent: int | None = field(default=None, metadata={"help": (
+        "Trainings (then evaluations) run at once. null = as many as fit: free GPUs (or CPUs) "
+        "over train.num_workers. 1 = one after another.")})
+    output_dir: str = field(default="runs/pipeline", metadata={"help": (
+        "The comparison table and chart go to <output_dir>/<name>/.")})
+    # fmt: on
+
+    def variant_list(self) -> list[VariantConfig]:
+        """``pipeline.variants``, or one variant ``method=<m>`` per ``pipeline.methods``."""
+        if self.variants:
+            return list(self.variants)
+        return [VariantConfig(name=m, overrides=f"method={m}") for m in self.methods]
+
+    def _check_values(self) -> None:
+        distinct_items(self, "methods")
+        distinct_items(self, "seeds")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            fix = "Set pipeline.max_concurrent=1, or null to derive it."
+            raise invalid("pipeline.max_concurrent", self.max_concurrent, "must be >= 1", fix)
+        seen: dict[str, int] = {}
+        for i, variant in enumerate(self.variants):
+            with item_errors("pipeline.variants", i):
+                variant.validate()
+            if variant.name in seen:
+                raise ConfigError(
+                    f"pipeline.variants[{i}].name={variant.name!r}: the same name as "
+                    f"pipeline.variants[{seen[variant.name]}]; names must be unique. Rename one."
+                )
+            seen[variant.name] = i
+
+
+# --- sweep: the Ray Tune grid -----------------------------------------------------------------
+
+
+@dataclass
+class SweepConfig(Section):
+    """What ``workflows.sweep`` varies; everything else comes from the rest of the config."""
+
+    SECTION: ClassVar[str] = "sweep"
+
+    # fmt: off
+    num_tags: tuple[int, ...] = field(default=(2, 4, 6, 8), metadata={"help": (
+        "The N values (a YAML list, or comma-separated on the command line: "
+        "sweep.num_tags=2,4); SSFT runs once per (N, cost, prefix).")})
+    costs: tuple[MatchingCost, ...] = field(default=COST_KIND_NAMES, metadata={"help": (
+        f"Matching cost kinds to sweep ({', '.join(COST_KIND_NAMES)}).")})
+    prefixes: tuple[int | None, ...] = field(default=(None, 16), metadata={"help": (
+        "Prefix lengths L; none = the whole trace (sweep.prefixes=none,16).")})
+    baselines: tuple[Baseline, ...] = field(default=COMPARED_BY_DEFAULT[1:], metadata={"help": (
+        f"Extra trials from {', '.join(BASELINES)}, run once at forking.num_tags; "
+        "empty ([] in YAML, sweep.baselines= on the command line) = none.")})
+    asha: bool = field(default=False, metadata={"help": (
+        "Stop weak trials early with ASHA on the loss, deciding at each checkpoint.")})
+    max_concurrent_trials: int | None = field(default=None, metadata={"help": (
+        "Trials at once; null = free GPUs (or CPUs) / train.num_workers.")})
+    output_dir: str = field(default="runs/sweeps", metadata={"help": (
+        "Tune and Train storage, as <output_dir>/<name>/{tune,train,summary}; use shared "
+        "storage on clusters.")})
+    # fmt: on
+
+    def _check_values(self) -> None:
+        distinct_items(self, "num_tags")
+        distinct_items(self, "costs")
+        distinct_items(self, "prefixes")
+        distinct_items(self, "baselines", allow_empty=True)
+        for name in ("num_tags", "prefixes"):
+            if bad := [v for v in getattr(self, name) if v is not None and v < 1]:
+                key = f"sweep.{name}"
+                raise invalid(key, getattr(self, name), f"each item must be >= 1 ({bad[0]} is not)",
+                              f"Write e.g. {key}=2,4,6,8." if name == "num_tags"
+                              else f"Write e.g. {key}=none,16.")  # fmt: skip
+        n = self.max_concurrent_trials
+        if n is not None and n < 1:
+            raise invalid("sweep.max_concurrent_trials", n, "must be 1 or more, or null",
+                          "Set sweep.max_concurrent_trials=2, or null to derive it.")  # fmt: skip
