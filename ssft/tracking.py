@@ -163,6 +163,7 @@ class NullTracker:
 
     run_id: str | None = None
     tracking_uri: str | None = None
+    reopened: bool = False  # an earlier run of the same resume key was reopened
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -207,6 +208,7 @@ class MLflowTracker(NullTracker):
         self.unlogged: Counter = Counter()  # dropped calls by kind
         self._offline_until = math.inf if client is None else 0.0
         self.resumed = False
+        self.reopened = False
         self._logged_through: dict[str, int] = {}  # resumed: metric -> last step in history
 
     def _last_logged_step(self, key: str) -> int:
@@ -374,6 +376,26 @@ class MLflowTracker(NullTracker):
                 artifact_file, lambda p: figure.savefig(p, dpi=120))},
         )  # fmt: skip
 
+    def child_runs(self) -> list[Any]:
+        """This run's child runs (``mlflow.entities.Run``), oldest first; raises if MLflow is
+        unreachable (the caller decides what a summary without them says)."""
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        return self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
+
+    def close_run(self, run_id: str, status: str) -> None:
+        """End another run (a child a dead worker left RUNNING) with ``status``; may raise."""
+        self.client.set_terminated(run_id, status)
+
+    def delete_tags(self, keep: Callable[[str], bool]) -> None:
+        """Delete this run's tags for which ``keep(key)`` is false; may raise."""
+        for key in self.client.get_run(self.run_id).data.tags:
+            if not keep(key):
+                self.client.delete_tag(self.run_id, key)
+
     def finish(self, status: str = "FINISHED") -> None:
         if self._finished:
             return
@@ -407,12 +429,14 @@ def start_run(
     enabled: bool = True,
     local_dir: str | os.PathLike | None = None,
     offline_ok: bool = False,
+    reopen_finished: bool = False,
 ) -> NullTracker:
     """Open a run (a child run when ``parent_run_id`` is given); use it as a context manager.
 
     ``resume_key``: a run of this experiment tagged ``ssft.run_key=<resume_key>`` that did
     not finish is reopened instead of creating a new one, so a training resumed after a crash
-    keeps one MLflow run. ``local_dir``: the stage's output folder, where calls that could not
+    keeps one MLflow run (``reopen_finished``: a finished one too, e.g. a sweep's parent run,
+    which a rerun updates). ``local_dir``: the stage's output folder, where calls that could not
     be logged are recorded (``unlogged.jsonl``). Raises ``TrackingUnavailable`` when MLflow
     cannot be used, unless ``offline_ok`` (a worker resumed after the server died: its work
     must go on), which returns a tracker that records every call locally instead.
@@ -429,7 +453,7 @@ def start_run(
     try:
         check_tracking_uri(uri)
         return _open_run(client, uri, experiment, run_name, tags, parent_run_id, resume_key,
-                         local_dir)  # fmt: skip
+                         local_dir, reopen_finished)  # fmt: skip
     except Exception as err:  # MlflowException, OSError, urllib errors alike
         if not offline_ok:
             if isinstance(err, TrackingUnavailable):
@@ -444,7 +468,9 @@ def start_run(
         return MLflowTracker(None, None, uri, local_dir=local_dir)
 
 
-def _open_run(client, uri, experiment, run_name, tags, parent_run_id, resume_key, local_dir):
+def _open_run(
+    client, uri, experiment, run_name, tags, parent_run_id, resume_key, local_dir, reopen_finished
+):
     """Find or create the experiment, then reopen the run of ``resume_key`` or create one."""
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
@@ -456,12 +482,12 @@ def _open_run(client, uri, experiment, run_name, tags, parent_run_id, resume_key
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        if found and found[0].info.status != "FINISHED":
-            run_id = found[0].info.run_id
+        if found and (reopen_finished or found[0].info.status != "FINISHED"):
+            run_id, finished = found[0].info.run_id, found[0].info.status == "FINISHED"
             client.update_run(run_id, status="RUNNING")
             log.info("reopening MLflow run %s (%s) to continue it", run_id, resume_key)
             tracker = MLflowTracker(client, run_id, uri, local_dir=local_dir)
-            tracker.resumed = True
+            tracker.resumed, tracker.reopened = not finished, True
             return tracker
     run = client.create_run(
         experiment_id,

@@ -12,6 +12,9 @@ CONFIG = "workflows/configs/sweep_tiny.yaml"
 # 48 questions (the known_modes_traces fixture) / 8 per step = 6 steps, a checkpoint every 2.
 SHORT = ["train.epochs=1", "train.questions_per_step=8", "train.checkpoint_every=2",
          "train.warmup_steps=0"]  # fmt: skip
+# One SSFT trial (N = 4) and the SFT-mixed baseline, one at a time (grid order: SSFT first).
+ONE_N4_AND_SFT = ["sweep.num_tags=4", "sweep.costs=mean_nll", "sweep.prefixes=none",
+                  "sweep.baselines=sft_mixed", "sweep.max_concurrent_trials=1"]  # fmt: skip
 
 
 def test_grid_crosses_n_cost_prefix_and_adds_each_baseline_once():
@@ -71,17 +74,16 @@ def test_two_trial_sweep_logs_parent_children_and_summary(
 ):
     from mlflow import MlflowClient
 
-    from workflows.sweep import SweepArgs, run
+    from workflows.sweep import run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    cfg = load_config(
-        CONFIG,
-        [f"data.train_path={known_modes_traces}", "name=sweep-test", *SHORT],
-    )
-    args = SweepArgs(num_tags=[2, 4], costs=["mean_nll"], prefixes=[None], baselines=[],
-                     storage=str(tmp_path / "sweeps"))  # fmt: skip
-    rows = run(cfg, args)
+    cfg = load_config(CONFIG, [
+        f"data.train_path={known_modes_traces}", "name=sweep-test", *SHORT,
+        "sweep.num_tags=2,4", "sweep.costs=mean_nll", "sweep.prefixes=none", "sweep.baselines=",
+        f"sweep.output_dir={tmp_path / 'sweeps'}",
+    ])  # fmt: skip
+    rows = run(cfg)
     assert [r["status"] for r in rows] == ["ok", "ok"], rows
     assert {r["num_tags"] for r in rows} == {2, 4} and all(r["final_loss"] > 0 for r in rows)
 
@@ -106,17 +108,18 @@ def test_crashed_trial_is_recorded_and_a_rerun_resumes_it(
 ):
     from mlflow import MlflowClient
 
-    from workflows.sweep import SweepArgs, run
+    from workflows.sweep import run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    cfg = load_config(CONFIG, [f"data.train_path={known_modes_traces}", "name=sweep-crash", *SHORT])
     # One trial at a time, so the first trial (grid order) is the one whose rank 0 dies before
     # step 5, after its step-2 and step-4 checkpoints (train.checkpoint_every=2).
-    args = SweepArgs(num_tags=[4], costs=["mean_nll"], prefixes=[None], baselines=["sft_mixed"],
-                     max_concurrent=1, storage=str(tmp_path / "sweeps"))  # fmt: skip
+    cfg = load_config(CONFIG, [
+        f"data.train_path={known_modes_traces}", "name=sweep-crash", *SHORT, *ONE_N4_AND_SFT,
+        f"sweep.output_dir={tmp_path / 'sweeps'}",
+    ])  # fmt: skip
     (ray_local / "crash-train-step-4").write_text("")
-    first = {r["label"]: r for r in run(cfg, args)}
+    first = {r["label"]: r for r in run(cfg)}
     assert not (ray_local / "crash-train-step-4").exists()
     assert first["ssft-n4-mean_nll-Lall"]["status"] == "error", first
     assert first["sft_mixed"]["status"] == "ok", first
@@ -128,7 +131,7 @@ def test_crashed_trial_is_recorded_and_a_rerun_resumes_it(
     parent = client.get_run(parent_id)
     assert parent.info.status == "FAILED" and parent.data.tags["sweep.error"] == "1"
 
-    second = {r["label"]: r for r in run(cfg, args)}  # same name: Tune restores the sweep
+    second = {r["label"]: r for r in run(cfg)}  # same name: Tune restores the sweep
     assert {r["status"] for r in second.values()} == {"ok"}, second
     assert {k: r["mlflow_run_id"] for k, r in second.items()} == {
         k: r["mlflow_run_id"] for k, r in first.items()
@@ -141,18 +144,20 @@ def test_crashed_trial_is_recorded_and_a_rerun_resumes_it(
 
 
 def test_cli_reads_the_grid_from_the_sweep_section():
-    from workflows.sweep import _scheduler, parse_args
+    from ssft.config import parse_cli
+    from workflows.sweep import _scheduler
 
     argv = ["--config", CONFIG, "sweep.num_tags=2,4", "sweep.baselines=", "sweep.asha=true",
             "train.lr=0.01"]  # fmt: skip
-    cfg, args = parse_args(argv + SHORT)
-    assert (args.num_tags, args.baselines, args.asha) == ([2, 4], [], True)
-    assert args.costs == ["mean_nll", "sum_nll"] and args.prefixes == [None, 16]
+    cfg = parse_cli(argv + SHORT)
+    sw = cfg.sweep
+    assert (sw.num_tags, sw.baselines, sw.asha) == ((2, 4), (), True)
+    assert sw.costs == ("mean_nll", "sum_nll") and sw.prefixes == (None, 16)
     assert cfg.train.lr == 0.01 and cfg.name == "sweep-tiny"
-    asha = _scheduler(args, cfg, n_questions=48)
+    asha = _scheduler(cfg, n_questions=48)
     assert asha is not None and asha._max_t == 3
     with pytest.raises(ConfigError, match=r"sweep\.max_concurrent_trials"):
-        parse_args(["--config", CONFIG, "sweep.max_concurrent_trials=0"])
+        parse_cli(["--config", CONFIG, "sweep.max_concurrent_trials=0"])
 
 
 @pytest.mark.slow
@@ -161,21 +166,20 @@ def test_trial_crashing_on_every_attempt_fails_alone_and_the_parent_records_it(
 ):
     from mlflow import MlflowClient
 
-    from workflows.sweep import SweepArgs, run
+    from workflows.sweep import run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # One restart allowed per trial: the SSFT trial's rank 0 dies at step 3 on both attempts
     # (the restart resumes from the step-2 checkpoint and reaches step 3 again).
     cfg = load_config(CONFIG, [f"data.train_path={known_modes_traces}", "name=sweep-always",
-                               "train.max_failures=1", *SHORT])  # fmt: skip
-    args = SweepArgs(num_tags=[4], costs=["mean_nll"], prefixes=[None], baselines=["sft_mixed"],
-                     max_concurrent=1, storage=str(tmp_path / "sweeps"))  # fmt: skip
+                               "train.max_failures=1", *SHORT, *ONE_N4_AND_SFT,
+                               f"sweep.output_dir={tmp_path / 'sweeps'}"])  # fmt: skip
     trap = ray_local / "crash-train-always-step-3"
     hits = ray_local / "crash-train-always-step-3.hits"
     trap.write_text("ssft-n4")  # only runs whose name contains this
     try:
-        rows = {r["label"]: r for r in run(cfg, args)}
+        rows = {r["label"]: r for r in run(cfg)}
         attempts = hits.read_text().splitlines()
     finally:
         trap.unlink()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from ssft.atomic_io import write_json_atomic
 from ssft.config import ExperimentConfig, config_from_dict, config_to_dict, parse_cli
 from ssft.data.question_sources import load_questions
 from ssft.data.teachers import Question
-from ssft.data.teachers.replay import read_replay_rows, write_champ_replay
+from ssft.data.teachers.replay import prepare_replay_files
 from ssft.data.trace_building import (
     ShardStats,
     build_key,
@@ -42,7 +41,7 @@ from ssft.data.trace_building import (
     write_shard,
 )
 from ssft.errors import InputError
-from ssft.report.build import log_build_report
+from ssft.report.build import EmptyBuild, log_build_report, yield_report
 from ssft.tracking import git_commit, start_run
 from workflows import faults
 from workflows.cli import preflight, run_main
@@ -67,56 +66,13 @@ def build_shard_task(cfg_dict: dict, questions: list[dict], build_dir: str, inde
     return stats.to_json()
 
 
-def check_replay_files(cfg: ExperimentConfig) -> None:
-    """Write missing replay files that have a ``replay_source``, then read and validate every
-    replay teacher's file on the driver, before Ray starts.
-
-    A bad row then stops the build at once with one line naming the file, row and field
-    (``ReplayFileError``), instead of failing in every shard task after Ray started.
-    """
-    for teacher in cfg.build.teachers:
-        if teacher.kind != "replay":
-            continue
-        path = Path(teacher.replay_path)
-        if teacher.replay_source == "champ" and not path.exists():
-            print(f"[build] writing CHAMP's transcripts to {path} (replay_source=champ)",
-                  flush=True)  # fmt: skip
-            write_champ_replay(path)
-        read_replay_rows(path)
-
-
-class EmptyBuild(InputError):
-    """No question got a trace: nothing to train on. The message says why, per teacher."""
-
-
-def yield_report(totals: ShardStats, build_dir: Path) -> str:
-    """Per-teacher sampled / correct / kept, and the commonest reasons questions got none."""
-    lines = []
-    for teacher, sampled in sorted(totals.samples_by_teacher.items()):
-        correct, kept = totals.correct_by_teacher[teacher], totals.kept_by_teacher[teacher]
-        lines.append(
-            f"  {teacher}: {sampled} sampled, {correct} graded correct "
-            f"({correct / max(1, sampled):.1%}), {kept} kept"
-        )
-    if not totals.samples_by_teacher:
-        lines.append("  no teacher returned a sample")
-    reasons = Counter(r["reason"] for r in totals.rejected).most_common(3)
-    if reasons:
-        lines.append("  top reasons a question got no trace: " + "; ".join(
-            f"{reason!r} x{count}" for reason, count in reasons
-        ))  # fmt: skip
-    lines.append(f"  every sample not kept, with its parsed answer and reason: "
-                 f"{build_dir / 'rejected_samples.parquet'}")  # fmt: skip
-    return "\n".join(lines)
-
-
 def run(cfg: ExperimentConfig) -> Path:
     """Build (or resume) the trace sets of ``cfg``; returns the trace-set Parquet path."""
     build = cfg.build
     preflight({"build.output_dir": build.output_dir})  # MLflow and the folder, before compute
     questions = load_questions(build)
     cfg = absolute_paths(cfg)
-    check_replay_files(cfg)
+    prepare_replay_files(cfg.build)  # before Ray: a bad replay row stops here, in one line
     # Absolute: Ray workers (and Ray Train, which changes directory) must find the same place.
     build_dir = Path(build.output_dir).resolve() / f"{build.split}-{build_key(build, cfg.seed)}"
     per = build.questions_per_shard

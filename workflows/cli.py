@@ -5,7 +5,7 @@ and that its output folders accept a file (``check_output_dir``): a typo in a pa
 that is down then costs a second, not a finished training whose results cannot be written.
 
 ``run_main`` turns the errors a user can fix into one line on stderr and exit status 2: bad
-input (``ssft.config.checks.InputError`` and its subclasses: a config, trace-set, questions or
+input (``ssft.errors.InputError`` and its subclasses: a config, trace-set, questions or
 replay file, M > N or an overlong trace, a model's refused custom code; each names the file,
 row and field and the fix), an unusable tracking server, and an output folder or disk that
 refuses writes (permission, read-only, full). Every output is written under a temp name and

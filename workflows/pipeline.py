@@ -27,7 +27,7 @@ import ray
 
 from ssft.config import ExperimentConfig, VariantConfig, apply_overrides, parse_cli
 from ssft.data.question_sources import held_out_questions
-from ssft.data.trace_set import read_trace_sets, trace_set_digest
+from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.final_model import is_finished_model
 from ssft.models import check_model_exists
 from ssft.tracking import browse_hint, default_tracking_uri
@@ -92,13 +92,13 @@ def in_parallel(jobs: list[Callable[[], T]], limit: int) -> list[T]:
     return [f.result() for f in futures]
 
 
-def _train_job(run_cfg: ExperimentConfig) -> Callable[[], None]:
+def _train_job(run_cfg: ExperimentConfig, sets: list[TraceSet]) -> Callable[[], None]:
     def job() -> None:
         final = Path(run_cfg.train.output_dir) / run_cfg.name / "final_model"
         if is_finished_model(final):
             print(f"[pipeline] train {run_cfg.name}: inputs unchanged, reusing {final}")
         else:
-            train.run(run_cfg)
+            train.run(run_cfg, sets)
 
     return job
 
@@ -126,7 +126,8 @@ def run(cfg: ExperimentConfig) -> str:
         check_model_exists(variant_cfg.model)
     init_ray()
     traces = build_traces.run(cfg)
-    digest = trace_set_digest(read_trace_sets(traces))
+    sets = read_trace_sets(traces)  # read once here: the digest and every training's check
+    digest = trace_set_digest(sets)
     runs, labels = [], []  # (training config, evaluation config) per (variant, seed)
     for variant, variant_cfg in variants:
         for seed in cfg.pipeline.seeds:
@@ -148,7 +149,7 @@ def run(cfg: ExperimentConfig) -> str:
     # at once can fail ("cannot import name 'AutoTokenizer'"), so resolve them here, once.
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    in_parallel([_train_job(run_cfg) for run_cfg, _ in runs], limit)
+    in_parallel([_train_job(run_cfg, sets) for run_cfg, _ in runs], limit)
     eval_dirs = in_parallel([_eval_job(eval_cfg) for _, eval_cfg in runs], limit)
     out = Path(cfg.pipeline.output_dir) / cfg.name
     table = compare.compare(eval_dirs, out, cfg.experiment, labels)

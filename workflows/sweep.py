@@ -61,17 +61,6 @@ from workflows.train import torch_trainer
 DRIVER_RESOURCES = {"cpu": 0, "memory": 256 * 1024**2}
 
 
-@dataclasses.dataclass
-class SweepArgs:
-    num_tags: list[int]
-    costs: list[str]
-    prefixes: list[int | None]
-    baselines: list[str]
-    asha: bool = False
-    max_concurrent: int | None = None
-    storage: str = "runs/sweeps"
-
-
 # [1] The trial: a driver function that builds and fits one TorchTrainer (Train V2 style).
 def train_trial(config: dict, base: dict, shared: dict) -> None:
     variant = config["variant"]
@@ -93,9 +82,9 @@ def train_trial(config: dict, base: dict, shared: dict) -> None:
     trainer.fit()
 
 
-def _scheduler(args: SweepArgs, cfg: ExperimentConfig, n_questions: int) -> ASHAScheduler | None:
+def _scheduler(cfg: ExperimentConfig, n_questions: int) -> ASHAScheduler | None:
     """ASHA on the training loss, one rung unit per report (= per checkpoint)."""
-    if not args.asha:
+    if not cfg.sweep.asha:
         return None
     tc = cfg.train
     steps = planned_steps(n_questions, tc.questions_per_step, tc.epochs, tc.max_steps)
@@ -125,13 +114,15 @@ def _tuner(trainable, root: Path, variants: list[dict], tune_config: tune.TuneCo
     )
 
 
-def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
-    """Run (or resume) the sweep named ``cfg.name``; returns one summary row per trial."""
-    outputs = {"sweep.output_dir": args.storage}
+def run(cfg: ExperimentConfig) -> list[dict]:
+    """Run (or resume) the sweep named ``cfg.name`` over the grid of ``cfg.sweep``; returns
+    one summary row per trial."""
+    sw = cfg.sweep
+    outputs = {"sweep.output_dir": sw.output_dir}
     if cfg.data.train_path is None:
         outputs["build.output_dir"] = cfg.build.output_dir
     uri = preflight(outputs)  # MLflow and the folders, before any compute
-    variants = grid(args.num_tags, args.costs, args.prefixes, args.baselines, cfg)
+    variants = grid(sw.num_tags, sw.costs, sw.prefixes, sw.baselines, cfg)
     trials = [apply_variant(cfg, v, cfg.name) for v in variants]  # each one valid, up front
     prebuilt = cfg.data.train_path is not None
     if prebuilt:  # bad data: one line now, not a failed trial per grid point
@@ -147,8 +138,8 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_path=str(traces)))
         cfg = absolute_paths(cfg).validate()
         sets = read_trace_sets(cfg.data.train_path)
-    root = Path(args.storage).resolve() / cfg.name
-    concurrent = args.max_concurrent or trainings_that_fit(cfg.train)
+    root = Path(sw.output_dir).resolve() / cfg.name
+    concurrent = sw.max_concurrent_trials or trainings_that_fit(cfg.train)
     if uri.startswith("sqlite") and concurrent > 1:
         print("[sweep] MLflow is one SQLite file and trials write at once: on 'database is "
               "locked', use ops/local_services.sh start and its MLFLOW_TRACKING_URI")  # fmt: skip
@@ -158,9 +149,6 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
     parent, reopened = open_parent_run(cfg, uri, {**tags, "stage": "sweep"}, local_dir=root)
     with parent:
         if not reopened:
-            grid_params = {"num_tags": args.num_tags, "costs": args.costs, "asha": args.asha,
-                           "prefixes": args.prefixes, "baselines": args.baselines}  # fmt: skip
-            parent.log_params({f"sweep.{k}": v for k, v in grid_params.items()})
             parent.log_params({f"base.{k}": v for k, v in flatten_config(cfg).items()})
         shared = {
             "sweep": cfg.name, "parent_run_id": parent.run_id, "tracking_uri": uri,
@@ -172,7 +160,7 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
             DRIVER_RESOURCES,
         )
         tune_config = tune.TuneConfig(
-            metric="loss", mode="min", scheduler=_scheduler(args, cfg, len(sets)),
+            metric="loss", mode="min", scheduler=_scheduler(cfg, len(sets)),
             max_concurrent_trials=concurrent, trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         )  # fmt: skip
@@ -184,24 +172,11 @@ def run(cfg: ExperimentConfig, args: SweepArgs) -> list[dict]:
     return rows
 
 
-def parse_args(argv: list[str]) -> tuple[ExperimentConfig, SweepArgs]:
-    """``--config PATH`` and ``key=value`` overrides; the grid is the ``sweep`` section
-    (its lists checked when the config loads)."""
-    cfg = parse_cli(argv)
-    sw = cfg.sweep
-    sweep = SweepArgs(
-        num_tags=list(sw.num_tags), costs=list(sw.costs), prefixes=list(sw.prefixes),
-        baselines=list(sw.baselines),
-        asha=sw.asha, max_concurrent=sw.max_concurrent_trials, storage=sw.output_dir,
-    )  # fmt: skip
-    return cfg, sweep
-
-
 def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    rows = run_main(lambda: run(*parse_args(sys.argv[1:] if argv is None else argv)))
+    rows = run_main(lambda: run(parse_cli(sys.argv[1:] if argv is None else argv)))
     if any(r["status"] == "error" for r in rows):
         raise SystemExit(1)
 

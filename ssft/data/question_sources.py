@@ -1,7 +1,7 @@
 """Where the building stage's questions come from: ``load_questions(build_cfg)``.
 
 Reads ``build_cfg.questions`` (the source), ``questions_path``, ``split``, ``num_questions``,
-``question_seed``, ``digits`` and ``reasoning_gym_task`` (``ssft.config.build.BuildConfig``;
+``question_seed``, ``digits`` and ``reasoning_gym_task`` (``ssft.config.stages.BuildConfig``;
 any object with these attributes works). Every source is deterministic: the same config
 gives the same questions, in the same order, with the same ids.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from ssft.config import ExperimentConfig, config_to_yaml, flatten_config
 from ssft.data.trace_building import ShardStats
 from ssft.data.trace_set import TraceSet
+from ssft.errors import InputError
 
 
 def build_metrics(sets: Sequence[TraceSet], totals: ShardStats) -> dict[str, float]:
@@ -90,3 +91,28 @@ def log_build_report(
         tracker.log_figure(fig, "plots/traces_per_question.png")
         plt.close(fig)
     return metrics
+
+
+class EmptyBuild(InputError):
+    """No question got a trace: nothing to train on. The message says why, per teacher."""
+
+
+def yield_report(totals: ShardStats, build_dir: Path) -> str:
+    """Per-teacher sampled / correct / kept, and the commonest reasons questions got none."""
+    lines = []
+    for teacher, sampled in sorted(totals.samples_by_teacher.items()):
+        correct, kept = totals.correct_by_teacher[teacher], totals.kept_by_teacher[teacher]
+        lines.append(
+            f"  {teacher}: {sampled} sampled, {correct} graded correct "
+            f"({correct / max(1, sampled):.1%}), {kept} kept"
+        )
+    if not totals.samples_by_teacher:
+        lines.append("  no teacher returned a sample")
+    reasons = Counter(r["reason"] for r in totals.rejected).most_common(3)
+    if reasons:
+        lines.append("  top reasons a question got no trace: " + "; ".join(
+            f"{reason!r} x{count}" for reason, count in reasons
+        ))  # fmt: skip
+    lines.append(f"  every sample not kept, with its parsed answer and reason: "
+                 f"{build_dir / 'rejected_samples.parquet'}")  # fmt: skip
+    return "\n".join(lines)

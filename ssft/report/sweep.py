@@ -189,24 +189,12 @@ def open_parent_run(
 
     ``local_dir``: where calls that could not be logged are recorded (the sweep's folder).
     """
-    from mlflow import MlflowClient
-
-    key = f"sweep:{cfg.name}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(cfg.experiment)
-    found = experiment and client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`ssft.run_key` = '{key}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return MLflowTracker(client, found[0].info.run_id, uri, local_dir=local_dir), True
     parent = start_run(
-        cfg.experiment, cfg.name, tracking_uri=uri, tags=tags, resume_key=key, local_dir=local_dir
-    )
-    return parent, False
+        cfg.experiment, cfg.name, tracking_uri=uri, tags=tags, resume_key=f"sweep:{cfg.name}",
+        local_dir=local_dir, reopen_finished=True,
+    )  # fmt: skip
+    parent.resumed = False  # whole-sweep figures, no replayed steps: a rerun's values replace
+    return parent, parent.reopened
 
 
 def _error_text(error: BaseException) -> str:
@@ -218,17 +206,8 @@ def _error_text(error: BaseException) -> str:
 
 def summary_rows(results, parent: MLflowTracker) -> list[dict]:
     """One summary row per trial; child runs a dead or stopped trial left open are closed."""
-    client = parent.client
     try:
-        experiment_id = client.get_run(parent.run_id).info.experiment_id
-        children = {
-            run.data.tags.get("sweep.label"): run
-            for run in client.search_runs(
-                [experiment_id],
-                filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
-                order_by=["attributes.start_time ASC"],
-            )
-        }
+        children = {run.data.tags.get("sweep.label"): run for run in parent.child_runs()}
     except Exception as err:  # MLflow died during the sweep: the summary comes from Tune alone
         print(f"[sweep] MLflow unreachable ({type(err).__name__}); child runs not joined",
               flush=True)  # fmt: skip
@@ -241,7 +220,7 @@ def summary_rows(results, parent: MLflowTracker) -> list[dict]:
         if child is not None and child.info.status == "RUNNING":
             status = "error" if result.error else "stopped"  # stopped = ended by ASHA
             try:
-                client.set_terminated(child.info.run_id, "FAILED" if result.error else "KILLED")
+                parent.close_run(child.info.run_id, "FAILED" if result.error else "KILLED")
             except Exception as err:  # best effort: the row still says what happened
                 print(f"[sweep] could not close child run {child.info.run_id}: {err}")
         error = _error_text(result.error) if result.error else None
@@ -257,10 +236,7 @@ def summary_rows(results, parent: MLflowTracker) -> list[dict]:
 def _drop_stale_failure_tags(parent: MLflowTracker, current: set[str]) -> None:
     """A rerun that fixed a trial removes the failure tag the earlier run left (best effort)."""
     try:
-        tags = parent.client.get_run(parent.run_id).data.tags
-        for key in tags:
-            if key.startswith("sweep.failure.") and key not in current:
-                parent.client.delete_tag(parent.run_id, key)
+        parent.delete_tags(keep=lambda key: not key.startswith("sweep.failure.") or key in current)
     except Exception as err:  # MLflow down: the stale tag stays, sweep.failed is still right
         print(f"[sweep] could not clear old failure tags: {type(err).__name__}", flush=True)
 

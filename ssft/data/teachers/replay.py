@@ -275,3 +275,22 @@ def write_champ_replay(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def prepare_replay_files(build: Any) -> None:
+    """Write missing replay files that have a ``replay_source``, then read and validate every
+    replay teacher's file on the driver, before Ray starts.
+
+    A bad row then stops the build at once with one line naming the file, row and field
+    (``ReplayFileError``), instead of failing in every shard task after Ray started.
+    ``build``: the ``build`` config section.
+    """
+    for teacher in build.teachers:
+        if teacher.kind != "replay":
+            continue
+        path = Path(teacher.replay_path)
+        if teacher.replay_source == "champ" and not path.exists():
+            print(f"[build] writing CHAMP's transcripts to {path} (replay_source=champ)",
+                  flush=True)  # fmt: skip
+            write_champ_replay(path)
+        read_replay_rows(path)
