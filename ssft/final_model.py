@@ -19,9 +19,15 @@ TAGS_FILE, ASSIGNMENTS_FILE = "ssft_tags.json", "assignments.parquet"
 LOG_FILE = "training_log.json"
 
 
-def read_tags_summary(final_dir: str | Path) -> dict[str, Any]:
-    """The model folder's ``ssft_tags.json``, parsed."""
-    return json.loads((Path(final_dir) / TAGS_FILE).read_text(encoding="utf-8"))
+def read_model_tags(model_dir: str | Path) -> dict[str, Any]:
+    """The ``ssft_tags.json`` a training run wrote beside its final model, parsed."""
+    path = Path(model_dir) / TAGS_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: {model_dir} is not a final model written by "
+            "workflows.train (those hold ssft_tags.json with the tags and the Pass@1 tag)."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def write_tag_selection(final_dir: str | Path, selection: Any) -> None:

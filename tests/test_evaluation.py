@@ -10,8 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ssft.config import EvalConfig, ModelConfig, load_config
 from ssft.data.question_sources import load_questions
 from ssft.data.teachers.base import Question
-from ssft.eval.evaluation import compute_metrics, evaluate_questions, read_model_tags
+from ssft.eval.evaluation import compute_metrics, evaluate_questions
 from ssft.eval.sampling import sample_with_tags, tag_probabilities
+from ssft.final_model import read_model_tags
 from ssft.report.comparison import aggregate, load_eval, markdown_table
 from ssft.report.eval import per_tag_figure, write_eval_outputs
 from ssft.train.loop import TrainContext, train
@@ -167,13 +168,20 @@ def test_a_users_mode_classifier_is_imported_and_checked():
 
 def test_auto_looks_the_questions_source_up_in_the_benchmark_table():
     from ssft.data import known_modes
-    from ssft.eval.modes import BENCHMARK_CLASSIFIERS, benchmark_classifier
+    from ssft.data.question_sources import mode_classifiers, trace_mode_classifier
+    from ssft.eval.modes import mode_classifier
 
-    found = benchmark_classifier("known_modes/addition-d3")
-    assert found is BENCHMARK_CLASSIFIERS[0] and found.name == "known_modes"
+    found = mode_classifiers("known_modes/addition-d3")
+    assert found is not None and found.source == "known_modes"
     assert (found.layout, found.strict) == (known_modes.classify_layout, known_modes.classify)
-    assert benchmark_classifier("known_modes_mine") is None
-    assert benchmark_classifier("champ") is None
+    assert trace_mode_classifier("known_modes") is found.strict  # the build's label, same entry
+    assert mode_classifiers("known_modes_mine") is None
+    assert mode_classifiers("champ") is None
+    q = known_modes.make_questions(1, seed=0)[0].as_question()
+    text = "column"  # not a known-modes layout: unclassified, but still looked up
+    assert mode_classifier("auto")(q, text) == (known_modes.classify_layout(text),
+                                                known_modes.classify(text))  # fmt: skip
+    assert mode_classifier("auto")(dataclasses.replace(q, source="champ"), text) == (None, None)
 
 
 def test_a_model_folder_is_loaded_through_a_model_config(tmp_path):

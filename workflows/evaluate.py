@@ -33,10 +33,10 @@ from ssft.eval.evaluation import (
     compute_metrics,
     evaluate_questions,
     load_eval_model,
-    read_model_tags,
     sampling_plan,
 )
 from ssft.eval.sampling import tag_probabilities
+from ssft.final_model import read_model_tags
 from ssft.report.eval import log_eval, write_eval_outputs
 from ssft.tracking import git_commit, start_run
 from workflows.cli import preflight, run_main

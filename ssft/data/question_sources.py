@@ -55,6 +55,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +123,44 @@ def load_questions(build_cfg: Any) -> list[Question]:
     return _reasoning_gym(build_cfg.reasoning_gym_task, build_cfg.split, n, build_cfg.question_seed)
 
 
-def trace_mode_classifier(source: str) -> Callable[[str], str] | None:
-    """How source ``source``'s traces get their ``Trace.mode`` at build time, or None when its
-    traces have no known modes (every source but ``known_modes``, whose strategy classifier
-    ``ssft.data.known_modes.classify`` labels each kept trace)."""
-    if source == "known_modes":
-        from ssft.data import known_modes
+@dataclass(frozen=True)
+class ModeClassifiers:
+    """A question source whose reasoning modes a classifier tells apart (``known_modes``):
+    the build labels each kept trace's ``Trace.mode`` with ``strict``, evaluation labels each
+    sample's ``strategy`` with ``layout`` and ``strategy_strict`` with ``strict``."""
 
-        return known_modes.classify
-    return None
+    source: str  # the build.questions name
+    owns: Callable[[str], bool]  # a question's ``source`` field -> one of this source's
+    layout: Callable[[str], str]  # text -> its mode by line layout (even if wrong), or unknown
+    strict: Callable[[str], str]  # text -> layout and data flow both of one mode, or unknown
+
+
+def _known_modes_classifiers() -> ModeClassifiers:
+    from ssft.data import known_modes
+
+    return ModeClassifiers("known_modes", known_modes.is_benchmark_source,
+                           known_modes.classify_layout, known_modes.classify)  # fmt: skip
+
+
+# The sources with known modes, one entry each (built on first use: their task code loads then).
+_MODE_SOURCES: tuple[Callable[[], ModeClassifiers], ...] = (_known_modes_classifiers,)
+
+
+def mode_sources() -> tuple[ModeClassifiers, ...]:
+    """Every question source with known modes (``ModeClassifiers``)."""
+    return tuple(make() for make in _MODE_SOURCES)
+
+
+def mode_classifiers(question_source: str) -> ModeClassifiers | None:
+    """The entry that owns a question's ``source`` field, or None (no known modes, or a
+    user's source that merely looks like one)."""
+    return next((c for c in mode_sources() if c.owns(question_source)), None)
+
+
+def trace_mode_classifier(source: str) -> Callable[[str], str] | None:
+    """How build source ``source`` (``build.questions``) labels a kept trace's ``Trace.mode``,
+    or None when its traces have no known modes."""
+    return next((c.strict for c in mode_sources() if c.source == source), None)
 
 
 def champ_split(question_id: str, seed: int) -> str:

@@ -20,7 +20,6 @@ means without forking tokens.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,23 +33,12 @@ from ssft.data.teachers.base import Question
 from ssft.eval import metrics as eval_metrics
 from ssft.eval.modes import mode_classifier
 from ssft.eval.sampling import sample_with_tags, sample_with_tags_vllm
-from ssft.final_model import TAGS_FILE
+from ssft.final_model import read_model_tags
 from ssft.method.table import uses_shared_tag
 from ssft.models import load_model_and_tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-def read_model_tags(model_dir: str | Path) -> dict[str, Any]:
-    """The ``ssft_tags.json`` a training run wrote beside its final model."""
-    path = Path(model_dir) / TAGS_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: {model_dir} is not a final model written by "
-            "workflows.train (those hold ssft_tags.json with the tags and the Pass@1 tag)."
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def sampling_plan(info: dict[str, Any], samples_per_tag: int) -> tuple[list[str], int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssft.config import config_to_yaml
+from ssft.config import ExperimentConfig, config_to_yaml
 from ssft.eval.tag_selection import TagSelection
 from ssft.final_model import ASSIGNMENTS_FILE, TAGS_FILE
 from ssft.method.table import uses_shared_tag
@@ -25,7 +25,9 @@ def log_tag_selection(tracker, selection: TagSelection) -> None:
         tracker.log_metrics(accuracy)
 
 
-def log_training_artifacts(tracker, cfg, stats: MatchingTracker, final_dir: Path | None) -> None:
+def log_training_artifacts(
+    tracker, cfg: ExperimentConfig, stats: MatchingTracker, final_dir: Path | None
+) -> None:
     """Config, tag x teacher / tag x strategy heat maps, assignment table, final model."""
     tracker.log_text(config_to_yaml(cfg), "config.yaml")
     labels = [f"<think{i + 1}>" for i in range(stats.num_tags)]
@@ -43,7 +45,7 @@ def log_training_artifacts(tracker, cfg, stats: MatchingTracker, final_dir: Path
         tracker.log_artifact(final_dir, "final_model")
 
 
-def method_tags(cfg) -> dict:
+def method_tags(cfg: ExperimentConfig) -> dict:
     """The MLflow tags that say what a training run trained (runs table columns)."""
     m = cfg.matching
     return {"method": cfg.method, "num_tags": cfg.forking.num_tags, "cost": m.cost,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from ssft.config import ExperimentConfig
 from ssft.data.teacher_attribution import TeacherProfiles, write_profiles
 from ssft.final_model import ASSIGNMENTS_FILE, LOG_FILE, TAGS_FILE
 from ssft.method.forking_tokens import with_tag_slot
@@ -26,7 +27,7 @@ def write_final_model(
     tokenizer,
     stats: MatchingTracker,
     tags,
-    cfg,
+    cfg: ExperimentConfig,
     log: dict,
     state_dict: dict | None = None,
     profiles: TeacherProfiles | None = None,

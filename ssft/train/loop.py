@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssft.config import ExperimentConfig
 from ssft.eval.evaluation import load_eval_model
 from ssft.eval.tag_selection import TagSelection, select_tags, validation_accuracy
 from ssft.final_model import write_tag_selection
@@ -286,7 +287,7 @@ def _account(run: Run, window: list[StepOutput], seconds: float) -> dict[str, fl
     return {**metrics, "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
-def train(cfg, ctx: TrainContext | None = None) -> TrainResult:
+def train(cfg: ExperimentConfig, ctx: TrainContext | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.data.train_path``; resumes from ``ctx.resume_from``."""
     ctx = ctx or TrainContext()
     run = setup_run(cfg, ctx)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ssft.config import ExperimentConfig
 from ssft.data.teacher_attribution import TeacherProfiles
 from ssft.data.tokenize import tokenize_trace_sets
 from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
@@ -71,7 +72,10 @@ class SequenceNLL(torch.nn.Module):
         return token_nll(self.lm, batch) if per_token else sequence_nll(self.lm, batch)
 
 
-def load_training_data(cfg, tokenizer, path: str | None = None, sets=None):
+def load_training_data(
+    cfg: ExperimentConfig, tokenizer: Any, path: str | None = None,
+    sets: list[TraceSet] | None = None,
+) -> tuple[list[TokenizedQuestion], Any]:  # fmt: skip
     """Tokenized questions for ``cfg.method`` (its ``max_traces``: ``single`` keeps one),
     without the validation questions (``ssft.eval.tag_selection.validation_split``).
 
@@ -106,7 +110,7 @@ def load_training_data(cfg, tokenizer, path: str | None = None, sets=None):
     )
 
 
-def _load_model(cfg, resume_from: Path | None):
+def _load_model(cfg: ExperimentConfig, resume_from: Path | None):
     """The configured model, or the checkpoint's weights and tokenizer when resuming."""
     if resume_from is None:
         return load_model_and_tokenizer(cfg.model, seed=cfg.seed)
@@ -120,7 +124,7 @@ def _load_model(cfg, resume_from: Path | None):
 class Run:
     """Everything one training run holds between steps (built once by ``setup_run``)."""
 
-    cfg: Any
+    cfg: ExperimentConfig
     ctx: TrainContext
     device: torch.device
     model: torch.nn.Module
@@ -165,7 +169,7 @@ class Run:
         return self.tags.shared_tag if self.shared else self.tags.tags[self.stats.coverage_tag()]
 
 
-def setup_run(cfg, ctx: TrainContext) -> Run:
+def setup_run(cfg: ExperimentConfig, ctx: TrainContext) -> Run:
     """Model + tags (before any wrapping), data, wrapping, optimizer, schedule, resumed state."""
     torch.manual_seed(cfg.seed)
     device = torch.device(ctx.device)
@@ -209,7 +213,7 @@ def setup_run(cfg, ctx: TrainContext) -> Run:
 
 
 def build_run(
-    cfg,
+    cfg: ExperimentConfig,
     ctx: TrainContext,
     model: torch.nn.Module,
     tokenizer: Any,
@@ -277,7 +281,7 @@ def skip_nonfinite_on_device(optimizer: torch.optim.Optimizer) -> bool:
     return True
 
 
-def check_training_data(cfg, sets: list[TraceSet] | None = None) -> str:
+def check_training_data(cfg: ExperimentConfig, sets: list[TraceSet] | None = None) -> str:
     """Validate and prepare ``cfg``'s training data on the driver; returns its digest.
 
     A driver runs it before Ray starts, so bad data costs a second and one line naming the
