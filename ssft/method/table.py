@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for the annotation only: the implementations import this module
+    from ssft.method.base import TrainingMethod
 
 _ASSIGNED_TAGS = "ssft.method.assigned_tags:AssignedTags"
 
@@ -69,8 +72,9 @@ def uses_shared_tag(name: str) -> bool:
     return get_method(name).shared_tag
 
 
-def build_method(cfg: Any) -> Any:
-    """The ``TrainingMethod`` of ``cfg.method``, built from the run's config."""
+def build_method(cfg: Any) -> TrainingMethod:
+    """The ``TrainingMethod`` of ``cfg.method``, built from the run's config (an
+    ``ExperimentConfig``; this module sits below the config package, so it is not named)."""
     method = get_method(cfg.method)
     module, _, cls = method.implementation.partition(":")
     return getattr(importlib.import_module(module), cls)(method, cfg)
