@@ -1,7 +1,9 @@
 """The final-model folder contract, which training writes and evaluation, the pipeline and
 reports read: ``ssft_tags.json`` (the tags, the shared tag, the matching summary, the prompt
-format and, written last, the Pass@1 tag and the usable tags), ``assignments.parquet`` and
-``training_log.json`` beside the ``transformers`` weights and tokenizer.
+format and, written last, the Pass@1 tag and the usable tags), ``assignments.parquet``,
+``training_log.json`` and ``teacher_profiles.json`` beside the ``transformers`` weights and
+tokenizer; and ``mlflow_run.json`` (``ssft.tracking.RUN_RECORD``: the training's MLflow run,
+which an evaluation of the folder links to), written by the Ray Train worker when it logs.
 
 A folder whose tags file has ``pass1_tag`` is a finished model (``is_finished_model``). Low
 level: standard library and ``ssft.atomic_io`` only, so every layer may import it.

@@ -6,8 +6,15 @@ Built in one call (``start_run``), used as a context manager, closed with the ru
 
 Where runs go: ``tracking_uri`` if given, else ``MLFLOW_TRACKING_URI`` from the environment
 (what Ray jobs and sweeps pass to workers, pointing at one ``mlflow server``), else a SQLite
-file ``sqlite:///<default_dir>/mlflow.db`` (the embedded laptop default). MLflow is imported
-lazily: importing ``ssft`` never pays for it.
+file ``sqlite:///<default_dir>/mlflow.db`` (the embedded laptop default). An experiment this
+facade creates in a SQLite store keeps its artifacts beside the database, in
+``<db folder>/mlartifacts/<experiment>`` (MLflow's own default is ``./mlruns`` of whatever
+directory the process runs in); a server decides for itself. MLflow is imported lazily:
+importing ``ssft`` never pays for it.
+
+Runs find each other through ``mlflow_run.json`` (``write_run_record``), which a stage writes
+into the folder it produces (a final model, an evaluation), and through the resume key tag
+``ssft.run_key`` (``MLflowTracker.find_run``).
 
 Metric keys MLflow would reject (characters outside letters, digits, ``_.-:/`` and space) are
 rewritten with ``_`` and a warning, once per key. Params are logged from a flat dict
@@ -34,12 +41,14 @@ per call (the HTTP retry defaults are lowered too, unless set in the environment
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import re
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -49,7 +58,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ssft.atomic_io import probe_writable
+from ssft.atomic_io import probe_writable, write_json_atomic
 
 log = logging.getLogger(__name__)
 _BAD_KEY = re.compile(r"[^\w.\-:/ ]")  # MLflow allows word chars, . - : / and space
@@ -57,6 +66,8 @@ _MAX_PARAM_CHARS = 6000
 OFFLINE_RETRY_S = 30.0  # after a failed call, how long the tracker stops calling the server
 LOCKED_RETRY_S = (0.2, 0.5, 1.0, 2.0, 4.0)  # waits before retrying a call SQLite found locked
 UNLOGGED_FILE = "unlogged.jsonl"
+ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store: its experiments' artifacts
+RUN_RECORD = "mlflow_run.json"  # in a stage's output folder: the MLflow run that wrote it
 # MLflow's own HTTP defaults (7 retries, backoff factor 2, 120 s timeout) make each call to a
 # dead server hang for minutes; these apply unless the environment sets them.
 _HTTP_DEFAULTS = {
@@ -129,9 +140,54 @@ def default_tracking_uri(default_dir: str | os.PathLike = "runs") -> str:
     return f"sqlite:///{path / 'mlflow.db'}"
 
 
+def local_artifact_root(uri: str) -> Path | None:
+    """Where the experiments of a SQLite store keep their artifacts: ``mlartifacts`` beside
+    the database file. None for any other store (a server has its own artifact root)."""
+    if urlparse(uri).scheme != "sqlite" or not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS_DIR
+
+
+def _experiment_folder(experiment: str) -> str:
+    """The experiment's folder name under the artifact root: its name when that is a plain
+    file name, else a cleaned name with a digest (two names never share a folder)."""
+    clean = re.sub(r"[^A-Za-z0-9_-]", "_", experiment)
+    if clean == experiment:
+        return clean
+    return f"{clean}-{hashlib.sha256(experiment.encode()).hexdigest()[:8]}"
+
+
+def run_link(experiment_id: str | None, run_id: str) -> str:
+    """A run's page in the MLflow UI, relative to the UI's address (for run descriptions)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def write_run_record(folder: str | os.PathLike, tracker: NullTracker) -> None:
+    """Write ``folder/mlflow_run.json``: the run (id, experiment, store) that produced the
+    folder, so whatever reads the folder later finds its run. Nothing for a run without an id
+    (tracking off, or MLflow unreachable when the run opened)."""
+    if tracker.run_id is None:
+        return
+    write_json_atomic(Path(folder) / RUN_RECORD, {
+        "run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
+        "tracking_uri": tracker.tracking_uri,
+    })  # fmt: skip
+
+
+def read_run_record(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``mlflow_run.json`` of ``folder``, or {} when there is none (or it is unreadable)."""
+    try:
+        record = json.loads((Path(folder) / RUN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def browse_hint(uri: str, experiment: str) -> str:
     """Where to look at an experiment's runs: its page on a server, or the `mlflow ui` command
-    for a SQLite file. MLflow 3's UI opens on a GenAI overview; the runs table is /runs."""
+    for a SQLite file (its artifacts are files beside it, which the UI reads directly;
+    ``--artifacts-destination`` puts those of experiments created in the UI there too). MLflow
+    3's UI opens on a GenAI overview; the runs table is /runs."""
     experiment_id = None
     try:
         check_tracking_uri(uri, timeout_s=2.0)  # never wait out MLflow's retries on a dead server
@@ -144,7 +200,9 @@ def browse_hint(uri: str, experiment: str) -> str:
     page = f"#/experiments/{experiment_id}/runs" if experiment_id else "#/experiments"
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {uri}  then open http://127.0.0.1:5000/{page}"
+    root = local_artifact_root(uri)
+    serve = f" --artifacts-destination {root}" if root is not None else ""
+    return f"mlflow ui --backend-store-uri {uri}{serve}  then open http://127.0.0.1:5000/{page}"
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
@@ -158,10 +216,22 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+# Matplotlib is not thread-safe: its mathtext parser (log-scale tick labels) fails when two
+# threads draw at once, e.g. the pipeline's evaluations logging their plots side by side.
+_RENDER_LOCK = threading.Lock()
+
+
+def _render(draw: Callable[[], Any]) -> Any:
+    """Run ``draw`` (a savefig) while no other thread draws."""
+    with _RENDER_LOCK:
+        return draw()
+
+
 class NullTracker:
     """Accepts every call and does nothing (non-zero ranks, tracking disabled)."""
 
     run_id: str | None = None
+    experiment_id: str | None = None
     tracking_uri: str | None = None
     reopened: bool = False  # an earlier run of the same resume key was reopened
 
@@ -171,6 +241,11 @@ class NullTracker:
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def log_table(self, data: Any, artifact_file: str) -> None: ...
+    def find_run(self, run_id: str | None = None, key: str | None = None,
+                 tag: str = "ssft.run_key") -> Any: ...  # fmt: skip
+    def log_to_run(self, run_id: str, metrics: Mapping[str, float] | None = None,
+                   tags: Mapping[str, Any] | None = None) -> None: ...  # fmt: skip
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
@@ -202,6 +277,7 @@ class MLflowTracker(NullTracker):
         local_dir: str | os.PathLike | None = None,
     ) -> None:
         self.client, self.run_id, self.tracking_uri = client, run_id, tracking_uri
+        self.experiment_id: str | None = None
         self._renamed: dict[str, str] = {}
         self._finished = False
         self.local_dir = Path(local_dir or Path("runs") / "unlogged" / str(run_id))
@@ -371,10 +447,94 @@ class MLflowTracker(NullTracker):
         self._send(
             "log_figure",
             {"artifact_file": artifact_file},
-            lambda: self.client.log_figure(self.run_id, figure, artifact_file),
+            lambda: _render(lambda: self.client.log_figure(self.run_id, figure, artifact_file)),
             keep=lambda: {"saved_to": self._save_local(
-                artifact_file, lambda p: figure.savefig(p, dpi=120))},
+                artifact_file, lambda p: _render(lambda: figure.savefig(p, dpi=120)))},
         )  # fmt: skip
+
+    TABLE_CELL_CHARS = 2000  # longer texts are cut in the middle (log_table)
+
+    @staticmethod
+    def _cut_middle(value: Any, limit: int) -> Any:
+        if not isinstance(value, str) or len(value) <= limit:
+            return value
+        head, tail = value[: limit * 3 // 4], value[len(value) - limit // 4 :]
+        return f"{head} [... {len(value) - len(head) - len(tail)} characters cut ...] {tail}"
+
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        """A table the MLflow UI shows as one (sortable, paged) in the run's artifact view.
+
+        ``data``: a dict of equal-length columns (``dict[str, list]``) or a pandas DataFrame;
+        ``artifact_file``: a ``.json`` path (MLflow's ``log_table`` format, ``orient="split"``;
+        ``MlflowClient.load_table`` reads it back). Text cells longer than
+        ``TABLE_CELL_CHARS`` keep their first three quarters and last quarter of that (where
+        an answer is) around ``[... N characters cut ...]``: the UI lays out every cell of a
+        page, so log the full texts in a file beside (e.g. Parquet). MLflow appends to a table
+        of that name already in the run: log each table once. Unusable ``data`` is a warning
+        and a line in ``unlogged.jsonl``; with MLflow down the table is saved as that JSON
+        under ``local_dir/unlogged/``."""
+        try:
+            import pandas as pd
+
+            frame = data.copy() if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
+            limit = self.TABLE_CELL_CHARS
+            for column in frame.columns:
+                if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+                    frame[column] = frame[column].map(lambda v: self._cut_middle(v, limit))
+        except Exception as err:  # a bad table must not fail the work it describes
+            self._record("log_table", {"artifact_file": artifact_file},
+                         f"not a table: {type(err).__name__}: {err}"[:500])  # fmt: skip
+            return
+        self._send(
+            "log_table",
+            {"artifact_file": artifact_file, "rows": len(frame)},
+            lambda: self.client.log_table(self.run_id, frame, artifact_file),
+            keep=lambda: {"saved_to": self._save_local(
+                artifact_file, lambda p: frame.to_json(p, orient="split", index=False))},
+        )  # fmt: skip
+
+    def find_run(self, run_id: str | None = None, key: str | None = None,
+                 tag: str = "ssft.run_key") -> Any:  # fmt: skip
+        """Another run of this store (``mlflow.entities.Run``): ``run_id`` when it exists
+        here, else the latest run of this experiment whose ``tag`` is ``key`` (by default its
+        resume key). None when neither is found or MLflow cannot be asked; never raises."""
+        if self.client is None or not self._online():
+            return None
+        if run_id:
+            try:
+                return self.client.get_run(run_id)
+            except Exception:  # recorded against another store, or deleted: try the key
+                pass
+        if key is None or self.experiment_id is None:
+            return None
+        value = key.replace("'", "\\'")
+        try:
+            found = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
+                order_by=["attributes.start_time DESC"], max_results=1,
+            )  # fmt: skip
+        except Exception:
+            return None
+        return found[0] if found else None
+
+    def log_to_run(self, run_id: str, metrics: Mapping[str, float] | None = None,
+                   tags: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        """Log metrics (step 0) and tags on another run, e.g. an evaluation's headline figures
+        on the training run it evaluated; a failure is recorded like any other call."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        values = {self._key(k): float(v) for k, v in (metrics or {}).items() if v is not None}
+        texts = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+        if not values and not texts:
+            return
+        batch = [Metric(k, v, now, 0) for k, v in values.items()]
+        labels = [RunTag(k, v) for k, v in texts.items()]
+        self._send(
+            "log_to_run",
+            {"target_run_id": run_id, "metrics": values, "tags": texts},
+            lambda: self.client.log_batch(run_id, metrics=batch, tags=labels),
+        )
 
     def child_runs(self) -> list[Any]:
         """This run's child runs (``mlflow.entities.Run``), oldest first; raises if MLflow is
@@ -472,8 +632,7 @@ def _open_run(
     client, uri, experiment, run_name, tags, parent_run_id, resume_key, local_dir, reopen_finished
 ):
     """Find or create the experiment, then reopen the run of ``resume_key`` or create one."""
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = _experiment_id(client, uri, experiment)
     all_tags = {"mlflow.parentRunId": parent_run_id, "ssft.run_key": resume_key, **(tags or {})}
     if resume_key is not None:
         found = client.search_runs(
@@ -488,10 +647,31 @@ def _open_run(
             log.info("reopening MLflow run %s (%s) to continue it", run_id, resume_key)
             tracker = MLflowTracker(client, run_id, uri, local_dir=local_dir)
             tracker.resumed, tracker.reopened = not finished, True
+            tracker.experiment_id = experiment_id
             return tracker
     run = client.create_run(
         experiment_id,
         run_name=run_name,
         tags={k: str(v) for k, v in all_tags.items() if v is not None},
     )
-    return MLflowTracker(client, run.info.run_id, uri, local_dir=local_dir)
+    tracker = MLflowTracker(client, run.info.run_id, uri, local_dir=local_dir)
+    tracker.experiment_id = experiment_id
+    return tracker
+
+
+def _experiment_id(client, uri: str, experiment: str) -> str:
+    """The experiment's id, created when missing: in a SQLite store with its artifacts in
+    ``mlartifacts/<experiment>`` beside the database. An experiment that exists keeps the
+    artifact location it was created with (e.g. an older ``./mlruns``)."""
+    found = client.get_experiment_by_name(experiment)
+    if found:
+        return found.experiment_id
+    root = local_artifact_root(uri)
+    location = (root / _experiment_folder(experiment)).as_uri() if root is not None else None
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except Exception:  # another process of the same job created it meanwhile
+        found = client.get_experiment_by_name(experiment)
+        if found:
+            return found.experiment_id
+        raise

@@ -160,7 +160,7 @@ def test_pipeline_job_succeeds_and_logs_to_the_mlflow_server(services, pipeline_
     assert set(train) == {"ssft", "sft_mixed"}
     evals = [r for stage, r in by_stage if stage == "eval"]
     assert len(evals) == 2 and all("pass1" in r.data.metrics for r in evals)
-    assert sum(n.startswith("build-traces-") for n in runs) == 1 and "compare-tiny-cpu" in runs
+    assert sum(n.startswith("build-traces-") for n in runs) == 1 and "pipeline-tiny-cpu" in runs
     # every process of the job logged through the server, tagged with the Ray job
     job_id = re.search(r"Job '(raysubmit_\w+)' succeeded", log).group(1)
     assert {r.data.tags.get("ray_job_id") for r in train.values()} == {job_id}

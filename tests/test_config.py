@@ -406,8 +406,8 @@ def test_flatten_has_one_dotted_key_per_field():
     expected |= {f"build.teachers.{i}.{f}" for i in range(4) for f in teacher_fields}
     # 4 tag_selection fields, matching.spare_tags, eval.greedy, pipeline.max_concurrent;
     # build.min_coverage, eval.answer_extraction, .questions_path, .mode_classifier,
-    # train.max_steps; per teacher answer_extraction, replay_source
-    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 5 + 4 * 21
+    # train.max_steps; sweep.evaluate, .rank_by; per teacher answer_extraction, replay_source
+    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 5 + 2 + 4 * 21
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())
@@ -835,3 +835,29 @@ def test_the_hf_teachers_preset_points_at_a_server_with_two_overrides():
     assert (teacher.kind, teacher.base_url) == ("openai", "http://127.0.0.1:8000/v1")
     assert teacher.model == "models/smollm2-135m-instruct"  # vLLM's served name for that path
     assert teacher.answer_extraction == "final_answer"
+
+
+# --- sweep: evaluation and ranking ------------------------------------------------------------
+
+
+def test_sweep_rank_by_takes_a_metric_and_defaults_to_pass1_when_evaluating(tmp_path):
+    assert tiny().sweep.ranked_by == "final_loss"  # no evaluation: the loss is all there is
+    assert tiny("sweep.evaluate=true").sweep.ranked_by == "pass1"
+    cfg = load_config(write(tmp_path, "preset: tiny_test\nsweep:\n  evaluate: true\n"
+                                      "  rank_by: per_question_purity\n"))  # fmt: skip
+    assert (cfg.sweep.evaluate, cfg.sweep.ranked_by) == (True, "per_question_purity")
+    assert tiny("sweep.rank_by=final_loss").sweep.ranked_by == "final_loss"
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    msg = error(tiny, "sweep.evaluate=true", "sweep.rank_by=pass_1")
+    assert "sweep.rank_by='pass_1': must be one of 'pass1', 'cons_native'" in msg
+    assert "Did you mean sweep.rank_by=pass1?" in msg
+
+
+@pytest.mark.parametrize("metric", ["pass1", "cons_native", "mode_purity", "per_question_purity",
+                                    "tag_accuracy_min"])  # fmt: skip
+def test_sweep_rank_by_an_evaluation_metric_needs_sweep_evaluate(tmp_path, metric):
+    msg = error(tiny, f"sweep.rank_by={metric}")
+    assert f"sweep.rank_by='{metric}': needs an evaluation" in msg
+    assert "sweep.evaluate=false" in msg and "Set sweep.evaluate=true" in msg
+    msg = error(load_config, write(tmp_path, f"preset: tiny_test\nsweep:\n  rank_by: {metric}\n"))
+    assert "sweep.evaluate=false" in msg and "run.yaml" in msg

@@ -160,8 +160,104 @@ def test_browse_hint_points_at_the_experiments_runs_page(uri, tmp_path):
 
     experiment_id = MlflowClient(uri).create_experiment("hinted")
     hint = browse_hint(uri, "hinted")
-    assert hint == (f"mlflow ui --backend-store-uri {uri}  then open "
+    assert hint == (f"mlflow ui --backend-store-uri {uri} --artifacts-destination "
+                    f"{tmp_path / 'mlartifacts'}  then open "
                     f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")  # fmt: skip
     assert browse_hint(uri, "no-such-experiment").endswith("/#/experiments")
     # a server that does not answer still gets a usable hint, quickly enough to never block
     assert browse_hint("http://127.0.0.1:9/", "x") == "open http://127.0.0.1:9/#/experiments"
+
+
+def test_a_sqlite_stores_artifacts_live_beside_it_and_older_experiments_keep_theirs(
+    uri, tmp_path, monkeypatch
+):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # MLflow's own default would be ./mlruns of this folder
+    (cwd / "a.txt").write_text("a")
+    with start_run("tiny-cpu", "r", tracking_uri=uri) as fresh:
+        fresh.log_artifact(cwd / "a.txt", "files")
+    with start_run("odd name/1", "r", tracking_uri=uri) as odd:
+        odd.log_text("b", "b.txt")
+    old_root = tmp_path / "old-root"
+    MlflowClient(uri).create_experiment("made-earlier", artifact_location=old_root.as_uri())
+    with start_run("made-earlier", "r", tracking_uri=uri) as old:
+        old.log_text("c", "c.txt")
+    client = MlflowClient(uri)
+    root = tmp_path / "mlartifacts"
+    assert client.get_run(fresh.run_id).info.artifact_uri == (
+        f"{(root / 'tiny-cpu').as_uri()}/{fresh.run_id}/artifacts"
+    )
+    assert (root / "tiny-cpu" / fresh.run_id / "artifacts" / "files" / "a.txt").read_text() == "a"
+    [odd_folder] = [p for p in root.iterdir() if p.name.startswith("odd_name_1-")]
+    assert (odd_folder / odd.run_id / "artifacts" / "b.txt").exists()
+    assert (old_root / old.run_id / "artifacts" / "c.txt").read_text() == "c"
+    assert sorted(p.name for p in cwd.iterdir()) == ["a.txt"]  # no mlruns/ here
+    assert {p.name for p in tmp_path.iterdir()} == {"mlflow.db", "mlartifacts", "old-root",
+                                                    "elsewhere"}  # fmt: skip
+
+
+def test_runs_find_each_other_by_record_or_key_and_log_on_each_other(uri, tmp_path):
+    from ssft.tracking import RUN_RECORD, read_run_record, run_link, write_run_record
+
+    model = tmp_path / "train" / "my-ssft" / "final_model"
+    model.mkdir(parents=True)
+    with start_run("exp", "ssft-n4-s0", tracking_uri=uri, resume_key="my-ssft") as trained:
+        write_run_record(model, trained)
+    record = read_run_record(model)
+    assert record["run_id"] == trained.run_id and record["tracking_uri"] == uri
+    assert record["experiment_id"] == trained.experiment_id
+    assert read_run_record(tmp_path) == {}  # no record: nothing, no error
+    with start_run("exp", "eval-ssft-n4-s0", tracking_uri=uri) as evaluation:
+        assert evaluation.find_run(record["run_id"]).info.run_name == "ssft-n4-s0"
+        # a record from another store: found by the resume key instead
+        assert evaluation.find_run("0" * 32, "my-ssft").info.run_id == trained.run_id
+        assert evaluation.find_run(None, "no-such-key") is None
+        evaluation.log_to_run(trained.run_id, {"eval/pass1": 0.75, "skip": None},
+                              {"ssft.eval_run_id": evaluation.run_id})  # fmt: skip
+    run = MlflowClient(uri).get_run(trained.run_id)
+    assert run.data.metrics == {"eval/pass1": 0.75}
+    assert run.data.tags["ssft.eval_run_id"] == evaluation.run_id
+    assert run_link("3", "abc") == "#/experiments/3/runs/abc"
+    offline = NullTracker()
+    write_run_record(tmp_path, offline)  # a run without an id writes no record
+    assert not (tmp_path / RUN_RECORD).exists() and offline.find_run("x", "y") is None
+
+
+def test_log_table_is_a_table_mlflow_reads_back_and_is_kept_locally_when_mlflow_is_down(
+    uri, tmp_path, monkeypatch
+):
+    import json
+
+    import pandas as pd
+
+    from ssft.tracking import MLflowTracker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # load_table searches the default store
+    long = "step " * 1000 + "so the answer is 42"  # 5,019 characters
+    data = {"question_id": ["q1", "q2"], "text": ["short", long], "correct": [True, False]}
+    with start_run("exp", "tables", tracking_uri=uri, local_dir=tmp_path / "run") as t:
+        t.log_table(data, "eval/samples.json")
+        t.log_table({"a": [1], "b": [2, 3]}, "eval/bad.json")  # unequal columns: a warning
+    client = MlflowClient(uri)
+    experiment = client.get_run(t.run_id).info.experiment_id
+    table = client.load_table(experiment, "eval/samples.json", run_ids=[t.run_id])
+    assert list(table.columns) == ["question_id", "text", "correct"]
+    assert table["text"][0] == "short" and table["correct"].tolist() == [True, False]
+    cut = table["text"][1]  # its start and its end (where the answer is) around a marker
+    assert len(cut) < 2100 and cut.startswith("step step") and cut.endswith("answer is 42")
+    assert f"[... {len(long) - 2000} characters cut ...]" in cut
+    assert {"path": "eval/samples.json", "type": "table"} in json.loads(
+        client.get_run(t.run_id).data.tags["mlflow.loggedArtifacts"]
+    )  # what makes the UI show it as a table
+    assert "bad.json" not in {f.path for f in client.list_artifacts(t.run_id, "eval")}
+
+    offline = MLflowTracker(None, None, uri, local_dir=tmp_path / "out")  # MLflow was down
+    offline.log_table(pd.DataFrame(data), "eval/samples.json")
+    saved = tmp_path / "out" / "unlogged" / "eval" / "samples.json"
+    frame = pd.read_json(saved, orient="split")
+    assert frame["question_id"].tolist() == ["q1", "q2"] and frame["text"][1] == cut
+    (record,) = [json.loads(x) for x in (tmp_path / "out" / "unlogged.jsonl").open()]
+    assert record["call"] == "log_table" and record["saved_to"] == str(saved)
+    assert record["rows"] == 2
+    NullTracker().log_table(data, "eval/samples.json")  # no-op

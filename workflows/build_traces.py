@@ -41,7 +41,7 @@ from ssft.data.trace_building import (
     write_shard,
 )
 from ssft.errors import InputError
-from ssft.report.build import EmptyBuild, log_build_report, yield_report
+from ssft.report.build import EmptyBuild, log_build_config, log_build_report, yield_report
 from ssft.tracking import git_commit, start_run
 from workflows import faults
 from workflows.cli import preflight, run_main
@@ -66,10 +66,12 @@ def build_shard_task(cfg_dict: dict, questions: list[dict], build_dir: str, inde
     return stats.to_json()
 
 
-def run(cfg: ExperimentConfig) -> Path:
-    """Build (or resume) the trace sets of ``cfg``; returns the trace-set Parquet path."""
+def run(cfg: ExperimentConfig, *, parent_run_id: str | None = None) -> Path:
+    """Build (or resume) the trace sets of ``cfg``; returns the trace-set Parquet path.
+
+    ``parent_run_id``: the pipeline's MLflow run, of which this build's run is a child."""
     build = cfg.build
-    preflight({"build.output_dir": build.output_dir})  # MLflow and the folder, before compute
+    uri = preflight({"build.output_dir": build.output_dir})  # MLflow and the folder, first
     questions = load_questions(build)
     cfg = absolute_paths(cfg)
     prepare_replay_files(cfg.build)  # before Ray: a bad replay row stops here, in one line
@@ -82,6 +84,26 @@ def run(cfg: ExperimentConfig) -> Path:
         f"{len(shards)} shards -> {build_dir}",
         flush=True,
     )
+    # [4] MLflow, opened before the work so that the run lasts as long as the build: config,
+    #     shard progress as it happens, then dataset digest and counts, per-teacher
+    #     accuracy/yield, artifacts. The trace sets are on disk: an MLflow that dies
+    #     meanwhile must not fail the stage.
+    tags = {"stage": "build_traces", "git_commit": git_commit(), "seed": cfg.seed,
+            "ray_job_id": ray_job_id()}  # fmt: skip
+    with start_run(cfg.experiment, f"build-traces-{build_dir.name}", tracking_uri=uri,
+                   tags=tags, parent_run_id=parent_run_id, local_dir=build_dir,
+                   offline_ok=True) as tracker:  # fmt: skip
+        print(f"[build] MLflow run {tracker.run_id} at {tracker.tracking_uri}", flush=True)
+        log_build_config(tracker, cfg)
+        start = time.monotonic()
+        out_path = _build(cfg, build_dir, shards, tracker)
+        tracker.log_metrics({"wall_time_s": time.monotonic() - start})
+    return out_path
+
+
+def _build(cfg: ExperimentConfig, build_dir: Path, shards: list[list[Question]], tracker) -> Path:
+    """The build itself, logging to the open ``tracker``; returns the trace-set path."""
+    build = cfg.build
     init_ray()
     removed = remove_stale_temp_files(build_dir)
     if removed:
@@ -100,6 +122,8 @@ def run(cfg: ExperimentConfig) -> Path:
     skipped = len(shards) - len(pending)
     if skipped:
         print(f"[build] resuming: {skipped} of {len(shards)} shards already on disk", flush=True)
+    tracker.log_metrics({"shards_total": len(shards), "shards_reused": skipped})
+    tracker.log_metrics({"shards_done": skipped}, step=skipped)
     start, finished = time.monotonic(), 0
     # [3] Progress as shards finish, with an ETA from the mean shard time so far.
     while pending:
@@ -113,6 +137,7 @@ def run(cfg: ExperimentConfig) -> Path:
         stats = ShardStats.from_json(result)
         totals.add(stats)
         finished += 1
+        tracker.log_metrics({"shards_done": skipped + finished}, step=skipped + finished)
         elapsed = time.monotonic() - start
         eta = elapsed / finished * len(pending)
         print(
@@ -150,19 +175,8 @@ def run(cfg: ExperimentConfig) -> Path:
             "training sees only those:\n%s", totals.questions_with_traces, totals.questions,
             100 * coverage, build.min_coverage, report,
         )  # fmt: skip
-    # [4] MLflow: config, dataset digest and counts, per-teacher accuracy/yield, artifacts.
-    tags = {
-        "stage": "build_traces",
-        "dataset_digest": digest,
-        "git_commit": git_commit(),
-        "seed": cfg.seed,
-        "ray_job_id": ray_job_id(),
-    }
-    # The trace sets are on disk: an MLflow that died meanwhile must not fail the stage.
-    with start_run(cfg.experiment, f"build-traces-{build_dir.name}", tags=tags,
-                   local_dir=build_dir, offline_ok=True) as tracker:  # fmt: skip
-        log_build_report(tracker, cfg, sets, totals, build_dir)
-        print(f"[build] MLflow run {tracker.run_id} at {tracker.tracking_uri}", flush=True)
+    tracker.set_tags({"dataset_digest": digest})
+    log_build_report(tracker, sets, totals, build_dir)
     return out_path
 
 

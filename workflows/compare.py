@@ -7,7 +7,7 @@ Writes comparison.md (README-ready: accuracy and modes tables at equal sample co
 Pass@1 rules audited on the test set, each run's chosen tag), comparison.json and
 pass_at_k.png to --out and logs them to an MLflow run "compare-<out folder name>". Runs are
 grouped by method (and N, when a method was trained at several); the pipeline groups them
-by its variants.
+by its variants and logs the same outputs on its own run (no separate compare run).
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ from ssft.report.comparison import (
     report,
 )
 from ssft.report.eval import mlflow_key, pass_at_k_figure
-from ssft.tracking import start_run
+from ssft.tracking import NullTracker, start_run
 from workflows.cli import preflight, run_main
 
 
 def compare(
-    eval_dirs: list[str], out: Path, experiment: str, labels: list[str] | None = None
-) -> str:
+    eval_dirs: list[str], out: Path, experiment: str, labels: list[str] | None = None,
+    tracker: NullTracker | None = None,
+) -> str:  # fmt: skip
     """Tables, chart and MLflow run for ``eval_dirs``; returns the Markdown report.
 
     ``labels[i]`` groups ``eval_dirs[i]`` (the pipeline's variant names); None groups by
-    method."""
+    method. ``tracker``: an open run to log onto (the pipeline's); None opens a run
+    ``compare-<out folder name>``."""
     preflight({"--out": out})
     labels = labels or [None] * len(eval_dirs)
     evals = label_runs([load_eval(d, label) for d, label in zip(eval_dirs, labels, strict=True)])
@@ -50,15 +52,24 @@ def compare(
         out / "comparison.json": lambda p: p.write_text(blob, encoding="utf-8"),
         out / "pass_at_k.png": lambda p: fig.savefig(p, dpi=120, format="png"),
     })  # fmt: skip
-    with start_run(experiment, f"compare-{out.name}", tags={"stage": "compare"},
-                   local_dir=out, offline_ok=True) as tracker:  # fmt: skip
-        for method, metrics in agg.items():
-            tracker.log_metrics({mlflow_key(f"{method}/{k}"): v[0] for k, v in metrics.items()})
-        for name in ("comparison.md", "comparison.json", "pass_at_k.png"):
-            tracker.log_artifact(out / name, "comparison")
+    if tracker is not None:
+        _log_comparison(tracker, agg, out)
+    else:
+        with start_run(experiment, f"compare-{out.name}", tags={"stage": "compare"},
+                       local_dir=out, offline_ok=True) as own:  # fmt: skip
+            own.log_params({"eval_dirs": ",".join(map(str, eval_dirs))})
+            _log_comparison(own, agg, out)
     print(table, flush=True)
     print(f"[compare] written to {out}", flush=True)
     return table
+
+
+def _log_comparison(tracker: NullTracker, agg: dict, out: Path) -> None:
+    """Each group's mean metrics (``<group>/<metric>``) and the written outputs."""
+    for method, metrics in agg.items():
+        tracker.log_metrics({mlflow_key(f"{method}/{k}"): v[0] for k, v in metrics.items()})
+    for name in ("comparison.md", "comparison.json", "pass_at_k.png"):
+        tracker.log_artifact(out / name, "comparison")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,12 @@ On a cluster:
         python -m workflows.evaluate --config <yaml> eval.model_dir=<shared path> name=<label>
 
 Questions come from build.questions (eval.split, eval.num_questions); samples and metrics go
-to eval.output_dir/<name>/ and to an MLflow run "eval-<name>".
+to eval.output_dir/<name>/ and to an MLflow run "eval-<name>" (the pipeline names it after
+its training run: eval-<variant>-n<N>-s<seed>), open for as long as the evaluation runs. The
+run is linked to the training run that wrote the model (tag ``ssft.train_run_id`` and a link
+in its description), found through the model folder's ``mlflow_run.json`` or, failing that,
+the training's name (``ssft.run_key``); its headline metrics are copied onto that training
+run as ``eval/<metric>``, so the runs table sorts trained models by Pass@1.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from ssft.eval.evaluation import (
 from ssft.eval.sampling import tag_probabilities
 from ssft.final_model import read_model_tags
 from ssft.report.eval import log_eval, write_eval_outputs
-from ssft.tracking import git_commit, start_run
+from ssft.tracking import git_commit, read_run_record, run_link, start_run, write_run_record
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 
@@ -58,7 +63,7 @@ def evaluate_shard(cfg_dict: dict, model_dir: str, questions: list[dict]) -> tup
     for greedy in (False, True) if cfg.eval.greedy else (False,):
         rows += evaluate_questions(model_dir, qs, cfg.eval, cfg.data, cfg.seed, model=model,
                                    tokenizer=tok, trust_remote_code=trust,
-                                   greedy=greedy)  # fmt: skip
+                                   greedy=greedy, label=cfg.name)  # fmt: skip
     tags, _ = sampling_plan(read_model_tags(model_dir), 1)
     probs = tag_probabilities(model, tok, qs, tags, use_chat_template=cfg.data.use_chat_template,
                               prompt_template=cfg.data.prompt_template)  # fmt: skip
@@ -71,9 +76,16 @@ def model_dir_of(cfg: ExperimentConfig) -> Path:
     return Path(cfg.train.output_dir) / cfg.name / "final_model"
 
 
-def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
-    """Evaluate ``cfg``'s model; returns (output folder, metrics)."""
-    preflight({"eval.output_dir": cfg.eval.output_dir})  # MLflow and the folder, before compute
+def run(
+    cfg: ExperimentConfig, *, parent_run_id: str | None = None, run_name: str | None = None,
+    train_run_key: str | None = None,
+) -> tuple[Path, dict[str, float]]:  # fmt: skip
+    """Evaluate ``cfg``'s model; returns (output folder, metrics).
+
+    From the pipeline: ``parent_run_id`` (its MLflow run: this one is a child), ``run_name``
+    (the run's display name) and ``train_run_key`` (the training's name, to find its run when
+    the model folder does not record it)."""
+    uri = preflight({"eval.output_dir": cfg.eval.output_dir})  # MLflow and the folder, first
     model_dir = model_dir_of(cfg).resolve()
     info = read_model_tags(model_dir)
     questions, available = held_out_questions(cfg.build, cfg.eval)
@@ -85,6 +97,66 @@ def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
     shards = [questions[i : i + per] for i in range(0, len(questions), per)]
     print(f"[eval] {cfg.name}: {info['method']} model {model_dir}, {len(questions)} "
           f"{cfg.eval.split} questions, {len(shards)} tasks", flush=True)  # fmt: skip
+    out_dir = Path(cfg.eval.output_dir) / cfg.name
+    tags = {"stage": "eval", "method": info["method"], "model_dir": str(model_dir),
+            "pass1_tag": cfg.eval.pass1_tag or info["pass1_tag"], "seed": cfg.seed,
+            "ssft.name": cfg.name, "git_commit": git_commit(),
+            "ray_job_id": ray_job_id()}  # fmt: skip
+    # [3] MLflow, open for the whole evaluation: config, link to the training run, then
+    #     metrics, the sample table, plots. The results are on disk: an MLflow that is down
+    #     (or dies meanwhile) must not fail the stage.
+    with start_run(cfg.experiment, run_name or f"eval-{cfg.name}", tracking_uri=uri, tags=tags,
+                   parent_run_id=parent_run_id, local_dir=out_dir,
+                   offline_ok=True) as tracker:  # fmt: skip
+        tracker.log_params(flatten_config(cfg))
+        trained = link_training_run(tracker, model_dir, train_run_key)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_run_record(out_dir, tracker)
+        start = time.monotonic()
+        rows, metrics = _evaluate(cfg, model_dir, info, shards, out_dir)
+        log_eval(tracker, out_dir, rows, metrics, f"{cfg.name} ({info['method']})")
+        tracker.log_metrics({"wall_time_s": time.monotonic() - start})
+        if trained is not None:  # sortable by Pass@1 per trained model in the runs table
+            headline = {f"eval/{k}": metrics[k] for k in HEADLINE if k in metrics}
+            tracker.log_to_run(trained.info.run_id, headline,
+                               {"ssft.eval_run_id": tracker.run_id})  # fmt: skip
+    return out_dir, metrics
+
+
+# Copied onto the training run as eval/<key> (question_tag_mode_purity: per-question purity).
+HEADLINE = ("pass1", "cons_native", "tag_accuracy_min", "mode_purity",
+            "question_tag_mode_purity")  # fmt: skip
+
+
+def link_training_run(tracker, model_dir: Path, train_run_key: str | None = None):
+    """Find the MLflow run of the training that wrote ``model_dir`` and link this run to it:
+    tag ``ssft.train_run_id`` and a link in the description. Returns that run, or None.
+
+    Found by the ``mlflow_run.json`` the training left in the model folder, else by the
+    training's name (``train_run_key``; alone, the name of the folder holding
+    ``final_model``), its resume key."""
+    if train_run_key is None and model_dir.name == "final_model":
+        train_run_key = model_dir.parent.name
+    record = read_run_record(model_dir)
+    trained = tracker.find_run(record.get("run_id"), train_run_key)
+    if trained is None:
+        tracker.set_tags({"mlflow.note.content": (
+            f"Evaluation of the model in `{model_dir}`; no MLflow training run was found for "
+            "it.")})  # fmt: skip
+        return None
+    info = trained.info
+    link = run_link(info.experiment_id, info.run_id)
+    tracker.set_tags({
+        "ssft.train_run_id": info.run_id,
+        "mlflow.note.content": (f"Evaluation of training run [{info.run_name}]({link}) "
+                                f"(model `{model_dir}`)."),
+    })  # fmt: skip
+    return trained
+
+
+def _evaluate(cfg: ExperimentConfig, model_dir: Path, info: dict, shards: list,
+              out_dir: Path) -> tuple[list[dict], dict[str, float]]:  # fmt: skip
+    """Sample and grade every shard in Ray tasks; write the outputs; returns (rows, metrics)."""
     init_ray()
     # [2] Shards in parallel, retried on failure; results gathered in question order.
     refs = [
@@ -109,22 +181,12 @@ def run(cfg: ExperimentConfig) -> tuple[Path, dict[str, float]]:
         rows += results[index][0]
         prob_rows += results[index][1]
     metrics = compute_metrics(rows, info, cfg.eval)
-    out_dir = Path(cfg.eval.output_dir) / cfg.name
     write_eval_outputs(out_dir, rows, prob_rows, metrics, info)
     keys = ("pass1", "tag_accuracy_min", "cons_native", "cons_k", "mode_purity",
             "distinct_strategies")  # fmt: skip
     shown = " | ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
     print(f"[eval] {cfg.name}: {shown} -> {out_dir}", flush=True)
-    # [3] MLflow: config, metrics, the sample table, plots.
-    tags = {"stage": "eval", "method": info["method"], "model_dir": str(model_dir),
-            "pass1_tag": cfg.eval.pass1_tag or info["pass1_tag"], "seed": cfg.seed,
-            "git_commit": git_commit(), "ray_job_id": ray_job_id()}  # fmt: skip
-    # The results are on disk: an MLflow that died meanwhile must not fail the stage.
-    with start_run(cfg.experiment, f"eval-{cfg.name}", tags=tags, local_dir=out_dir,
-                   offline_ok=True) as tracker:  # fmt: skip
-        tracker.log_params(flatten_config(cfg))
-        log_eval(tracker, out_dir, rows, metrics, f"{cfg.name} ({info['method']})")
-    return out_dir, metrics
+    return rows, metrics
 
 
 def main(argv: list[str] | None = None) -> None:

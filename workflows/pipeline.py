@@ -10,6 +10,12 @@ Stages are content-addressed: each training and evaluation is named after a dige
 decides its result (its config section and the digest of its input), so a rerun with the
 same inputs reuses finished outputs (and says so), an interrupted one resumes, and a changed
 config reruns only what depends on it. The trace build is keyed the same way.
+
+In MLflow a pipeline is one tree: a parent run (stage=pipeline: the whole config, the
+comparison table and chart, and in its description a link to every training and evaluation)
+with the build, each training and each evaluation as children. A rerun of the same config
+reopens its parent; a training or evaluation reused from an earlier pipeline stays a child of
+the pipeline that ran it, and is linked from the new parent's description.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -25,15 +32,30 @@ from typing import TypeVar
 
 import ray
 
-from ssft.config import ExperimentConfig, VariantConfig, apply_overrides, parse_cli
+from ssft.config import (
+    ExperimentConfig,
+    VariantConfig,
+    apply_overrides,
+    config_to_dict,
+    config_to_yaml,
+    flatten_config,
+    parse_cli,
+)
 from ssft.data.question_sources import held_out_questions
 from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.final_model import is_finished_model
 from ssft.models import check_model_exists
-from ssft.tracking import browse_hint, default_tracking_uri
+from ssft.tracking import (
+    NullTracker,
+    browse_hint,
+    git_commit,
+    read_run_record,
+    run_link,
+    start_run,
+)
 from workflows import build_traces, compare, evaluate, train
 from workflows.cli import preflight, run_main
-from workflows.ray_runtime import init_ray, trainings_that_fit
+from workflows.ray_runtime import init_ray, ray_job_id, trainings_that_fit
 
 T = TypeVar("T")
 
@@ -71,6 +93,16 @@ def train_config(cfg: ExperimentConfig, label: str, seed: int, traces: Path, dig
     return run.validate()
 
 
+def display_name(label: str, run_cfg: ExperimentConfig) -> str:
+    """A training's MLflow run name, short enough to read in the runs table: the variant, N
+    and the seed (``ssft-n4-s0``; N left out when the variant's name says it). The full name
+    (``run_cfg.name``, with its digest) is the run's ``ssft.name`` and ``ssft.run_key``."""
+    n, seed = run_cfg.forking.num_tags, run_cfg.seed
+    if re.search(rf"(^|[-_.])n{n}($|[-_.])", label, flags=re.IGNORECASE):
+        return f"{label}-s{seed}"
+    return f"{label}-n{n}-s{seed}"
+
+
 def in_parallel(jobs: list[Callable[[], T]], limit: int) -> list[T]:
     """Run ``jobs`` at most ``limit`` at a time, in threads (each one only waits on Ray).
 
@@ -92,43 +124,123 @@ def in_parallel(jobs: list[Callable[[], T]], limit: int) -> list[T]:
     return [f.result() for f in futures]
 
 
-def _train_job(run_cfg: ExperimentConfig, sets: list[TraceSet]) -> Callable[[], None]:
+@dataclasses.dataclass
+class _Arm:
+    """One (variant, seed): its training and evaluation configs and run names."""
+
+    label: str
+    display: str
+    train_cfg: ExperimentConfig
+    eval_cfg: ExperimentConfig
+
+    @property
+    def final(self) -> Path:
+        return Path(self.train_cfg.train.output_dir) / self.train_cfg.name / "final_model"
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self.eval_cfg.eval.output_dir) / self.eval_cfg.name
+
+
+def _train_job(arm: _Arm, sets: list[TraceSet], parent_run_id: str | None) -> Callable[[], None]:
     def job() -> None:
-        final = Path(run_cfg.train.output_dir) / run_cfg.name / "final_model"
-        if is_finished_model(final):
-            print(f"[pipeline] train {run_cfg.name}: inputs unchanged, reusing {final}")
+        if is_finished_model(arm.final):
+            print(f"[pipeline] train {arm.train_cfg.name}: inputs unchanged, reusing {arm.final}")
         else:
-            train.run(run_cfg, sets)
+            train.run(arm.train_cfg, sets, parent_run_id=parent_run_id, run_name=arm.display)
 
     return job
 
 
-def _eval_job(eval_cfg: ExperimentConfig) -> Callable[[], str]:
+def _eval_job(arm: _Arm, parent_run_id: str | None) -> Callable[[], str]:
     def job() -> str:
-        out = Path(eval_cfg.eval.output_dir) / eval_cfg.name
-        if (out / "metrics.json").exists():
-            print(f"[pipeline] eval {eval_cfg.name}: inputs unchanged, reusing {out}")
-            return str(out)
-        return str(evaluate.run(eval_cfg)[0])
+        if (arm.eval_dir / "metrics.json").exists():
+            print(f"[pipeline] eval {arm.eval_cfg.name}: inputs unchanged, reusing {arm.eval_dir}")
+            return str(arm.eval_dir)
+        out, _ = evaluate.run(arm.eval_cfg, parent_run_id=parent_run_id,
+                              run_name=f"eval-{arm.display}",
+                              train_run_key=arm.train_cfg.name)  # fmt: skip
+        return str(out)
 
     return job
+
+
+def open_pipeline_run(cfg: ExperimentConfig, uri: str, out: Path) -> NullTracker:
+    """The pipeline's parent run, reopened when the same config ran before (finished or not).
+
+    Its resume key is the pipeline's name and a digest of its whole config, so the params a
+    first run logged (the config) stay true; a changed config is a new parent."""
+    key = f"pipeline:{cfg.name}:{_key(config_to_dict(cfg))}"
+    parent = start_run(cfg.experiment, f"pipeline-{cfg.name}", tracking_uri=uri,
+                       tags={"stage": "pipeline", "ssft.name": cfg.name}, resume_key=key,
+                       reopen_finished=True, local_dir=out)  # fmt: skip
+    parent.resumed = False  # whole-pipeline figures, no replayed steps: a rerun's values replace
+    parent.set_tags({"git_commit": git_commit(), "ray_job_id": ray_job_id()})
+    if not parent.reopened:
+        parent.log_params(flatten_config(cfg))
+        parent.log_text(config_to_yaml(cfg), "config.yaml")
+    return parent
+
+
+def _run_cell(run) -> str:
+    if run is None:
+        return "–"
+    return f"[{run.info.run_name}]({run_link(run.info.experiment_id, run.info.run_id)})"
+
+
+def describe(parent: NullTracker, cfg: ExperimentConfig, arms: list[_Arm], table: str) -> str:
+    """The parent run's description: a link to every training and evaluation run (reused ones
+    too, wherever they were run) with its Pass@1, then the comparison table when it fits."""
+    lines = [f"Pipeline `{cfg.name}`: every trained model and its evaluation. The comparison's "
+             "files are under Artifacts, `comparison/`.", "",
+             "| variant | seed | training run | evaluation run | Pass@1 |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for arm in arms:
+        trained = parent.find_run(read_run_record(arm.final).get("run_id"), arm.train_cfg.name)
+        evaluated = parent.find_run(read_run_record(arm.eval_dir).get("run_id"),
+                                    arm.eval_cfg.name, tag="ssft.name")  # fmt: skip
+        pass1 = evaluated.data.metrics.get("pass1") if evaluated is not None else None
+        lines.append(f"| {arm.label} | {arm.train_cfg.seed} | {_run_cell(trained)} | "
+                     f"{_run_cell(evaluated)} | "
+                     f"{'–' if pass1 is None else f'{pass1:.3f}'} |")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    with_table = f"{text}\n{table}"
+    return with_table if len(with_table) <= 7500 else text  # MLflow: 8000 characters a tag
 
 
 def run(cfg: ExperimentConfig) -> str:
     """Run every stage (reusing finished ones); returns the comparison report."""
     # Every stage checks again, but a typo in the last stage's folder should not wait for it.
-    preflight({"build.output_dir": cfg.build.output_dir, "train.output_dir": cfg.train.output_dir,
-               "eval.output_dir": cfg.eval.output_dir,
-               "pipeline.output_dir": cfg.pipeline.output_dir})  # fmt: skip
+    uri = preflight({"build.output_dir": cfg.build.output_dir,
+                     "train.output_dir": cfg.train.output_dir,
+                     "eval.output_dir": cfg.eval.output_dir,
+                     "pipeline.output_dir": cfg.pipeline.output_dir})  # fmt: skip
     variants = variant_configs(cfg)  # a bad variant fails here, before any compute
     held_out_questions(cfg.build, cfg.eval)  # and a source without a held-out split
     for _, variant_cfg in variants:  # and a student model that is not on disk
         check_model_exists(variant_cfg.model)
+    out = Path(cfg.pipeline.output_dir) / cfg.name
+    with open_pipeline_run(cfg, uri, out) as parent:
+        arms, table = _run_stages(cfg, variants, parent, out)
+        parent.set_tags({"mlflow.note.content": describe(parent, cfg, arms, table)})
+    print(
+        f"[pipeline] done. Comparison: {out / 'comparison.md'}\n"
+        f"[pipeline] browse every run: {browse_hint(uri, cfg.experiment)}",
+        flush=True,
+    )
+    return table
+
+
+def _run_stages(
+    cfg: ExperimentConfig, variants, parent: NullTracker, out: Path
+) -> tuple[list[_Arm], str]:
+    """Build, train every arm, evaluate each, compare; every run a child of ``parent``.
+    Returns the arms and the comparison report."""
     init_ray()
-    traces = build_traces.run(cfg)
+    traces = build_traces.run(cfg, parent_run_id=parent.run_id)
     sets = read_trace_sets(traces)  # read once here: the digest and every training's check
     digest = trace_set_digest(sets)
-    runs, labels = [], []  # (training config, evaluation config) per (variant, seed)
+    arms = []  # training and evaluation configs per (variant, seed)
     for variant, variant_cfg in variants:
         for seed in cfg.pipeline.seeds:
             run_cfg = train_config(variant_cfg, variant.name, seed, traces, digest)
@@ -138,27 +250,20 @@ def run(cfg: ExperimentConfig) -> str:
                 name=f"{run_cfg.name}-{_key(dataclasses.asdict(variant_cfg.eval))}",
                 eval=dataclasses.replace(run_cfg.eval, model_dir=str(final)),
             )
-            runs.append((run_cfg, eval_cfg))
-            labels.append(variant.name)
+            arms.append(_Arm(variant.name, display_name(variant.name, run_cfg), run_cfg, eval_cfg))
     # All trainings, then all evaluations: trainings never wait for CPUs that evaluation
     # tasks hold (a Ray Train worker group that waits too long to start fails).
     limit = cfg.pipeline.max_concurrent or trainings_that_fit(cfg.train)
-    if limit > 1 and len(runs) > 1:
-        print(f"[pipeline] {len(runs)} trainings, {min(limit, len(runs))} at a time", flush=True)
+    if limit > 1 and len(arms) > 1:
+        print(f"[pipeline] {len(arms)} trainings, {min(limit, len(arms))} at a time", flush=True)
     # transformers resolves its classes lazily on first use; two training threads doing that
     # at once can fail ("cannot import name 'AutoTokenizer'"), so resolve them here, once.
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    in_parallel([_train_job(run_cfg, sets) for run_cfg, _ in runs], limit)
-    eval_dirs = in_parallel([_eval_job(eval_cfg) for _, eval_cfg in runs], limit)
-    out = Path(cfg.pipeline.output_dir) / cfg.name
-    table = compare.compare(eval_dirs, out, cfg.experiment, labels)
-    print(
-        f"[pipeline] done. Comparison: {out / 'comparison.md'}\n"
-        f"[pipeline] browse every run: {browse_hint(default_tracking_uri(), cfg.experiment)}",
-        flush=True,
-    )
-    return table
+    in_parallel([_train_job(arm, sets, parent.run_id) for arm in arms], limit)
+    eval_dirs = in_parallel([_eval_job(arm, parent.run_id) for arm in arms], limit)
+    labels = [arm.label for arm in arms]
+    return arms, compare.compare(eval_dirs, out, cfg.experiment, labels, tracker=parent)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,9 @@ On a cluster:
         python -m workflows.train --config <yaml> data.train_path=<shared path> name=<run>
 
 Rerunning the same `name` resumes from its last checkpoint (Ray Train storage under
-train.output_dir/<name>); the final model lands in train.output_dir/<name>/final_model.
+train.output_dir/<name>); the final model lands in train.output_dir/<name>/final_model, with
+the MLflow run that trained it in final_model/mlflow_run.json (the run's resume key, tag
+``ssft.run_key``, is `name` too).
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ from ssft.config import (
 from ssft.data.trace_set import TraceSet
 from ssft.report.train import log_tag_selection, log_training_artifacts, method_tags
 from ssft.run_lock import run_lock, wait_until_free
-from ssft.tracking import NullTracker, git_commit, start_run
+from ssft.tracking import NullTracker, git_commit, start_run, write_run_record
 from ssft.train.loop import TrainContext, train
 from ssft.train.parallel import wrap_fsdp
 from ssft.train.setup import check_training_data
 from workflows import faults
 from workflows.cli import preflight, run_main
-from workflows.ray_runtime import absolute_paths, init_ray, ray_job_id
+from workflows.ray_runtime import (
+    absolute_paths,
+    init_ray,
+    quiet_worker,
+    ray_job_id,
+    train_logging_config,
+)
 
 
 def _wrapper(parallelism: str, world: int):
@@ -51,6 +59,7 @@ def _wrapper(parallelism: str, world: int):
 # [1] The per-worker function: rebuild the typed config, open MLflow on rank 0 only, and run
 #     the Ray-free loop with Ray's rank, device, checkpoint reporting and DDP/FSDP wrapping.
 def train_worker(config: dict) -> None:
+    quiet_worker()  # also on a cluster: drop Ray Train's per-report result dump
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -63,8 +72,9 @@ def train_worker(config: dict) -> None:
         # The driver checked MLflow before starting; if it is gone by now (or when a restarted
         # worker resumes), training goes on and the calls are recorded in the run's folder.
         tracker = start_run(
-            cfg.experiment, cfg.name, tracking_uri=config["tracking_uri"], tags=config["tags"],
-            resume_key=cfg.name, parent_run_id=config.get("parent_run_id"),  # a Tune trial's
+            cfg.experiment, config.get("run_name") or cfg.name,
+            tracking_uri=config["tracking_uri"], tags=config["tags"], resume_key=cfg.name,
+            parent_run_id=config.get("parent_run_id"),  # a Tune trial's or the pipeline's
             local_dir=Path(config["final_dir"]).parent, offline_ok=True,
         )  # fmt: skip
         if checkpoint is None:
@@ -92,6 +102,8 @@ def train_worker(config: dict) -> None:
         )  # fmt: skip
         result = train(cfg, ctx)
         if rank == 0:
+            if result.final_dir is not None:  # the model folder names its run (evaluations)
+                write_run_record(result.final_dir, tracker)
             log_training_artifacts(tracker, cfg, result.matching, result.final_dir)
             log_tag_selection(tracker, result.selection)
 
@@ -99,10 +111,12 @@ def train_worker(config: dict) -> None:
 def torch_trainer(
     cfg: ExperimentConfig, name: str, storage: Path, tags: dict, tracking_uri: str,
     parent_run_id: str | None = None, callbacks: list | None = None,
+    run_name: str | None = None,
 ) -> ray.train.torch.TorchTrainer:  # fmt: skip
     """The TorchTrainer of one training (``workflows.train`` and each sweep trial): workers run
     ``train_worker``; Ray Train storage, and so resuming, is ``storage/name``; the final model
-    lands in ``storage/name/final_model``."""
+    lands in ``storage/name/final_model``. ``run_name``: the MLflow run's display name
+    (default ``cfg.name``, which stays its resume key)."""
     return ray.train.torch.TorchTrainer(
         train_worker,
         train_loop_config={
@@ -111,6 +125,7 @@ def torch_trainer(
             "tags": tags,
             "tracking_uri": tracking_uri,
             "parent_run_id": parent_run_id,
+            "run_name": run_name,
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu),
         run_config=RunConfig(
@@ -119,15 +134,20 @@ def torch_trainer(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks or None,
+            logging_config=train_logging_config(),  # Ray Train's INFO chatter off (SSFT_RAY_LOGS)
         ),
     )
 
 
-def run(cfg: ExperimentConfig, sets: list[TraceSet] | None = None) -> Path:
+def run(
+    cfg: ExperimentConfig, sets: list[TraceSet] | None = None, *,
+    parent_run_id: str | None = None, run_name: str | None = None,
+) -> Path:  # fmt: skip
     """Fit (or resume) the training named ``cfg.name``; returns the final model directory.
 
     ``sets``: the trace sets of ``cfg.data.train_path`` when the caller has read them (the
-    pipeline reads the file once for all its trainings)."""
+    pipeline reads the file once for all its trainings). ``parent_run_id``, ``run_name``: the
+    pipeline's MLflow run (this run is its child) and a short display name for this run."""
     uri = preflight({"train.output_dir": cfg.train.output_dir})  # before any compute
     # Ray Train workers run in their own directory: hand them absolute paths.
     cfg = absolute_paths(cfg)
@@ -138,9 +158,11 @@ def run(cfg: ExperimentConfig, sets: list[TraceSet] | None = None) -> Path:
     init_ray()
     tags = {"stage": "train", **method_tags(cfg), "dataset_digest": digest,
             "git_commit": git_commit(), "seed": cfg.seed, "parallelism": cfg.train.parallelism,
-            "ray_job_id": ray_job_id()}  # fmt: skip
+            "ssft.name": cfg.name, "ray_job_id": ray_job_id()}  # fmt: skip
     # [3] The driver: a stable run name (cfg.name), so rebuilding the same trainer resumes.
-    result = torch_trainer(cfg, cfg.name, storage, tags, uri).fit()
+    trainer = torch_trainer(cfg, cfg.name, storage, tags, uri, parent_run_id=parent_run_id,
+                            run_name=run_name)  # fmt: skip
+    result = trainer.fit()
     print(f"[train] {cfg.name}: finished; final model in {final_dir}", flush=True)
     print(f"[train] last checkpoint: {result.checkpoint.path if result.checkpoint else None}")
     return final_dir

@@ -480,6 +480,12 @@ class SweepConfig(Section):
     """What ``workflows.sweep`` varies; everything else comes from the rest of the config."""
 
     SECTION: ClassVar[str] = "sweep"
+    # What the summary can rank by: the evaluation's figures (ssft.report.sweep.EVAL_COLUMNS
+    # says which metric of workflows.evaluate each one is), then the training loss.
+    RANK_METRICS: ClassVar[tuple[str, ...]] = (
+        "pass1", "cons_native", "mode_purity", "per_question_purity", "tag_accuracy_min",
+        "final_loss",
+    )  # fmt: skip
 
     # fmt: off
     num_tags: tuple[int, ...] = field(default=(2, 4, 6, 8), metadata={"help": (
@@ -496,8 +502,17 @@ class SweepConfig(Section):
         "Stop weak trials early with ASHA on the loss, deciding at each checkpoint.")})
     max_concurrent_trials: int | None = field(default=None, metadata={"help": (
         "Trials at once; null = free GPUs (or CPUs) / train.num_workers.")})
+    evaluate: bool = field(default=False, metadata={"help": (
+        "After its training, each trial evaluates its final model on the held-out questions "
+        "with the eval section, as workflows.evaluate does (eval.num_questions keeps it "
+        "short): Pass@1, Cons@N, purity in its summary row and its MLflow run (eval/pass1, "
+        "...). A failed evaluation marks the row eval_error; the training result stays.")})
+    rank_by: Literal[RANK_METRICS] | None = field(default=None, metadata={"help": (
+        f"What the summary ranks by: {', '.join(RANK_METRICS)} (final_loss lowest first, "
+        "the others highest first; all but final_loss need sweep.evaluate=true). null = "
+        "pass1 with sweep.evaluate, else final_loss.")})
     output_dir: str = field(default="runs/sweeps", metadata={"help": (
-        "Tune and Train storage, as <output_dir>/<name>/{tune,train,summary}; use shared "
+        "Tune and Train storage, as <output_dir>/<name>/{tune,train,eval,summary}; use shared "
         "storage on clusters.")})
     # fmt: on
 
@@ -516,3 +531,13 @@ class SweepConfig(Section):
         if n is not None and n < 1:
             raise invalid("sweep.max_concurrent_trials", n, "must be 1 or more, or null",
                           "Set sweep.max_concurrent_trials=2, or null to derive it.")  # fmt: skip
+        if self.rank_by not in (None, "final_loss") and not self.evaluate:
+            raise invalid("sweep.rank_by", self.rank_by,
+                          "needs an evaluation, and sweep.evaluate=false runs none",
+                          "Set sweep.evaluate=true, or sweep.rank_by=final_loss.")  # fmt: skip
+
+    @property
+    def ranked_by(self) -> str:
+        """The metric the summary ranks by: ``rank_by``, else pass1 when evaluating, else the
+        final training loss."""
+        return self.rank_by or ("pass1" if self.evaluate else "final_loss")

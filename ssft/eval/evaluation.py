@@ -85,13 +85,20 @@ def evaluate_questions(
     tokenizer: PreTrainedTokenizerBase | None = None,
     trust_remote_code: bool = False,
     greedy: bool = False,
+    label: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Graded sample rows for ``questions`` (one row per question, tag and sample).
+    """Graded sample rows for ``questions`` (one row per question, tag and sample): the
+    sampling rows (``sampling.sample_with_tags``) with the question's text and gold answer,
+    ``decoding``, ``parsed_answer``, ``correct``, ``strategy`` (``strategy_strict``) and
+    ``teacher``.
 
     ``greedy``: one greedy (temperature 0) answer per question and tag instead of the
     sampling protocol, rows tagged ``decoding="greedy"`` (else ``"sampled"``). Pass an
     already loaded ``model``/``tokenizer`` (``load_eval_model``) to avoid loading them again;
-    the ``vllm`` backend builds its own engine from ``model_dir``.
+    the ``vllm`` backend builds its own engine from ``model_dir``. Sampling with transformers
+    prints ``[eval] <label> (sampled): 96/256 (question, tag) pairs | 40s elapsed, ETA 67s``
+    every ``sampling.PROGRESS_EVERY_S`` seconds while it runs (``label``: the evaluation's
+    name; default the model folder's training name).
     """
     info = read_model_tags(model_dir)
     tokenizer = tokenizer or load_tokenizer(_model_dir_cfg(model_dir, trust_remote_code))
@@ -108,14 +115,17 @@ def evaluate_questions(
     else:
         if model is None:
             model = load_eval_model(model_dir, trust_remote_code=trust_remote_code)[0]
+        label = label or _model_name(model_dir)
         rows = sample_with_tags(
-            model, tokenizer, questions, tags, batch_size=eval_cfg.batch_size, **common
-        )
+            model, tokenizer, questions, tags, batch_size=eval_cfg.batch_size,
+            progress=f"[eval] {label} ({'greedy' if greedy else 'sampled'})", **common,
+        )  # fmt: skip
     gold = {q.question_id: q for q in questions}
     classify = mode_classifier(eval_cfg.mode_classifier)
     profiles = read_profiles(model_dir)
     for row in rows:
         q = gold[row["question_id"]]
+        row["question"], row["gold_answer"] = q.prompt, q.gold_answer  # readable on its own
         row["decoding"] = "greedy" if greedy else "sampled"
         row["parsed_answer"], row["correct"] = grade(
             q.gold_answer, row["text"], eval_cfg.answer_extraction
@@ -124,6 +134,12 @@ def evaluate_questions(
         # Any data set: the teacher whose training traces the sample reads like.
         row["teacher"] = profiles.attribute(row["text"]) if profiles is not None else None
     return rows
+
+
+def _model_name(model_dir: str | Path) -> str:
+    """``<train.output_dir>/<name>/final_model`` -> ``<name>``; any other folder: its name."""
+    path = Path(model_dir)
+    return path.parent.name if path.name == "final_model" else path.name
 
 
 def sample_ks(total: int) -> list[int]:

@@ -12,10 +12,15 @@ forking-token methods, all under their one tag: ``num_tags x samples_per_tag``.
 ``tag_probabilities`` reports p(tag | prompt) at the position where the tag goes: the full
 softmax probability of each tag token, and the distribution renormalised over the tags
 (what a model trained with ``forking.tag_loss`` would pick from).
+
+``sample_with_tags(progress="[eval] <name>")`` prints how far it is, at most every
+``PROGRESS_EVERY_S`` seconds, for a run that takes minutes on a CPU (silent when it is quick).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +55,33 @@ class _SamplerSettings:
     system_prompt: str | None = None  # unused: ``_TagPrompt.prompt_ids`` builds the prompt
     dtype: Literal["auto"] = "auto"
     trust_remote_code: bool = False
+
+
+PROGRESS_EVERY_S = 15.0  # or $SSFT_PROGRESS_EVERY_S
+
+
+class Progress:
+    """``<label>: 96/256 (question, tag) pairs | 40s elapsed, ETA 67s``, printed (stdout,
+    flushed: a Ray task's or training worker's line reaches the driver's console) when
+    ``every_s`` seconds (default ``$SSFT_PROGRESS_EVERY_S``, else ``PROGRESS_EVERY_S``) have
+    passed since the last line; never a line at 100%, the caller says when it is done."""
+
+    def __init__(self, label: str | None, total: int, every_s: float | None = None) -> None:
+        if every_s is None:
+            every_s = float(os.environ.get("SSFT_PROGRESS_EVERY_S") or PROGRESS_EVERY_S)
+        self.label, self.total, self.every_s, self.done = label, total, every_s, 0
+        self.start = self.last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.label is None or self.done >= self.total or now - self.last < self.every_s:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        print(f"{self.label}: {self.done}/{self.total} (question, tag) pairs | "
+              f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s", flush=True)  # fmt: skip
 
 
 class _TagPrompt(HFTeacher):
@@ -88,27 +120,39 @@ def sample_with_tags(
     seed: int = 0,
     use_chat_template: bool = True,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    progress: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (question, tag, sample): question_id, tag, sample_index, text, num_tokens.
 
     Rows are ordered by question, then tag (in ``tags`` order), then sample index.
+    ``progress``: the label of a ``Progress`` line (e.g. ``"[eval] my-ssft"``); None = silent.
     """
     cfg = _SamplerSettings(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         batch_size=batch_size, use_chat_template=use_chat_template,
     )  # fmt: skip
-    by_key: dict[tuple[str, str], list] = {}
+    samplers = {}
     for tag in tags:
         tag_id = tokenizer.convert_tokens_to_ids(tag)
         if tokenizer.encode(tag, add_special_tokens=False) != [tag_id]:
             raise ValueError(f"{tag!r} is not a single token of this tokenizer: not an SSFT model?")
-        sampler = _TagPrompt(cfg, model, tokenizer, tag_id, use_chat_template, prompt_template)
-        # The tag is part of the sample's identity, so each tag draws its own random streams.
-        keyed = [Question(f"{q.question_id}\t{tag}", q.prompt, q.gold_answer, q.source)
-                 for q in questions]  # fmt: skip
-        for s in sampler.generate(keyed, samples_per_tag, seed):
-            qid = s.question_id.rsplit("\t", 1)[0]
-            by_key.setdefault((qid, tag), []).append(s)
+        samplers[tag] = _TagPrompt(cfg, model, tokenizer, tag_id, use_chat_template,
+                                   prompt_template)  # fmt: skip
+    by_key: dict[tuple[str, str], list] = {}
+    meter = Progress(progress, len(questions) * len(tags))
+    # One batch of questions under every tag, then the next batch: the very batches
+    # ``HFTeacher.generate`` would make per tag (so the same samples), in an order where
+    # progress is questions finished.
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        for tag, sampler in samplers.items():
+            # The tag is part of the sample's identity: each tag draws its own random streams.
+            keyed = [Question(f"{q.question_id}\t{tag}", q.prompt, q.gold_answer, q.source)
+                     for q in chunk]  # fmt: skip
+            for s in sampler.generate(keyed, samples_per_tag, seed):
+                qid = s.question_id.rsplit("\t", 1)[0]
+                by_key.setdefault((qid, tag), []).append(s)
+            meter.advance(len(chunk))
     rows = []
     for q in questions:
         for tag in tags:

@@ -1,6 +1,8 @@
 """What a trace-building run records in MLflow, so a person can judge the data at a glance.
 
-Params: the whole config (flattened) plus the YAML as an artifact. Metrics: counts of
+Params: the whole config (flattened) plus the YAML as an artifact, logged when the run opens
+(``log_build_config``; the run then spans the build, and ``shards_done`` grows as shards
+finish). At the end (``log_build_report``), metrics: counts of
 questions and traces, per-teacher accuracy (correct / sampled) and yield (kept / sampled),
 per-teacher questions with >= 2 / >= 4 distinct correct samples of its own, questions by the
 number of distinct teachers among their traces, drop counts by reason, the distribution of
@@ -68,12 +70,16 @@ def _histograms(sets: Sequence[TraceSet]):
     return fig
 
 
-def log_build_report(
-    tracker, cfg: ExperimentConfig, sets: Sequence[TraceSet], totals: ShardStats, build_dir: Path
-) -> dict[str, float]:
-    """Log params, metrics, plots and artifacts of a build; returns the metrics."""
+def log_build_config(tracker, cfg: ExperimentConfig) -> None:
+    """The build's config, as params and ``config.yaml``; logged when its run opens."""
     tracker.log_params(flatten_config(cfg))
     tracker.log_text(config_to_yaml(cfg), "config.yaml")
+
+
+def log_build_report(
+    tracker, sets: Sequence[TraceSet], totals: ShardStats, build_dir: Path
+) -> dict[str, float]:
+    """Log the metrics, plots and artifacts of a finished build; returns the metrics."""
     metrics = build_metrics(sets, totals)
     tracker.log_metrics(metrics, step=0)
     for name in (

@@ -1,11 +1,12 @@
 """What an evaluation leaves behind, for a person to look at rather than read.
 
 Files under the evaluation folder: ``samples.parquet`` (one row per question, tag and
-sample: decoding, text, parsed answer, correct, strategy, attributed teacher),
-``tag_probabilities.parquet``, ``metrics.json``. Plots (PNG): per-tag accuracy and answer
-length, tag x strategy (known-modes) and tag x teacher heat maps, pass@k curves of one or
-several methods on one chart. MLflow metric keys
-are made safe here ("pass@4" -> "pass_at_4", "<think2>" -> "think2").
+sample: the question and its gold answer, decoding, text, parsed answer, correct, strategy,
+attributed teacher), ``tag_probabilities.parquet``, ``metrics.json``. Plots (PNG): per-tag
+accuracy and answer length, tag x strategy (known-modes) and tag x teacher heat maps, pass@k
+curves of one or several methods on one chart. In MLflow the samples are also a table the UI
+shows (``eval/samples.json``, ``sample_table``): the Parquet file cannot be previewed there.
+MLflow metric keys are made safe here ("pass@4" -> "pass_at_4", "<think2>" -> "think2").
 """
 
 from __future__ import annotations
@@ -100,10 +101,30 @@ def write_eval_outputs(
     (out_dir / "metrics.json").write_text(blob, encoding="utf-8")
 
 
+SAMPLE_TABLE = "eval/samples.json"
+# The sample table's columns, in this order. The labels (strategy: a mode classifier's;
+# teacher: the model folder's teacher profiles') only when some row has one.
+SAMPLE_TABLE_COLUMNS = (
+    "question_id", "question", "gold_answer", "decoding", "tag", "sample_index", "text",
+    "parsed_answer", "correct", "strategy", "teacher", "num_tokens",
+)  # fmt: skip
+_LABEL_COLUMNS = ("strategy", "teacher")
+
+
+def sample_table(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """The samples as columns for ``tracker.log_table``: question id and text, gold answer,
+    decoding, tag, sample index, the sample's text, parsed answer, correct, strategy (mode),
+    attributed teacher, length in tokens; long texts are cut by the tracker."""
+    columns = [c for c in SAMPLE_TABLE_COLUMNS
+               if c not in _LABEL_COLUMNS or any(r.get(c) is not None for r in rows)]  # fmt: skip
+    return {c: [r.get(c) for r in rows] for c in columns}
+
+
 def log_eval(tracker, out_dir: Path, rows, metrics: Mapping[str, float], label: str) -> None:
     tracker.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=0)
     for name in ("samples.parquet", "tag_probabilities.parquet", "metrics.json"):
         tracker.log_artifact(out_dir / name, "eval")
+    tracker.log_table(sample_table(rows), SAMPLE_TABLE)  # what the UI can show of the samples
     tracker.log_figure(per_tag_figure(metrics, label), "plots/per_tag.png")
     for column in eval_metrics.LABEL_KEYS:  # tag x strategy (known-modes), tag x teacher
         fig = label_figure(sampled(rows), column, f"{label}: tag x {column}")

@@ -358,6 +358,7 @@ def select_final_tags(run: Run, final_dir: Path | None) -> TagSelection:
         accuracy = validation_accuracy(
             model, run.tokenizer, run.validation, tags, cfg.eval, cfg.data,
             samples_per_tag=ts.samples_per_tag, seed=cfg.seed,
+            label=f"[train {cfg.name}] validation",
         )  # fmt: skip
         shown = " ".join(f"{t} {a:.3f}" for t, a in accuracy.items())
         print(f"[train] validation accuracy on {len(run.validation)} held-out questions "
