@@ -265,3 +265,71 @@ def test_mlflow_ui_renders_the_sweep_runs_and_a_metric_column(services, sweep_jo
     shown = sorted(float(c) for c in cells if c.strip() not in ("", "-"))
     assert shown == pytest.approx(sorted(r.data.metrics["loss"] for r in children), abs=0.01)
     assert (ARTIFACTS / "mlflow_ui_sweep.png").stat().st_size > 10_000
+
+
+def test_mlflow_ui_shows_the_pipeline_tree_a_sample_table_and_the_training_plots(
+    services, pipeline_job
+):
+    """Headless Chromium on the pipeline job's runs: one parent run whose expander shows the
+    build, training and evaluation runs; the evaluation's page links its training run; its
+    sample table renders; a training run's plot opens. Screenshots in test-artifacts/."""
+    browser = chromium_path()
+    if browser is None:
+        if os.environ.get("SSFT_REQUIRE_BROWSER") == "1":
+            pytest.fail("SSFT_REQUIRE_BROWSER=1 but no chromium found (apt-get install chromium)")
+        pytest.skip("no chromium on this machine (apt-get install chromium); CI installs it")
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(services.mlflow_uri)
+    experiment_id = client.get_experiment_by_name("tiny-cpu").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment_id])}
+    parent = runs["pipeline-tiny-cpu"]
+    children = sorted(n for n, r in runs.items()
+                      if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)  # fmt: skip
+    train, evaluation = runs["ssft-n4-s0"], runs["eval-ssft-n4-s0"]
+    assert {train.info.run_name, evaluation.info.run_name} <= set(children)
+    assert evaluation.data.tags["ssft.train_run_id"] == train.info.run_id
+    table_file = client.download_artifacts(evaluation.info.run_id, "eval/samples.json",
+                                           str(services.root))  # fmt: skip
+    table = json.loads(Path(table_file).read_text())
+    first_question = table["data"][0][table["columns"].index("question_id")]
+    plots = [f.path for f in client.list_artifacts(train.info.run_id, "plots")]
+    assert plots, "the training run logged no plot"
+    base = f"{services.mlflow_uri}/#/experiments/{experiment_id}/runs"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update",
+             "--disable-sync"]  # fmt: skip
+    with sync_playwright() as pw:
+        chrome = pw.chromium.launch(executable_path=browser, args=flags)
+        try:
+            page = chrome.new_page(viewport={"width": 1800, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(base)
+            name_cells = page.locator('.ag-cell[col-id="attributes.`Run Name`"]')
+            name_cells.filter(has_text="pipeline-tiny-cpu").first.wait_for()
+            collapsed = name_cells.all_inner_texts()
+            # The tree: only the parent at the top; its expander shows every stage's run.
+            name_cells.filter(has_text="pipeline-tiny-cpu").locator("button").first.click()
+            for name in children:
+                page.get_by_text(name, exact=True).first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "mlflow_ui_pipeline_tree.png"), full_page=True)
+            # The evaluation's page: its description links the training run it evaluated.
+            page.goto(f"{base}/{evaluation.info.run_id}")
+            link = page.get_by_role("link", name=train.info.run_name, exact=True).first
+            link.wait_for()
+            href = link.get_attribute("href") or ""
+            # Its generations, as a table the UI renders.
+            page.goto(f"{base}/{evaluation.info.run_id}/artifacts/eval/samples.json")
+            page.get_by_text(first_question, exact=True).first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "mlflow_ui_samples.png"), full_page=True)
+            # A training run's plot.
+            page.goto(f"{base}/{train.info.run_id}/artifacts/{plots[0]}")
+            page.wait_for_function("() => [...document.images].some(i => i.naturalWidth > 100)")
+            page.screenshot(path=str(ARTIFACTS / "mlflow_ui_training_plot.png"), full_page=True)
+        finally:
+            chrome.close()
+    assert not any(n.endswith(("ssft-n4-s0", "sft_mixed-n4-s0")) for n in collapsed), collapsed
+    assert train.info.run_id in href
+    for shot in ("pipeline_tree", "samples", "training_plot"):
+        assert (ARTIFACTS / f"mlflow_ui_{shot}.png").stat().st_size > 10_000
