@@ -325,7 +325,12 @@ def test_mlflow_ui_shows_the_pipeline_tree_a_sample_table_and_the_training_plots
             page.screenshot(path=str(ARTIFACTS / "mlflow_ui_samples.png"), full_page=True)
             # A training run's plot.
             page.goto(f"{base}/{train.info.run_id}/artifacts/{plots[0]}")
-            page.wait_for_function("() => [...document.images].some(i => i.naturalWidth > 100)")
+            # The plot itself (its alt text is the artifact path), drawn, not a loading skeleton.
+            page.locator(f'img[alt="{plots[0]}"]').first.wait_for()
+            page.wait_for_function(
+                "path => [...document.images].some(i => i.alt === path && i.naturalWidth > 100)",
+                arg=plots[0],
+            )
             page.screenshot(path=str(ARTIFACTS / "mlflow_ui_training_plot.png"), full_page=True)
         finally:
             chrome.close()
