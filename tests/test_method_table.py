@@ -88,6 +88,7 @@ def _captured_step_gradients(run, step: int) -> list[torch.Tensor]:
     return grads
 
 
+@pytest.mark.filterwarnings("ignore:Seems like:UserWarning")  # the captured optimizer step
 @pytest.mark.parametrize("packing", ["true", "false"])
 def test_the_loop_backpropagates_the_methods_weighted_loss(toy, known_modes_traces, packing):
     cfg = tiny(
