@@ -216,14 +216,26 @@ def chromium_path() -> str | None:
     )
 
 
-def test_mlflow_ui_renders_the_sweep_runs_and_a_metric_column(services, sweep_job):
-    """Headless Chromium on the experiment's runs page: the trial runs are listed, and the `loss`
-    column, added through the Columns menu as a user would, shows their values."""
+# Without the background-networking flags Chromium keeps dialling Google's hosts.
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
+
+
+def _browser_or_skip() -> str:
+    """The system Chromium; skips without one (fails under SSFT_REQUIRE_BROWSER=1, as in CI)."""
     browser = chromium_path()
     if browser is None:
         if os.environ.get("SSFT_REQUIRE_BROWSER") == "1":
             pytest.fail("SSFT_REQUIRE_BROWSER=1 but no chromium found (apt-get install chromium)")
         pytest.skip("no chromium on this machine (apt-get install chromium); CI installs it")
+    return browser
+
+
+def test_mlflow_ui_renders_the_sweep_runs_and_a_metric_column(services, sweep_job):
+    """Headless Chromium on the experiment's runs page: the trial runs are listed, and the `loss`
+    column, added through the Columns menu as a user would, shows their values."""
+    browser = _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
     experiment_id, runs, _ = sweep_job
@@ -231,12 +243,8 @@ def test_mlflow_ui_renders_the_sweep_runs_and_a_metric_column(services, sweep_jo
     children = [r for r in runs if r.data.tags.get("stage") == "train"]
     names = sorted(r.info.run_name for r in children)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    # Without the background-networking flags Chromium keeps dialling Google's hosts.
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync"]  # fmt: skip
     with sync_playwright() as pw:
-        chrome = pw.chromium.launch(executable_path=browser, args=flags)
+        chrome = pw.chromium.launch(executable_path=browser, args=BROWSER_FLAGS)
         try:
             page = chrome.new_page(viewport={"width": 2400, "height": 900})
             page.set_default_timeout(60_000)
@@ -273,11 +281,7 @@ def test_mlflow_ui_shows_the_pipeline_tree_a_sample_table_and_the_training_plots
     """Headless Chromium on the pipeline job's runs: one parent run whose expander shows the
     build, training and evaluation runs; the evaluation's page links its training run; its
     sample table renders; a training run's plot opens. Screenshots in test-artifacts/."""
-    browser = chromium_path()
-    if browser is None:
-        if os.environ.get("SSFT_REQUIRE_BROWSER") == "1":
-            pytest.fail("SSFT_REQUIRE_BROWSER=1 but no chromium found (apt-get install chromium)")
-        pytest.skip("no chromium on this machine (apt-get install chromium); CI installs it")
+    browser = _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
     client = MlflowClient(services.mlflow_uri)
@@ -297,11 +301,8 @@ def test_mlflow_ui_shows_the_pipeline_tree_a_sample_table_and_the_training_plots
     assert plots, "the training run logged no plot"
     base = f"{services.mlflow_uri}/#/experiments/{experiment_id}/runs"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update",
-             "--disable-sync"]  # fmt: skip
     with sync_playwright() as pw:
-        chrome = pw.chromium.launch(executable_path=browser, args=flags)
+        chrome = pw.chromium.launch(executable_path=browser, args=BROWSER_FLAGS)
         try:
             page = chrome.new_page(viewport={"width": 1800, "height": 1000})
             page.set_default_timeout(60_000)
