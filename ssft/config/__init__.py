@@ -28,6 +28,7 @@ from ssft.config.schema import (
     DataConfig,
     ExperimentConfig,
     ForkingConfig,
+    GFPOConfig,
     LRSchedule,
     MatchingConfig,
     ModelConfig,
@@ -38,6 +39,7 @@ from ssft.config.schema import (
     TagSelectionConfig,
     TooManyTraces,
     TrainConfig,
+    gfpo_run,
 )
 from ssft.config.stages import (
     AnswerExtraction,
@@ -67,6 +69,7 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "ForkingConfig",
+    "GFPOConfig",
     "InputError",
     "LRSchedule",
     "MatchingConfig",
@@ -93,6 +96,7 @@ __all__ = [
     "config_to_dict",
     "config_to_yaml",
     "flatten_config",
+    "gfpo_run",
     "load_config",
     "parse_cli",
 ]

@@ -7,7 +7,7 @@ Per-field rules run in each section's ``validate()`` (also on construction); cro
 run in ``ExperimentConfig.validate()``.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal, Self
 
 from ssft.config.checks import (
@@ -29,7 +29,7 @@ from ssft.config.stages import (
     PipelineConfig,
     SweepConfig,
 )
-from ssft.method.table import SHARED_TAG_METHODS, costs_help, methods_help
+from ssft.method.table import AFTER_SSFT_METHODS, SHARED_TAG_METHODS, costs_help, methods_help
 
 # ssft.method.forking_tokens.MAX_NUM_TAGS (checked equal by the tests): copied, not imported,
 # so that loading a config never imports torch.
@@ -343,6 +343,96 @@ class TrainConfig(Section):
         non_negative(self, "warmup_steps", "weight_decay", "max_grad_norm", "checkpoint_every")
 
 
+GFPOForm = Literal["exact", "sampled"]
+RolloutTags = Literal["every_tag", "policy"]
+GFPOBaseline = Literal["expected", "mean", "none"]
+
+
+@dataclass
+class GFPOConfig(Section):
+    """Global Forking Policy Optimization (method=gfpo, ssft.method.gfpo): after SSFT, RL on
+    the tag position only. Rollouts continued from each tag only score that tag."""
+
+    SECTION: ClassVar[str] = "gfpo"
+
+    # fmt: off
+    init_from: str | None = field(default=None, metadata={"help": (
+        "The SSFT final model folder GFPO starts from and keeps close to (the KL's reference). "
+        "None = model.name_or_path. The pipeline's GFPO stage sets it to each SSFT model.")})
+    form: GFPOForm = field(default="exact", metadata={"help": (
+        "'exact' = the gradient of the expectation sum_i p_i (R_i - b) over all N tags, p "
+        "scored in one forward (needs gfpo.rollout_tags=every_tag or policy); 'sampled' = "
+        "REINFORCE/GRPO on tags drawn from the policy (gfpo.rollout_tags=policy), "
+        "group-normalised advantages.")})
+    rollout_tags: RolloutTags = field(default="every_tag", metadata={"help": (
+        "Which tags are rolled out per question: 'every_tag' = each of the N tags "
+        "gfpo.rollouts_per_tag times (every tag's value measured); 'policy' = "
+        "gfpo.group_size tags drawn from the model's own tag distribution, one rollout each "
+        "(tags the policy avoids get no rollouts; in the exact form they keep zero advantage).")})
+    rollouts_per_tag: int = field(default=4, metadata={"help": (
+        "K: rollouts per tag per question with rollout_tags=every_tag.")})
+    group_size: int = field(default=8, metadata={"help": (
+        "G: tags drawn per question with rollout_tags=policy (the GRPO group).")})
+    baseline: GFPOBaseline | None = field(default=None, metadata={"help": (
+        "b in A_i = R_i - b: 'expected' = the policy's value sum_i p_i R_i (exact form "
+        "only); 'mean' = the mean reward of the question's rollouts (GRPO); 'none' = 0. "
+        "None = 'expected' for the exact form, 'mean' for the sampled one.")})
+    normalize_advantages: bool = field(default=True, metadata={"help": (
+        "Divide a question's advantages by the standard deviation of its rollout rewards "
+        "(GRPO); a question whose rollouts all score alike has zero advantage either way.")})
+    kl_coef: float = field(default=0.0, metadata={"help": (
+        "beta of KL(pi || pi_SSFT) over the N tags, per question (the reference is "
+        "gfpo.init_from); 0 = off.")})
+    entropy_floor: float = field(default=0.0, metadata={"help": (
+        "Entropy floor as a fraction of the maximum, ln N: while a question's tag entropy is "
+        "below it, gfpo.entropy_coef x the entropy's gradient is added, so the policy does "
+        "not collapse onto one tag unless the rewards outweigh it. 0 = off.")})
+    entropy_coef: float = field(default=0.1, metadata={"help": (
+        "Weight of the entropy bonus below gfpo.entropy_floor.")})
+    steps: int = field(default=20, metadata={"help": (
+        "Policy-gradient steps (each rolls out afresh: on-policy). The GFPO run's "
+        "train.max_steps; train.lr, warmup and schedule come from gfpo.lr.")})
+    questions_per_step: int = field(default=32, metadata={"help": (
+        "Questions per step (the GFPO run's train.questions_per_step).")})
+    lr: float = field(default=1e-3, metadata={"help": (
+        "Learning rate of the GFPO run (constant, no warmup).")})
+    temperature: float = field(default=0.7, metadata={"help": (
+        "Sampling temperature of the rollouts' continuations (the tags themselves are drawn "
+        "at temperature 1).")})
+    max_new_tokens: int | None = field(default=None, metadata={"help": (
+        "Longest rollout in tokens; None = eval.max_new_tokens.")})
+    rollout_batch_size: int = field(default=64, metadata={"help": (
+        "Prompts per generate call while rolling out.")})
+    # fmt: on
+
+    @property
+    def baseline_kind(self) -> GFPOBaseline:
+        """``baseline``, its default filled in from ``form``."""
+        return self.baseline or ("expected" if self.form == "exact" else "mean")
+
+    def _check_values(self) -> None:
+        non_empty(self, "init_from")
+        positive(self, "rollouts_per_tag", "group_size", "steps", "questions_per_step")
+        positive(self, "rollout_batch_size")
+        non_negative(self, "kl_coef", "entropy_coef", "temperature")
+        if not 0 < self.lr < float("inf"):
+            raise invalid("gfpo.lr", self.lr, "must be a finite number > 0", "Set gfpo.lr=1e-3.")
+        if not 0.0 <= self.entropy_floor < 1.0:
+            raise invalid("gfpo.entropy_floor", self.entropy_floor, "must be in [0, 1)",
+                          "Set 0 (off) or e.g. 0.3 (30% of ln N).")  # fmt: skip
+        if self.max_new_tokens is not None:
+            positive(self, "max_new_tokens")
+        if self.form == "sampled" and self.rollout_tags != "policy":
+            raise invalid("gfpo.form", self.form,
+                          "draws its tags from the policy, so it needs gfpo.rollout_tags=policy",
+                          "Set gfpo.rollout_tags=policy, or gfpo.form=exact (the expectation "
+                          "over every tag's rollouts).")  # fmt: skip
+        if self.form == "sampled" and self.baseline == "expected":
+            raise invalid("gfpo.baseline", self.baseline,
+                          "is the exact form's (sum_i p_i R_i needs every tag's value)",
+                          "Set gfpo.baseline=mean (GRPO) or none.")  # fmt: skip
+
+
 @dataclass
 class ExperimentConfig(Section):
     """One run: method, model, data, tags, matching, training, and how its traces are built."""
@@ -364,6 +454,7 @@ class ExperimentConfig(Section):
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tag_selection: TagSelectionConfig = field(default_factory=TagSelectionConfig)
+    gfpo: GFPOConfig = field(default_factory=GFPOConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -381,7 +472,7 @@ class ExperimentConfig(Section):
         """
         check_types(self)
         sections = (self.model, self.data, self.forking, self.matching, self.train,
-                    self.tag_selection, self.build, self.eval, self.pipeline,
+                    self.tag_selection, self.gfpo, self.build, self.eval, self.pipeline,
                     self.sweep)  # fmt: skip
         for section in sections:
             section.validate()
@@ -419,6 +510,17 @@ def _check_cross_fields(cfg: ExperimentConfig, require_model: bool) -> None:
             f"last position. Raise model.max_position_embeddings to {data.max_seq_len} or lower "
             "data.max_seq_len."
         )
+    if cfg.method in AFTER_SSFT_METHODS and cfg.train.parallelism == "fsdp":
+        raise ConfigError(
+            f"method={cfg.method!r} with train.parallelism=fsdp: its rollouts sample from each "
+            "worker's whole model, which FSDP shards. Set train.parallelism=ddp."
+        )
+    if stages := [m for m in cfg.pipeline.methods if m in AFTER_SSFT_METHODS]:
+        raise ConfigError(
+            f"pipeline.methods={list(cfg.pipeline.methods)} holds {stages}, which train an SSFT "
+            "model further: not an arm of their own. Remove it and set pipeline.gfpo=true (a "
+            "GFPO stage after every SSFT arm)."
+        )
     m, n = data.max_traces_per_question, forking.num_tags
     if cfg.method in ("ssft", "random") and data.too_many_traces == "error" and m and m > n:
         raise ConfigError(
@@ -433,3 +535,25 @@ def _check_cross_fields(cfg: ExperimentConfig, require_model: bool) -> None:
                 f"i={i}, the same as forking.shared_tag: the shared tag must differ from every "
                 "forking token. Change forking.shared_tag (e.g. '<think>') or forking.tag_format."
             )
+
+
+def gfpo_run(cfg: ExperimentConfig, init_from: str | None = None) -> ExperimentConfig:
+    """The GFPO stage's run: ``cfg`` (the SSFT run's config) with method=gfpo, starting from
+    the SSFT model at ``init_from`` (default ``gfpo.init_from``), and the gfpo section's steps,
+    questions per step and constant learning rate."""
+    g = cfg.gfpo
+    path = init_from or g.init_from
+    if path is None:
+        raise ConfigError(
+            "gfpo.init_from=null: GFPO trains an SSFT model further. Set gfpo.init_from="
+            "<train.output_dir>/<ssft run name>/final_model (or run the pipeline with "
+            "pipeline.gfpo=true, which sets it per SSFT arm)."
+        )
+    run = replace(cfg, method="gfpo", gfpo=replace(g, init_from=str(path)))
+    run.model = replace(cfg.model, init="pretrained", name_or_path=str(path), tokenizer=None)
+    run.train = replace(
+        cfg.train, max_steps=g.steps, epochs=max(cfg.train.epochs, g.steps),
+        questions_per_step=g.questions_per_step, lr=g.lr, warmup_steps=0,
+        lr_schedule="constant",
+    )  # fmt: skip
+    return run.validate()

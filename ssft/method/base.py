@@ -43,6 +43,9 @@ class StepSequences:
     weights: list[float]  # multiplies the sequence's NLL sum in the loss
     logged: list[bool]  # counts towards the logged loss (the method's own loss)
     records: list[AssignmentRecord] = field(default_factory=list)  # for matching statistics
+    # What the method logs: name -> (sum, count) over this chunk; the loop sums every chunk
+    # and rank of a step and logs sum / count (e.g. a mean reward over rollouts).
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.sequences)
@@ -51,6 +54,24 @@ class StepSequences:
                 f"{n} sequences but {len(self.weights)} weights and {len(self.logged)} logged "
                 "flags: a method gives one of each per sequence"
             )
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """``n`` rollouts of ``question`` continued after tag ``tag_index`` (of ``tag_ids``);
+    ``key`` joins each rollout's identity (so two draws of one tag sample differently)."""
+
+    question: TokenizedQuestion
+    tag_index: int
+    n: int
+    key: str = ""
+
+
+def _not_lent(name: str) -> Callable[..., Any]:
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"this training loop does not lend MethodContext.{name}")
+
+    return missing
 
 
 @dataclass
@@ -63,10 +84,29 @@ class MethodContext:
     # The no-grad cost pass on the loop's model ([N, M_b] per question, ssft.method.matching).
     # Under FSDP each forward is a collective: call it on every rank or on none.
     cost_matrices: Callable[[Sequence[TokenizedQuestion]], list[np.ndarray]]
+    step: int = 0
+    tags: tuple[str, ...] = ()  # the tags' names, in tag_ids order (for metric names)
+    # The policy hooks of RL methods (GFPO), on the loop's current model, no gradient:
+    # [B, N] vocabulary log-probs of each tag at the tag position (current, and the frozen
+    # reference model the run started from), and rollouts graded 1.0 (correct) or 0.0.
+    tag_logprobs: Callable[[Sequence[TokenizedQuestion]], np.ndarray] = field(
+        default_factory=lambda: _not_lent("tag_logprobs")
+    )
+    reference_tag_logprobs: Callable[[Sequence[TokenizedQuestion]], np.ndarray] = field(
+        default_factory=lambda: _not_lent("reference_tag_logprobs")
+    )
+    rollouts: Callable[[Sequence[RolloutRequest]], list[list[float]]] = field(
+        default_factory=lambda: _not_lent("rollouts")
+    )
 
 
 class TrainingMethod(ABC):
     """A method's step logic; built by ``ssft.method.table.build_method`` from its entry."""
+
+    # Metrics of ``StepSequences.metrics`` the loop prints on its step line too.
+    console_metrics: tuple[str, ...] = ()
+    # Asks for MethodContext's policy hooks (tag log-probs, reference, rollouts): RL methods.
+    needs_policy: bool = False
 
     def __init__(self, method: Method, cfg: Any) -> None:
         self.method = method

@@ -32,6 +32,8 @@ class Method:
     needs_cost: bool = False  # runs the no-grad cost pass (matching.cost) every step
     max_traces: int | None = None  # traces kept per question; None: data.max_traces_per_question
     implementation: str = _ASSIGNED_TAGS  # "module:Class", a ssft.method.base.TrainingMethod
+    # Trains an SSFT model further (GFPO): never a baseline, a pipeline stage after SSFT.
+    after_ssft: bool = False
 
     @property
     def injective(self) -> bool:
@@ -49,10 +51,16 @@ METHODS: dict[str, Method] = {
         Method("random", "distinct random tags per trace, re-drawn each epoch", policy="random"),
         Method("single", "one trace per question under the shared tag", policy="shared",
                shared_tag=True, max_traces=1),
+        Method("gfpo", "after SSFT, RL on the tag position only (Global Forking Policy "
+               "Optimization; the gfpo section)", implementation="ssft.method.gfpo:GFPO",
+               after_ssft=True),
     )
 }  # fmt: skip
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
-BASELINES: tuple[str, ...] = tuple(n for n in METHOD_NAMES if n != "ssft")
+BASELINES: tuple[str, ...] = tuple(
+    n for n, m in METHODS.items() if n != "ssft" and not m.after_ssft
+)
+AFTER_SSFT_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.after_ssft)
 SHARED_TAG_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.shared_tag)
 # What the pipeline compares unless told otherwise (SSFT first, then the two baselines of the
 # paper's main table, which the sweep adds as its default baselines).

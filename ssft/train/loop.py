@@ -48,7 +48,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ from ssft.train.final_model import write_final_model
 from ssft.train.matching_stats import MatchingTracker
 from ssft.train.packing import pack_batch
 from ssft.train.parallel import clip_grad_norm, full_model_state, full_optimizer_state
+from ssft.train.policy_hooks import ReferencePolicy, rollouts, tag_logprobs
 from ssft.train.setup import Run, SequenceNLL, TrainContext, load_training_data, setup_run
 
 __all__ = [
@@ -135,12 +136,33 @@ def _token_weights(values: Sequence[float], batch, segments: torch.Tensor | None
     return table[segments]  # segment -1 (padding) reads the trailing 0
 
 
-def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.Tensor, list]:
+def policy_hooks(run: Run) -> dict[str, Callable]:
+    """``MethodContext``'s policy hooks for a method that asks for them (``needs_policy``)."""
+    if not run.method.needs_policy:
+        return {}
+    model, ids, pad = run.model, run.tag_ids, run.pad_id
+    if run.reference is None:
+        run.reference = ReferencePolicy(run)
+
+    def current(questions: Sequence[TokenizedQuestion]) -> np.ndarray:
+        with run.autocast():
+            return tag_logprobs(model, questions, ids, pad_id=pad)
+
+    return {"tag_logprobs": current, "reference_tag_logprobs": run.reference,
+            "rollouts": rollouts(run)}  # fmt: skip
+
+
+def _train_chunk(
+    run: Run, plan, chunk, dummy, last_chunk: bool
+) -> tuple[torch.Tensor, list, dict[str, tuple[float, float]]]:
     """The method's sequences for one chunk on this rank -> weighted forward/backward."""
     cfg, ctx, mbs = run.cfg, run.ctx, run.cfg.train.micro_batch_sequences
     mine = [run.questions[i] for i in chunk[ctx.rank]]
     with run.phase("sequences"):  # the method's part: cost pass, assignment, sequences
-        mctx = MethodContext(run.tag_ids, cfg.seed, plan.epoch, _cost_pass(run, chunk))
+        mctx = MethodContext(
+            run.tag_ids, cfg.seed, plan.epoch, _cost_pass(run, chunk), step=plan.step,
+            tags=run.tag_names, **policy_hooks(run),
+        )  # fmt: skip
         out = run.method.chunk_sequences(mine, mctx)
         # Longest first, so each micro-batch holds similar lengths: little padding (or packing
         # slack) per row. The gradient is a sum over sequences: the order does not change it.
@@ -178,7 +200,7 @@ def _train_chunk(run: Run, plan, chunk, dummy, last_chunk: bool) -> tuple[torch.
                 loss = (token_nll * _token_weights(w, batch, segments)).sum()
                 (loss * (ctx.world_size / plan.global_tokens)).backward()
             nll += (token_nll.detach() * _token_weights(kept, batch, segments)).sum()
-    return nll, out.records
+    return nll, out.records, out.metrics
 
 
 @dataclass
@@ -190,6 +212,17 @@ class StepOutput:
     records: list[AssignmentRecord]  # this rank's assignments
     grad_norm: torch.Tensor
     lr: float  # the learning rate this step's update used (read before the schedule moved on)
+    # The method's own metrics on this rank: name -> (sum, count) (StepSequences.metrics).
+    method_metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def add_metric_sums(a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]):
+    """``(sum, count)`` metrics of two parts of a step, added name by name."""
+    out = dict(a)
+    for k, (s, c) in b.items():
+        s0, c0 = out.get(k, (0.0, 0.0))
+        out[k] = (s0 + s, c0 + c)
+    return out
 
 
 def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepOutput:
@@ -204,10 +237,13 @@ def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepO
         grad_accum_steps=tc.grad_accum_steps, world_size=ctx.world_size, seed=cfg.seed,
         tokens=run.method.supervised_tokens,
     )  # fmt: skip
-    nll, records = torch.zeros((), device=run.device), []
+    nll, records, metrics = torch.zeros((), device=run.device), [], {}
     for c, chunk in enumerate(plan.chunks):
-        chunk_nll, chunk_records = _train_chunk(run, plan, chunk, dummy, c == len(plan.chunks) - 1)
+        chunk_nll, chunk_records, chunk_metrics = _train_chunk(
+            run, plan, chunk, dummy, c == len(plan.chunks) - 1
+        )
         nll, records = nll + chunk_nll, records + chunk_records
+        metrics = add_metric_sums(metrics, chunk_metrics)
     lr = run.optimizer.param_groups[0]["lr"]
     with run.phase("optimizer"):
         max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf
@@ -224,7 +260,7 @@ def train_step(run: Run, step: int, dummy: tuple[list[int], list[int]]) -> StepO
             run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
-    return StepOutput(plan, nll, records, grad_norm, lr)
+    return StepOutput(plan, nll, records, grad_norm, lr, metrics)
 
 
 def _full_state(run: Run, optimizer: bool = True) -> tuple[dict | None, dict | None]:
@@ -267,11 +303,16 @@ def _account(run: Run, window: list[StepOutput], seconds: float) -> dict[str, fl
         torch.distributed.all_reduce(nll)
     nll_host = nll.tolist()
     norms = torch.stack([out.grad_norm.float() for out in window]).tolist()
-    gathered = _gather([out.records for out in window], world)  # one collective per window
+    # One collective per window: every rank's assignments and method metrics.
+    gathered = _gather([(out.records, out.method_metrics) for out in window], world)
     metrics: dict[str, float] = {}
     for k, out in enumerate(window):
         plan = out.plan
-        all_records = [r for rank in gathered for r in rank[k]]
+        all_records = [r for rank in gathered for r in rank[k][0]]
+        sums: dict[str, tuple[float, float]] = {}
+        for rank in gathered:
+            sums = add_metric_sums(sums, rank[k][1])
+        method_metrics = {name: s / c for name, (s, c) in sorted(sums.items()) if c}
         matching_metrics = run.stats.update(plan.step, plan.epoch, all_records)
         loss = nll_host[k] / plan.global_tokens
         run.losses.append(loss)
@@ -281,7 +322,7 @@ def _account(run: Run, window: list[StepOutput], seconds: float) -> dict[str, fl
             log.warning("step %d: gradient norm is %s; the update was skipped", plan.step, norms[k])
         metrics = {
             "step": plan.step + 1, "epoch": plan.epoch, "loss": loss, "lr": out.lr,
-            "grad_norm": norms[k], **matching_metrics,
+            "grad_norm": norms[k], **matching_metrics, **method_metrics,
         }  # fmt: skip
     tokens = sum(out.plan.global_tokens for out in window)
     return {**metrics, "tokens_per_s": tokens / max(seconds, 1e-9)}
@@ -311,10 +352,12 @@ def train(cfg: ExperimentConfig, ctx: TrainContext | None = None) -> TrainResult
             ctx.tracker.log_metrics(metrics, step=step + 1)
             done = step + 1 - run.start
             eta = (time.perf_counter() - began) / done * (run.total_steps - step - 1)
+            extra = "".join(f" | {name.rsplit('/', 1)[-1]} {metrics[name]:.4f}"
+                            for name in run.method.console_metrics if name in metrics)  # fmt: skip
             print(
                 f"[train {cfg.name}] step {step + 1}/{run.total_steps} | "
-                f"epoch {metrics['epoch']} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
-                f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta:.0f}s",
+                f"epoch {metrics['epoch']} | loss {metrics['loss']:.4f}{extra} | "
+                f"lr {metrics['lr']:.2e} | {metrics['tokens_per_s']:,.0f} tok/s | ETA {eta:.0f}s",
                 flush=True,
             )
         if checkpoint:

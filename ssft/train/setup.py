@@ -20,6 +20,7 @@ import torch
 
 from ssft.config import ExperimentConfig
 from ssft.data.teacher_attribution import TeacherProfiles
+from ssft.data.teachers.base import Question
 from ssft.data.tokenize import tokenize_trace_sets
 from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.errors import ConfigError, InputError
@@ -153,6 +154,9 @@ class Run:
     validation: list[TraceSet] = field(default_factory=list)
     # Per-teacher n-gram profiles of the training traces (``ssft.data.teacher_attribution``).
     profiles: TeacherProfiles | None = None
+    # The training questions' text and gold answers, for rollouts (RL methods).
+    sources: dict[str, Question] = field(default_factory=dict)
+    reference: Any = None  # the frozen starting model's policy (ssft.train.policy_hooks)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -163,6 +167,11 @@ class Run:
         """A named part of the step for ``timer``: "sequences" (the method's part, which holds
         "cost", the no-grad cost pass), "loss" (forwards and backwards), "optimizer"."""
         return self.timer(name) if self.timer is not None else contextlib.nullcontext()
+
+    @property
+    def tag_names(self) -> tuple[str, ...]:
+        """The names of ``tag_ids``, in order."""
+        return (self.tags.shared_tag,) if self.shared else tuple(self.tags.tags)
 
     @property
     def pass1_tag(self) -> str:
@@ -192,6 +201,8 @@ def setup_run(cfg: ExperimentConfig, ctx: TrainContext) -> Run:
         raise ValueError(f"no trainable question in {cfg.data.train_path}: {prep.summary()}")
     run = build_run(cfg, ctx, model, tokenizer, tags, questions)
     run.validation = held_out
+    run.sources = {s.question_id: Question(s.question_id, s.prompt, s.gold_answer, s.source)
+                   for s in sets}  # fmt: skip
     trained = {q.question_id for q in questions}
     run.profiles = TeacherProfiles.from_traces(
         (t.teacher, t.text) for s in sets if s.question_id in trained for t in s.traces if t.correct
