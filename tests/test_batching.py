@@ -93,7 +93,9 @@ def test_every_method_list_is_derived_from_the_one_table():
     from ssft.method.table import BASELINES, METHOD_NAMES, SHARED_TAG_METHODS, get_method
 
     assert typing.get_args(Method) == METHOD_NAMES
-    assert BASELINES == tuple(m for m in METHOD_NAMES if m != "ssft")
+    # A method that trains an SSFT model further (GFPO) is a stage, never a baseline.
+    assert BASELINES == tuple(m for m in METHOD_NAMES if m not in ("ssft", "gfpo"))
+    assert get_method("gfpo").after_ssft and not get_method("random").after_ssft
     assert SHARED_TAG_METHODS == ("sft_mixed", "single")
     help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(EvalConfig)}
     assert "(sft_mixed, single)" in help_text["samples_per_tag"]

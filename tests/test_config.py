@@ -406,8 +406,10 @@ def test_flatten_has_one_dotted_key_per_field():
     expected |= {f"build.teachers.{i}.{f}" for i in range(4) for f in teacher_fields}
     # 4 tag_selection fields, matching.spare_tags, eval.greedy, pipeline.max_concurrent;
     # build.min_coverage, eval.answer_extraction, .questions_path, .mode_classifier,
-    # train.max_steps; sweep.evaluate, .rank_by; per teacher answer_extraction, replay_source
-    assert set(flat) == expected and len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 5 + 2 + 4 * 21
+    # train.max_steps; sweep.evaluate, .rank_by; per teacher answer_extraction, replay_source;
+    # the gfpo section (19), pipeline.gfpo, eval.self_selected
+    assert set(flat) == expected
+    assert len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 5 + 2 + 4 * 21 + 19 + 2
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())
@@ -695,7 +697,7 @@ def test_help_exits_zero_and_lists_every_field(capsys):
         assert out.count("  build.teachers[i].temperature: float = 0.7\n") == 1
     text = config_help()
     assert "matching.prefix_tokens: int | null = null" in text
-    assert "method: {ssft|sft_mixed|random|single} = 'ssft'" in text
+    assert "method: {ssft|sft_mixed|random|single|gfpo} = 'ssft'" in text
 
 
 def test_config_module_imports_no_heavy_dependencies():

@@ -61,9 +61,12 @@ def tiny(path, *overrides):
 def test_every_entry_builds_its_method(name, known_modes_traces):
     cfg = tiny(known_modes_traces, f"method={name}")
     method = build_method(cfg)
-    assert isinstance(method, AssignedTags) and method.method is METHODS[name]
-    assert method.policy.name == METHODS[name].policy
-    assert method.policy.needs_cost == METHODS[name].needs_cost
+    assert method.method is METHODS[name]
+    module, _, cls = METHODS[name].implementation.partition(":")
+    assert type(method).__module__ == module and type(method).__name__ == cls
+    if isinstance(method, AssignedTags):
+        assert method.policy.name == METHODS[name].policy
+        assert method.policy.needs_cost == METHODS[name].needs_cost
 
 
 def test_an_entry_whose_policy_disagrees_is_refused(known_modes_traces):

@@ -44,6 +44,7 @@ from ssft.config import (
 from ssft.data.question_sources import held_out_questions
 from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.final_model import is_finished_model
+from ssft.method.table import get_method
 from ssft.models import check_model_exists
 from ssft.tracking import (
     NullTracker,
@@ -53,7 +54,7 @@ from ssft.tracking import (
     run_link,
     start_run,
 )
-from workflows import build_traces, compare, evaluate, train
+from workflows import build_traces, compare, evaluate, gfpo, train
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id, trainings_that_fit
 
@@ -150,6 +151,28 @@ def _train_job(arm: _Arm, sets: list[TraceSet], parent_run_id: str | None) -> Ca
             train.run(arm.train_cfg, sets, parent_run_id=parent_run_id, run_name=arm.display)
 
     return job
+
+
+def _trains_tags(method: str) -> bool:
+    """An arm GFPO can start from: its method trains forking tokens (and is not GFPO)."""
+    entry = get_method(method)
+    return not (entry.shared_tag or entry.after_ssft)
+
+
+def _gfpo_arm(arm: _Arm) -> _Arm:
+    """The GFPO stage after ``arm``: from its final model, named after that model and what
+    decides the stage's result (the gfpo section, the rollouts' decoding)."""
+    cfg = arm.train_cfg
+    section = {k: v for k, v in dataclasses.asdict(cfg.gfpo).items() if k != "init_from"}
+    run_cfg = dataclasses.replace(
+        gfpo.stage_config(cfg, arm.final), name=f"{cfg.name}-gfpo-{_key(section)}"
+    )
+    eval_cfg = dataclasses.replace(
+        arm.eval_cfg, name=f"{run_cfg.name}-{_key(dataclasses.asdict(arm.eval_cfg.eval))}",
+        eval=dataclasses.replace(arm.eval_cfg.eval, model_dir=str(
+            Path(run_cfg.train.output_dir) / run_cfg.name / "final_model")),
+    )  # fmt: skip
+    return _Arm(f"{arm.label}-gfpo", f"{arm.display}-gfpo", run_cfg, eval_cfg)
 
 
 def _eval_job(arm: _Arm, parent_run_id: str | None) -> Callable[[], str]:
@@ -261,6 +284,13 @@ def _run_stages(
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     in_parallel([_train_job(arm, sets, parent.run_id) for arm in arms], limit)
+    if cfg.pipeline.gfpo:  # then a GFPO stage from every forking-token arm's final model
+        stages = [_gfpo_arm(arm) for arm in arms if _trains_tags(arm.train_cfg.method)]
+        if not stages:
+            print("[pipeline] pipeline.gfpo=true but no arm trains forking tokens: no GFPO "
+                  "stage", flush=True)  # fmt: skip
+        in_parallel([_train_job(arm, sets, parent.run_id) for arm in stages], limit)
+        arms += stages
     eval_dirs = in_parallel([_eval_job(arm, parent.run_id) for arm in arms], limit)
     labels = [arm.label for arm in arms]
     return arms, compare.compare(eval_dirs, out, cfg.experiment, labels, tracker=parent)

@@ -225,7 +225,8 @@ def ray_job_id() -> str | None:
 def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """A copy of ``cfg`` whose local paths are absolute, resolved on the driver: Ray workers
     (and Ray Train, which changes directory) must find the same files. Trace sets, the model
-    and tokenizer directories, and each teacher's local model and replay file."""
+    and tokenizer directories, GFPO's starting model, and each teacher's local model and replay
+    file."""
 
     def resolve(path: str | None) -> str | None:
         return str(Path(path).resolve()) if path else path
@@ -246,4 +247,5 @@ def absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
         for t in cfg.build.teachers
     ]
     build = dataclasses.replace(cfg.build, teachers=teachers)
-    return dataclasses.replace(cfg, data=data, model=model, build=build)
+    gfpo = dataclasses.replace(cfg.gfpo, init_from=local(cfg.gfpo.init_from))
+    return dataclasses.replace(cfg, data=data, model=model, build=build, gfpo=gfpo)

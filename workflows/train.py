@@ -47,6 +47,7 @@ from workflows.ray_runtime import (
     ray_job_id,
     train_logging_config,
 )
+from workflows.rollout_tasks import ray_task_rollouts
 
 
 def _wrapper(parallelism: str, world: int):
@@ -99,6 +100,7 @@ def train_worker(config: dict) -> None:
             wrap_model=_wrapper(cfg.train.parallelism, world),
             before_step=faults.before_train_step(rank, cfg.name),  # tests only ($SSFT_FAULT_DIR)
             final_dir=Path(config["final_dir"]),
+            rollouts=ray_task_rollouts if cfg.gfpo.rollout_tasks else None,  # GFPO's, on Ray
         )  # fmt: skip
         result = train(cfg, ctx)
         if rank == 0:

@@ -403,6 +403,17 @@ class GFPOConfig(Section):
         "Longest rollout in tokens; None = eval.max_new_tokens.")})
     rollout_batch_size: int = field(default=64, metadata={"help": (
         "Prompts per generate call while rolling out.")})
+    rollout_tasks: int = field(default=0, metadata={"help": (
+        "Where rollouts run: 0 = on each training worker (its own questions, in process); "
+        "k > 0 = each worker spreads its rollouts over k Ray tasks that get the current "
+        "weights through the object store (workflows.rollout_tasks; the samples are the "
+        "same either way: each is seeded from its own identity).")})
+    rollout_task_cpus: float = field(default=0.0, metadata={"help": (
+        "CPUs each rollout task reserves. 0 = borrow them: the training worker waits idle "
+        "while its tasks run, and a reservation could wait forever on CPUs the trainings "
+        "hold.")})
+    rollout_task_gpus: float = field(default=0.0, metadata={"help": (
+        "GPUs each rollout task reserves (the task then samples on its GPU).")})
     # fmt: on
 
     @property
@@ -414,7 +425,8 @@ class GFPOConfig(Section):
         non_empty(self, "init_from")
         positive(self, "rollouts_per_tag", "group_size", "steps", "questions_per_step")
         positive(self, "rollout_batch_size")
-        non_negative(self, "kl_coef", "entropy_coef", "temperature")
+        non_negative(self, "kl_coef", "entropy_coef", "temperature", "rollout_tasks")
+        non_negative(self, "rollout_task_cpus", "rollout_task_gpus")
         if not 0 < self.lr < float("inf"):
             raise invalid("gfpo.lr", self.lr, "must be a finite number > 0", "Set gfpo.lr=1e-3.")
         if not 0.0 <= self.entropy_floor < 1.0:

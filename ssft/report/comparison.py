@@ -53,6 +53,17 @@ MODE_COLUMNS = (
     ("distinct_teachers_greedy", "distinct teachers (greedy)"),
 )
 
+# With eval.self_selected (the model draws its own tag): beside the fixed-tag figures.
+SELF_SELECTED_COLUMNS = (
+    ("self/pass1", "Pass@1, self-selected tag"),
+    ("pass1", "Pass@1, chosen tag"),
+    ("pass1_best_tag", "Pass@1, best tag on the test set"),
+    ("pass1_coverage", "Pass@1, coverage tag"),
+    ("tag_accuracy_mean", "mean over tags"),
+    ("self/cons_k", "Cons@N, self-selected"),
+    ("self/tag_entropy", "tag entropy (nats)"),
+)
+
 
 def load_eval(path: str | Path, label: str | None = None) -> dict[str, Any]:
     """``{"label", "method", "metrics", "model"}`` of one evaluation folder.
@@ -78,6 +89,9 @@ def load_eval(path: str | Path, label: str | None = None) -> dict[str, Any]:
     for rule, tag in candidates.items():
         if f"pass1/{tag}" in metrics:
             metrics[f"pass1_{rule}"] = metrics[f"pass1/{tag}"]
+    per_tag = [v for k, v in metrics.items() if k.startswith("pass1/") and k.count("/") == 1]
+    if per_tag:  # the oracle: the tag that answers best on these very questions
+        metrics["pass1_best_tag"] = max(per_tag)
     return {"label": label, "dir": str(path), "method": method, "metrics": metrics, "model": model}
 
 
@@ -144,7 +158,10 @@ def _table(agg, columns, k: int | None) -> str:
 
 def markdown_table(agg, k: int | None = None) -> str:
     """The README-ready accuracy table, then the modes table (mean ± 95% interval)."""
-    return _table(agg, ACCURACY_COLUMNS, k) + "\n" + _table(agg, MODE_COLUMNS, k)
+    text = _table(agg, ACCURACY_COLUMNS, k) + "\n" + _table(agg, MODE_COLUMNS, k)
+    if any("self/pass1" in m for m in agg.values()):
+        text += "\n" + _table(agg, SELF_SELECTED_COLUMNS, k)
+    return text
 
 
 def pass1_rule_audit(evals: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:

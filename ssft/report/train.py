@@ -10,7 +10,7 @@ from pathlib import Path
 from ssft.config import ExperimentConfig, config_to_yaml
 from ssft.eval.tag_selection import TagSelection
 from ssft.final_model import ASSIGNMENTS_FILE, TAGS_FILE
-from ssft.method.table import uses_shared_tag
+from ssft.method.table import get_method, uses_shared_tag
 from ssft.train.matching_stats import MatchingTracker, heatmap
 
 
@@ -48,5 +48,9 @@ def log_training_artifacts(
 def method_tags(cfg: ExperimentConfig) -> dict:
     """The MLflow tags that say what a training run trained (runs table columns)."""
     m = cfg.matching
+    if get_method(cfg.method).after_ssft:  # no matching: the RL stage's form and its start
+        g = cfg.gfpo
+        return {"method": cfg.method, "num_tags": cfg.forking.num_tags, "gfpo.form": g.form,
+                "gfpo.rollout_tags": g.rollout_tags, "gfpo.init_from": g.init_from}  # fmt: skip
     return {"method": cfg.method, "num_tags": cfg.forking.num_tags, "cost": m.cost,
             "prefix_tokens": m.prefix_tokens or "all"}  # fmt: skip

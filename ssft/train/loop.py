@@ -148,8 +148,8 @@ def policy_hooks(run: Run) -> dict[str, Callable]:
         with run.autocast():
             return tag_logprobs(model, questions, ids, pad_id=pad)
 
-    return {"tag_logprobs": current, "reference_tag_logprobs": run.reference,
-            "rollouts": rollouts(run)}  # fmt: skip
+    roll = (run.ctx.rollouts or rollouts)(run)  # the caller's (Ray tasks) or in process
+    return {"tag_logprobs": current, "reference_tag_logprobs": run.reference, "rollouts": roll}
 
 
 def _train_chunk(

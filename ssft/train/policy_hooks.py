@@ -109,24 +109,35 @@ class ReferencePolicy:
         return model.to(self.run.device).eval().requires_grad_(False)
 
 
-def rollouts(run: Run) -> Callable[[Sequence[RolloutRequest]], list[list[float]]]:
-    """Graded rollouts on the run's current model: 1.0 per correct answer, 0.0 otherwise."""
-    cfg = run.cfg
+def sample_requests_of(run: Run, requests: Sequence[RolloutRequest]) -> list[SampleRequest]:
+    """The sampler's requests for an RL method's rollout requests (question text, tag name)."""
+    return [SampleRequest(run.sources[r.question.question_id], run.tag_names[r.tag_index], r.n,
+                          r.key) for r in requests]  # fmt: skip
+
+
+def graded_rollouts(
+    model: torch.nn.Module, tokenizer, asked: Sequence[SampleRequest], cfg
+) -> list[list[float]]:
+    """Sample ``asked`` on ``model`` (eval mode) and grade each sample: 1.0 correct, else 0.0.
+    ``cfg``: the run's ``ExperimentConfig`` (gfpo's decoding, eval's grading, data's prompt)."""
     g, ev, data = cfg.gfpo, cfg.eval, cfg.data
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
+    with eval_mode(model), autocast:
+        samples = sample_requests(
+            model, tokenizer, asked, temperature=g.temperature, top_p=ev.top_p,
+            max_new_tokens=g.max_new_tokens or ev.max_new_tokens,
+            batch_size=g.rollout_batch_size, seed=cfg.seed,
+            use_chat_template=data.use_chat_template, prompt_template=data.prompt_template,
+        )  # fmt: skip
+    return [
+        [float(grade(a.question.gold_answer, s["text"], ev.answer_extraction)[1]) for s in ss]
+        for a, ss in zip(asked, samples, strict=True)
+    ]
 
-    def roll(requests: Sequence[RolloutRequest]) -> list[list[float]]:
-        asked = [SampleRequest(run.sources[r.question.question_id], run.tag_names[r.tag_index],
-                               r.n, r.key) for r in requests]  # fmt: skip
-        with eval_mode(run.model), run.autocast():
-            samples = sample_requests(
-                run.model, run.tokenizer, asked, temperature=g.temperature, top_p=ev.top_p,
-                max_new_tokens=g.max_new_tokens or ev.max_new_tokens,
-                batch_size=g.rollout_batch_size, seed=cfg.seed,
-                use_chat_template=data.use_chat_template, prompt_template=data.prompt_template,
-            )  # fmt: skip
-        return [
-            [float(grade(a.question.gold_answer, s["text"], ev.answer_extraction)[1]) for s in ss]
-            for a, ss in zip(asked, samples, strict=True)
-        ]
 
-    return roll
+def rollouts(run: Run) -> Callable[[Sequence[RolloutRequest]], list[list[float]]]:
+    """Graded rollouts in this process, on the run's current model."""
+    return lambda requests: graded_rollouts(
+        run.model, run.tokenizer, sample_requests_of(run, requests), run.cfg
+    )

@@ -55,6 +55,9 @@ class TrainContext:
     before_step: Callable[[int], None] | None = None
     # Rank 0 writes the final model here; give it to EVERY rank (FSDP gathers collectively).
     final_dir: Path | None = None
+    # Where an RL method's rollouts run: run -> rollouts(requests) (ssft.train.policy_hooks
+    # has the signature); None = in this process, on the run's model (policy_hooks.rollouts).
+    rollouts: Callable[[Any], Callable] | None = None
 
 
 class SequenceNLL(torch.nn.Module):
