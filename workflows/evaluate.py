@@ -14,6 +14,12 @@ run is linked to the training run that wrote the model (tag ``ssft.train_run_id`
 in its description), found through the model folder's ``mlflow_run.json`` or, failing that,
 the training's name (``ssft.run_key``); its headline metrics are copied onto that training
 run as ``eval/<metric>``, so the runs table sorts trained models by Pass@1.
+
+With eval.self_selected=true each task also lets the model pick its own tag
+(``evaluate_questions(self_selected=True)``): those rows join the samples file, their
+``self/`` metrics the others, and the per-question tag distribution goes to MLflow as the
+table ``eval/tag_distribution.json`` (``ssft.report.eval``), so a model trained on the tag
+choice (GFPO) is judged beside the fixed-tag figures.
 """
 
 from __future__ import annotations
@@ -35,20 +41,22 @@ from ssft.config import (
 from ssft.data.question_sources import held_out_questions
 from ssft.data.teachers.base import Question
 from ssft.eval.evaluation import (
+    check_self_selected,
     compute_metrics,
     evaluate_questions,
     load_eval_model,
     sampling_plan,
+    tag_distribution,
 )
-from ssft.eval.sampling import tag_probabilities
 from ssft.final_model import read_model_tags
-from ssft.report.eval import log_eval, write_eval_outputs
+from ssft.report.eval import log_eval, self_selected_line, write_eval_outputs
 from ssft.tracking import git_commit, read_run_record, run_link, start_run, write_run_record
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 
 
-# [1] One Ray task per shard of questions: load the model, sample under every tag, grade.
+# [1] One Ray task per shard of questions: load the model, sample under every tag (and, with
+#     eval.self_selected, under tags the model draws itself), grade.
 @ray.remote(num_cpus=1)
 def evaluate_shard(cfg_dict: dict, model_dir: str, questions: list[dict]) -> tuple[list, list]:
     from transformers.utils import logging as hf_logging
@@ -60,14 +68,18 @@ def evaluate_shard(cfg_dict: dict, model_dir: str, questions: list[dict]) -> tup
     trust = cfg.model.trust_remote_code
     model, tok = load_eval_model(model_dir, trust_remote_code=trust)
     rows = []
-    for greedy in (False, True) if cfg.eval.greedy else (False,):
+    passes: list[dict] = [{}]  # the sampling protocol, then the optional passes
+    if cfg.eval.greedy:
+        passes.append({"greedy": True})
+    if cfg.eval.self_selected:
+        passes.append({"self_selected": True})
+    for kind in passes:
         rows += evaluate_questions(model_dir, qs, cfg.eval, cfg.data, cfg.seed, model=model,
-                                   tokenizer=tok, trust_remote_code=trust,
-                                   greedy=greedy, label=cfg.name)  # fmt: skip
+                                   tokenizer=tok, trust_remote_code=trust, label=cfg.name,
+                                   **kind)  # fmt: skip
     tags, _ = sampling_plan(read_model_tags(model_dir), 1)
-    probs = tag_probabilities(model, tok, qs, tags, use_chat_template=cfg.data.use_chat_template,
-                              prompt_template=cfg.data.prompt_template)  # fmt: skip
-    return rows, probs
+    # The distribution self-selected samples draw from (the same prompts, the same numbers).
+    return rows, tag_distribution(model, tok, qs, tags, cfg.data)
 
 
 def model_dir_of(cfg: ExperimentConfig) -> Path:
@@ -86,6 +98,7 @@ def run(
     (the run's display name) and ``train_run_key`` (the training's name, to find its run when
     the model folder does not record it)."""
     uri = preflight({"eval.output_dir": cfg.eval.output_dir})  # MLflow and the folder, first
+    check_self_selected(cfg.eval)  # not after the Ray tasks have sampled everything else
     model_dir = model_dir_of(cfg).resolve()
     info = read_model_tags(model_dir)
     questions, available = held_out_questions(cfg.build, cfg.eval)
@@ -113,8 +126,9 @@ def run(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_run_record(out_dir, tracker)
         start = time.monotonic()
-        rows, metrics = _evaluate(cfg, model_dir, info, shards, out_dir)
-        log_eval(tracker, out_dir, rows, metrics, f"{cfg.name} ({info['method']})")
+        rows, prob_rows, metrics = _evaluate(cfg, model_dir, info, shards, out_dir)
+        log_eval(tracker, out_dir, rows, metrics, f"{cfg.name} ({info['method']})",
+                 prob_rows=prob_rows)  # fmt: skip
         tracker.log_metrics({"wall_time_s": time.monotonic() - start})
         if trained is not None:  # sortable by Pass@1 per trained model in the runs table
             headline = {f"eval/{k}": metrics[k] for k in HEADLINE if k in metrics}
@@ -125,7 +139,7 @@ def run(
 
 # Copied onto the training run as eval/<key> (question_tag_mode_purity: per-question purity).
 HEADLINE = ("pass1", "cons_native", "tag_accuracy_min", "mode_purity",
-            "question_tag_mode_purity")  # fmt: skip
+            "question_tag_mode_purity", "self/pass1")  # fmt: skip
 
 
 def link_training_run(tracker, model_dir: Path, train_run_key: str | None = None):
@@ -155,8 +169,9 @@ def link_training_run(tracker, model_dir: Path, train_run_key: str | None = None
 
 
 def _evaluate(cfg: ExperimentConfig, model_dir: Path, info: dict, shards: list,
-              out_dir: Path) -> tuple[list[dict], dict[str, float]]:  # fmt: skip
-    """Sample and grade every shard in Ray tasks; write the outputs; returns (rows, metrics)."""
+              out_dir: Path) -> tuple[list[dict], list[dict], dict[str, float]]:  # fmt: skip
+    """Sample and grade every shard in Ray tasks; write the outputs; returns (rows, tag
+    probability rows, metrics)."""
     init_ray()
     # [2] Shards in parallel, retried on failure; results gathered in question order.
     refs = [
@@ -180,13 +195,15 @@ def _evaluate(cfg: ExperimentConfig, model_dir: Path, info: dict, shards: list,
     for index in range(len(shards)):  # question order, whatever order the tasks finished in
         rows += results[index][0]
         prob_rows += results[index][1]
-    metrics = compute_metrics(rows, info, cfg.eval)
+    metrics = compute_metrics(rows, info, cfg.eval, tag_probs=prob_rows)
     write_eval_outputs(out_dir, rows, prob_rows, metrics, info)
     keys = ("pass1", "tag_accuracy_min", "cons_native", "cons_k", "mode_purity",
             "distinct_strategies")  # fmt: skip
     shown = " | ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
     print(f"[eval] {cfg.name}: {shown} -> {out_dir}", flush=True)
-    return rows, metrics
+    if line := self_selected_line(metrics):
+        print(f"[eval] {cfg.name}: {line}", flush=True)
+    return rows, prob_rows, metrics
 
 
 def main(argv: list[str] | None = None) -> None:

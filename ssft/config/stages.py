@@ -334,6 +334,13 @@ class EvalConfig(Section):
     greedy: bool = field(default=True, metadata={"help": (
         "Also decode one greedy (temperature 0) answer per question and tag: greedy accuracy "
         "per tag and distinct modes among the N greedy answers (rows with decoding=greedy).")})
+    self_selected: bool = field(default=False, metadata={"help": (
+        "Also let the model pick its own tag: per question, num_tags x samples_per_tag tags are "
+        "drawn from p(tag | prompt) renormalised over the run's tags and each is continued once "
+        "(rows with decoding=self_selected; what a model trained on the tag choice, e.g. gfpo, "
+        "is judged by). Metrics self/pass1, self/cons_k (vote of N), self/cons_all, "
+        "self/tag_entropy (nats; max self/tag_entropy_max = ln N), self/p/<tag>, "
+        "self/drawn/<tag>, self/pass1/<tag>. Needs eval.backend=hf.")})
     temperature: float = field(default=0.7, metadata={"help": (
         "Sampling temperature (the paper's 0.7). 0 = greedy.")})
     top_p: float = field(default=0.95, metadata={"help": (
@@ -444,6 +451,11 @@ class PipelineConfig(Section):
     max_concurrent: int | None = field(default=None, metadata={"help": (
         "Trainings (then evaluations) run at once. null = as many as fit: free GPUs (or CPUs) "
         "over train.num_workers. 1 = one after another.")})
+    gfpo: bool = field(default=False, metadata={"help": (
+        "Add a GFPO stage (the gfpo section, method gfpo) after every arm whose method trains "
+        "forking tokens (not a shared tag): it starts from that arm's final model, is "
+        "evaluated beside it, and appears in the comparison as '<variant>-gfpo'. Set "
+        "eval.self_selected=true to compare the tags the models pick themselves.")})
     output_dir: str = field(default="runs/pipeline", metadata={"help": (
         "The comparison table and chart go to <output_dir>/<name>/.")})
     # fmt: on

@@ -13,6 +13,17 @@ Shared-tag methods sample ``num_tags x samples_per_tag`` times under their one t
 method is judged on the same number of samples. Metrics come from ``ssft.eval.metrics``
 (``summarize``), which computes every vote once.
 
+With ``eval.self_selected`` the model also picks its own tag (``evaluate_questions(
+self_selected=True)``, ``sampling.sample_self_selected``): per question, num_tags x
+samples_per_tag tags are drawn from p(tag | prompt) renormalised over the tags and each is
+continued once, rows ``decoding="self_selected"`` that carry ``p_tag``, the drawn tag's
+probability. The whole per-question distribution is ``tag_distribution`` (the rows
+``sampling.tag_probabilities`` gives; the draws use exactly these), passed to
+``compute_metrics(tag_probs=...)`` for the entropy and mean p(tag) figures: sample rows stay
+one kind of row, and the distribution, one row per (question, tag), is its own table. Those
+rows never enter the fixed-tag figures, as greedy rows do not; this is how a model trained
+on the tag choice (GFPO) is judged beside them.
+
 Cons@N for a shared-tag method: its samples are grouped N at a time (sample j belongs to
 group j // N; ``metrics.parallel_groups``), which is what "N parallel samples, then a vote"
 means without forking tokens.
@@ -32,7 +43,12 @@ from ssft.data.teacher_attribution import read_profiles
 from ssft.data.teachers.base import Question
 from ssft.eval import metrics as eval_metrics
 from ssft.eval.modes import mode_classifier
-from ssft.eval.sampling import sample_with_tags, sample_with_tags_vllm
+from ssft.eval.sampling import (
+    sample_self_selected,
+    sample_with_tags,
+    sample_with_tags_vllm,
+    tag_probabilities,
+)
 from ssft.final_model import read_model_tags
 from ssft.method.table import uses_shared_tag
 from ssft.models import load_model_and_tokenizer, load_tokenizer
@@ -85,6 +101,7 @@ def evaluate_questions(
     tokenizer: PreTrainedTokenizerBase | None = None,
     trust_remote_code: bool = False,
     greedy: bool = False,
+    self_selected: bool = False,
     label: str | None = None,
 ) -> list[dict[str, Any]]:
     """Graded sample rows for ``questions`` (one row per question, tag and sample): the
@@ -99,7 +116,15 @@ def evaluate_questions(
     prints ``[eval] <label> (sampled): 96/256 (question, tag) pairs | 40s elapsed, ETA 67s``
     every ``sampling.PROGRESS_EVERY_S`` seconds while it runs (``label``: the evaluation's
     name; default the model folder's training name).
+
+    ``self_selected``: instead, the model picks each sample's tag (``sampling.
+    sample_self_selected``, num_tags x samples_per_tag per question, as many as the sampling
+    protocol draws), rows tagged ``decoding="self_selected"`` with ``p_tag``; their
+    sample_index numbers a question's samples in draw order. ``hf`` backend only.
     """
+    if greedy and self_selected:
+        raise ValueError("greedy and self_selected are separate passes: ask for one at a time")
+    check_self_selected(eval_cfg, self_selected)
     info = read_model_tags(model_dir)
     tokenizer = tokenizer or load_tokenizer(_model_dir_cfg(model_dir, trust_remote_code))
     tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
@@ -110,7 +135,18 @@ def evaluate_questions(
         top_p=eval_cfg.top_p, max_new_tokens=eval_cfg.max_new_tokens, seed=seed,
         use_chat_template=data_cfg.use_chat_template, prompt_template=data_cfg.prompt_template,
     )  # fmt: skip
-    if eval_cfg.backend == "vllm":
+    decoding = "greedy" if greedy else "self_selected" if self_selected else "sampled"
+    if self_selected:
+        if model is None:
+            model = load_eval_model(model_dir, trust_remote_code=trust_remote_code)[0]
+        common.pop("samples_per_tag")
+        rows, _ = sample_self_selected(
+            model, tokenizer, questions, tags, samples=per_tag * len(tags),
+            # As many samples per generate call as the sampling protocol's batches hold.
+            batch_size=eval_cfg.batch_size * eval_cfg.samples_per_tag,
+            progress=f"[eval] {label or _model_name(model_dir)} (self-selected)", **common,
+        )  # fmt: skip
+    elif eval_cfg.backend == "vllm":
         rows = sample_with_tags_vllm(str(model_dir), tokenizer, questions, tags, **common)
     else:
         if model is None:
@@ -126,7 +162,7 @@ def evaluate_questions(
     for row in rows:
         q = gold[row["question_id"]]
         row["question"], row["gold_answer"] = q.prompt, q.gold_answer  # readable on its own
-        row["decoding"] = "greedy" if greedy else "sampled"
+        row["decoding"] = decoding
         row["parsed_answer"], row["correct"] = grade(
             q.gold_answer, row["text"], eval_cfg.answer_extraction
         )
@@ -134,6 +170,30 @@ def evaluate_questions(
         # Any data set: the teacher whose training traces the sample reads like.
         row["teacher"] = profiles.attribute(row["text"]) if profiles is not None else None
     return rows
+
+
+def check_self_selected(eval_cfg: EvalConfig, wanted: bool | None = None) -> None:
+    """Raise, before any work, when self-selected sampling (``wanted``, default
+    ``eval.self_selected``) cannot run with this config: vLLM has no ``sample_requests``."""
+    wanted = eval_cfg.self_selected if wanted is None else wanted
+    if wanted and eval_cfg.backend == "vllm":
+        raise ValueError("eval.self_selected needs eval.backend=hf for now")
+
+
+def tag_distribution(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[Question],
+    tags: Sequence[str],
+    data_cfg: DataConfig,
+) -> list[dict[str, Any]]:
+    """p(tag | prompt) of every question and tag, prompts written as training wrote them
+    (``sampling.tag_probabilities`` rows: p_vocab, p_among_tags); the distribution
+    self-selected samples draw from and ``compute_metrics(tag_probs=...)`` reads."""
+    return tag_probabilities(
+        model, tokenizer, questions, tags, use_chat_template=data_cfg.use_chat_template,
+        prompt_template=data_cfg.prompt_template,
+    )  # fmt: skip
 
 
 def _model_name(model_dir: str | Path) -> str:
@@ -149,7 +209,10 @@ def sample_ks(total: int) -> list[int]:
 
 
 def compute_metrics(
-    rows: list[dict[str, Any]], info: dict[str, Any], eval_cfg: EvalConfig
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+    eval_cfg: EvalConfig,
+    tag_probs: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Pass@1 (chosen tag and every tag), Cons@N, Cons@k, pass@k, lengths, mode purity.
 
@@ -157,8 +220,14 @@ def compute_metrics(
     figures: ``greedy_pass1/<tag>``, ``greedy_accuracy_mean`` and greedy distinct modes.
     With usable tags narrower than all tags (``ssft.eval.tag_selection``), ``cons_native_usable``
     and ``tag_accuracy_min_usable`` give the figures over those.
+
+    Rows with ``decoding="self_selected"`` (``evaluate_questions(self_selected=True)``) stay
+    out of all of those and add the ``self/`` figures (``metrics.self_selected_metrics``,
+    Cons@N voting over N = num_tags samples); ``tag_probs`` (``tag_distribution`` rows) adds
+    their tag entropy and mean p(tag).
     """
     greedy = [r for r in rows if r.get("decoding") == "greedy"]
+    chosen = [r for r in rows if r.get("decoding") == "self_selected"]
     rows = [r for r in rows if r.get("decoding", "sampled") == "sampled"]
     tags, per_tag = sampling_plan(info, eval_cfg.samples_per_tag)
     n_tags = len(info["tags"])
@@ -182,4 +251,6 @@ def compute_metrics(
         metrics["tag_accuracy_min_usable"] = min(metrics[f"pass1/{t}"] for t in usable)
     if greedy:
         metrics |= eval_metrics.greedy_metrics(greedy, tags)
+    if chosen:
+        metrics |= eval_metrics.self_selected_metrics(chosen, tags, tag_probs, cons_k=n_tags)
     return metrics

@@ -17,6 +17,11 @@ the earliest sample of the winning group) and the vote is correct iff that sampl
 answers vote together when ``math_verify.verify(representative, answer)`` holds (the
 representative first, as gold is in grading) or the stripped strings are equal.
 
+Self-selected samples (``evaluation.evaluate_questions(self_selected=True)``: the model drew
+each sample's tag itself) have their own figures, ``self_selected_metrics``: there
+sample_index numbers a question's samples across tags (draw order), so votes take them in
+that order, with the same voting helper and tie rule as Cons@N.
+
 Mode diagnostics (``tag_label_counts``, ``mode_purity``, ``question_tag_purity``,
 ``distinct_labels_per_question``) read one label column: ``strategy`` (the known-modes
 layout classifier) or ``teacher`` (``ssft.data.teacher_attribution``); rows whose label is None
@@ -405,6 +410,87 @@ def greedy_metrics(rows: Rows, tags: Sequence[str]) -> dict[str, float]:
         if _labelled(rows, label):
             out[f"distinct_{plural}_greedy"] = distinct_labels_per_question(rows, tags, label)
     return out
+
+
+# ---- self-selected tags: the model picks its tag --------------------------------------------
+
+
+def tag_entropy(p: Iterable[float]) -> float:
+    """Entropy in nats of a distribution over tags (renormalised; 0 ln 0 = 0)."""
+    probs = np.asarray(list(p), dtype=np.float64)
+    probs = probs[probs > 0] / probs.sum()
+    return max(0.0, float(-(probs * np.log(probs)).sum()))  # never -0.0
+
+
+def self_selected_metrics(
+    rows: Rows,
+    tags: Sequence[str],
+    tag_probs: Rows | None = None,
+    *,
+    cons_k: int | None = None,
+) -> dict[str, float]:
+    """Figures of the self-selected samples (``rows``: only those; tag = the drawn tag,
+    sample_index = draw order within the question), as a flat dict.
+
+    "self/pass1": mean over questions of the share of correct samples; "self/cons_k": one
+    majority vote over each question's first ``cons_k`` samples (default len(tags); the
+    caller passes N, the run's number of forking tokens), "self/cons_all": over all of them,
+    both averaged over questions, voted as ``cons_native`` votes (``_vote_is_correct``:
+    earliest group wins a tie); "self/drawn/<tag>": share of all samples that drew the tag
+    (every tag of ``tags``); "self/pass1/<tag>": share of the samples that drew the tag that
+    are correct, pooled over questions (left out for a tag never drawn); "self/n_samples":
+    the fewest samples of a question. With ``tag_probs`` (``sampling.tag_probabilities``
+    rows, ``p_among_tags``; tags outside ``tags`` ignored): "self/tag_entropy" (mean over
+    the questions of ``rows`` of their distribution's entropy, nats), "self/tag_entropy_max"
+    (ln len(tags)) and "self/p/<tag>" (mean over those questions of p(tag)).
+    """
+    tags = list(tags)
+    per_q: dict[str, list[Mapping[str, Any]]] = {}
+    for r in _as_rows(rows):
+        per_q.setdefault(r["question_id"], []).append(r)
+    if not per_q:
+        raise ValueError("no self-selected rows: nothing to compute self/ metrics from")
+    if strangers := {r["tag"] for q in per_q.values() for r in q} - set(tags):
+        raise ValueError(f"self-selected rows drew tags {sorted(strangers)} not in {tags}")
+    k = len(tags) if cons_k is None else cons_k
+    pass1s, cons, cons_all = [], [], []
+    for qid, samples in sorted(per_q.items()):
+        samples.sort(key=lambda r: r["sample_index"])
+        indices = [r["sample_index"] for r in samples]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"question {qid!r}: repeated self-selected sample_index {indices}")
+        if len(samples) < k:
+            raise ValueError(
+                f"self/cons_k votes over {k} samples; question {qid!r} has {len(samples)}"
+            )
+        pass1s.append(np.mean([bool(r["correct"]) for r in samples]))
+        cons.append(_vote_is_correct(samples[:k]))
+        cons_all.append(_vote_is_correct(samples))
+    out = {"self/pass1": float(np.mean(pass1s)), "self/cons_k": float(np.mean(cons)),
+           "self/cons_all": float(np.mean(cons_all))}  # fmt: skip
+    everything = [r for samples in per_q.values() for r in samples]
+    for t in tags:
+        drew = [bool(r["correct"]) for r in everything if r["tag"] == t]
+        out[f"self/drawn/{t}"] = len(drew) / len(everything)
+        if drew:
+            out[f"self/pass1/{t}"] = float(np.mean(drew))
+    out["self/n_samples"] = float(min(len(v) for v in per_q.values()))
+    if tag_probs is not None:
+        dist: dict[str, dict[str, float]] = {}
+        for r in _as_plain(tag_probs):
+            if r["tag"] in tags:
+                dist.setdefault(r["question_id"], {})[r["tag"]] = float(r["p_among_tags"])
+        if missing := [q for q in per_q if set(dist.get(q, {})) != set(tags)]:
+            raise ValueError(f"tag probabilities lack questions or tags: {missing[:5]}")
+        out["self/tag_entropy"] = float(np.mean([tag_entropy(dist[q].values()) for q in per_q]))
+        out["self/tag_entropy_max"] = float(np.log(len(tags)))
+        for t in tags:
+            out[f"self/p/{t}"] = float(np.mean([dist[q][t] for q in per_q]))
+    return out
+
+
+def _as_plain(rows: Rows) -> list[Mapping[str, Any]]:
+    return rows.to_pylist() if hasattr(rows, "to_pylist") else list(rows)
 
 
 # ---- everything, flat ----------------------------------------------------------------------

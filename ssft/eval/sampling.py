@@ -13,12 +13,18 @@ forking-token methods, all under their one tag: ``num_tags x samples_per_tag``.
 softmax probability of each tag token, and the distribution renormalised over the tags
 (what a model trained with ``forking.tag_loss`` would pick from).
 
+``sample_self_selected`` lets the model pick its own tag (how a model trained on the tag
+choice, e.g. by GFPO, is judged): per question, tags are drawn from that renormalised
+distribution (``draw_tags``: a generator seeded from (seed, question) alone, so the draws do
+not depend on sharding) and each drawn tag is continued once (``sample_requests``).
+
 ``sample_with_tags(progress="[eval] <name>")`` prints how far it is, at most every
 ``PROGRESS_EVERY_S`` seconds, for a run that takes minutes on a CPU (silent when it is quick).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -30,6 +36,7 @@ import torch
 from ssft.data.teachers.base import Question
 from ssft.data.teachers.hf import HFTeacher
 from ssft.method.sequences import DEFAULT_PROMPT_TEMPLATE, format_prompt
+from ssft.method.tag_policy import draw_tags as policy_draw
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -162,6 +169,127 @@ def sample_with_tags(
     return rows
 
 
+@dataclass(frozen=True)
+class SampleRequest:
+    """``n`` continuations of ``question`` after ``[prompt ; tag]``.
+
+    ``key`` joins the sample's identity, ``(seed, question_id, tag, key, sample index)``:
+    two requests with the same question and tag but different keys draw different samples
+    (a GFPO rollout under draw g, a self-selected evaluation sample k)."""
+
+    question: Question
+    tag: str
+    n: int
+    key: str = ""
+
+
+def sample_requests(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[SampleRequest],
+    *,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    use_chat_template: bool = True,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+) -> list[list[dict[str, Any]]]:
+    """For each request, its ``n`` samples as ``{"text", "num_tokens"}``, in request order.
+
+    Requests are batched by (tag, n): each sample is seeded from its identity alone (the
+    ``hf`` teacher's per-row streams), so what a request gets does not depend on the other
+    requests. A request with ``key=""`` draws what ``sample_with_tags`` draws for that
+    question and tag."""
+    cfg = _SamplerSettings(
+        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, use_chat_template=use_chat_template,
+    )  # fmt: skip
+    samplers: dict[str, _TagPrompt] = {}
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(requests):
+        if r.tag not in samplers:
+            tag_id = tokenizer.convert_tokens_to_ids(r.tag)
+            if tokenizer.encode(r.tag, add_special_tokens=False) != [tag_id]:
+                raise ValueError(f"{r.tag!r} is not a single token of this tokenizer")
+            samplers[r.tag] = _TagPrompt(cfg, model, tokenizer, tag_id, use_chat_template,
+                                         prompt_template)  # fmt: skip
+        groups.setdefault((r.tag, r.n), []).append(i)
+    out: list[list[dict[str, Any]]] = [[] for _ in requests]
+    for (tag, n), idx in groups.items():
+        keyed = [Question("\t".join(filter(None, (requests[i].question.question_id, tag,
+                                                    requests[i].key))),
+                          requests[i].question.prompt, requests[i].question.gold_answer,
+                          requests[i].question.source) for i in idx]  # fmt: skip
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for s in samplers[tag].generate(keyed, n, seed):
+            by_id.setdefault(s.question_id, []).append({"text": s.text, "num_tokens": s.num_tokens})
+        for q, i in zip(keyed, idx, strict=True):  # the same identity: the same samples
+            out[i] = by_id[q.question_id][:n]
+    return out
+
+
+def draw_tags(p: Sequence[float], n: int, seed: int, question_id: str) -> list[int]:
+    """``n`` tag indices drawn with replacement from ``p`` (temperature 1): the one seeded draw
+    of ``ssft.method.tag_policy`` (GFPO's rollouts use it too), keyed by the question, so a
+    question's draws are the same whatever other questions share its shard or batch."""
+    return policy_draw(p, n, seed, "self_selected", question_id)
+
+
+def sample_self_selected(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[Question],
+    tags: Sequence[str],
+    *,
+    samples: int,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    use_chat_template: bool = True,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    progress: str | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model picks its tag: ``(sample rows, tag-probability rows)``.
+
+    Per question, ``samples`` tags are drawn from its p(tag | prompt) renormalised over
+    ``tags`` (``draw_tags``) and each drawn tag is continued once (request
+    ``SampleRequest(q, tag, 1, key=f"self{k}")``). Sample rows, by question then sample
+    index k: question_id, tag (the drawn one), sample_index (k, numbered per question, not
+    per tag), text, num_tokens, p_tag (the drawn tag's renormalised probability). The
+    tag-probability rows are ``tag_probabilities``' for ``questions`` and ``tags``. One tag
+    (a shared-tag method's) is drawn every time. ``batch_size``: samples per generate call
+    (each request is one sample). ``progress``: as in ``sample_with_tags``.
+    """
+    fmt = dict(use_chat_template=use_chat_template, prompt_template=prompt_template)
+    prob_rows = tag_probabilities(model, tokenizer, questions, tags, **fmt)
+    p = {(r["question_id"], r["tag"]): r["p_among_tags"] for r in prob_rows}
+    drawn = {q.question_id: draw_tags([p[(q.question_id, t)] for t in tags], samples, seed,
+                                      q.question_id) for q in questions}  # fmt: skip
+    settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, seed=seed, **fmt)  # fmt: skip
+    # Chunks of about ``batch_size`` samples per tag, for the progress line; each sample is
+    # seeded from its identity, so chunking changes nothing but the batches.
+    per_chunk = max(1, batch_size * len(tags) // max(1, samples))
+    meter = Progress(progress, len(questions) * samples)
+    rows = []
+    for start in range(0, len(questions), per_chunk):
+        chunk = questions[start : start + per_chunk]
+        requests = [SampleRequest(q, tags[i], 1, key=f"self{k}")
+                    for q in chunk for k, i in enumerate(drawn[q.question_id])]  # fmt: skip
+        outs = sample_requests(model, tokenizer, requests, **settings)
+        for r, [s] in zip(requests, outs, strict=True):
+            k = int(r.key.removeprefix("self"))
+            rows.append({"question_id": r.question.question_id, "tag": r.tag, "sample_index": k,
+                         "text": s["text"], "num_tokens": s["num_tokens"],
+                         "p_tag": p[(r.question.question_id, r.tag)]})  # fmt: skip
+        meter.advance(len(requests))
+    return rows, prob_rows
+
+
 def sample_with_tags_vllm(
     model_dir: str,
     tokenizer: PreTrainedTokenizerBase,
@@ -190,7 +318,6 @@ def sample_with_tags_vllm(
             "with `pip install vllm==<version>` pinned together with your Ray version); use "
             "eval.backend=hf meanwhile."
         ) from err
-    import hashlib
 
     llm = LLM(model=str(model_dir), seed=seed, trust_remote_code=False)  # never run repo code
     prompts, params, keys = [], [], []

@@ -54,9 +54,14 @@ def kl_divergence(p: np.ndarray, r: np.ndarray) -> float:
 def draw_tags(p: np.ndarray, n: int, seed: int, *keys: object) -> list[int]:
     """``n`` tag indices drawn from ``p``, from a stream seeded by ``(seed, *keys)`` alone (so a
     question's draws do not depend on which other questions share its batch or shard)."""
+    p = np.asarray(p, dtype=np.float64)
+    where = "/".join(map(str, keys))
+    if p.ndim != 1 or not len(p) or not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError(f"{where}: not a distribution over tags: {p.tolist()}")
+    if p.sum() <= 0:
+        raise ValueError(f"{where}: every tag has probability 0, none to draw")
     digest = hashlib.sha256("\0".join(map(str, (seed, *keys))).encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    p = np.asarray(p, dtype=np.float64)
     return [int(t) for t in rng.choice(len(p), size=n, p=p / p.sum())]
 
 
