@@ -55,6 +55,7 @@ def gfpo_cfg(traces, model_dir, *overrides):
         last_wins(
             f"data.train_path={traces}", "gfpo.steps=4", "gfpo.questions_per_step=6",
             "gfpo.rollouts_per_tag=2", "gfpo.max_new_tokens=12", "gfpo.lr=1e-2",
+            "gfpo.trainable=all",  # every weight: the hand computations see all gradients
             "train.log_every=1", "train.max_grad_norm=0",  # unclipped: the loss's gradient
             *overrides,
         ),
@@ -208,9 +209,13 @@ def test_no_loss_on_continuation_tokens(known_modes_traces, ssft_model, rewards,
     _assert_same(_step_gradients(setup_run(other, TrainContext())), first)
 
 
-def test_resume_follows_the_uninterrupted_trajectory(known_modes_traces, ssft_model, tmp_path):
+@pytest.mark.parametrize("trainable", ["all", "tag_head"])
+def test_resume_follows_the_uninterrupted_trajectory(
+    known_modes_traces, ssft_model, tmp_path, trainable
+):
     """Real rollouts (sampled and graded) on every step; crash after step 2, resume."""
     cfg = gfpo_cfg(known_modes_traces, ssft_model, "train.checkpoint_every=2",
+                   f"gfpo.trainable={trainable}", "gfpo.entropy_floor=0.999",
                    "gfpo.form=sampled", "gfpo.rollout_tags=policy", "gfpo.group_size=4",
                    "gfpo.kl_coef=0.1")  # fmt: skip
     logged: list[dict] = []
@@ -314,3 +319,28 @@ def test_gfpo_config_rules():
         load_config("tests/configs/tiny_test.yaml", ["gfpo.form=sampled"])
     with pytest.raises(ConfigError, match=r"pipeline\.gfpo=true"):
         load_config("tests/configs/tiny_test.yaml", ["pipeline.methods=ssft,gfpo"])
+
+
+@pytest.mark.filterwarnings("ignore:Seems like:UserWarning")
+def test_the_tag_head_changes_nothing_but_the_tags_output_rows(
+    known_modes_traces, ssft_model, rewards, tmp_path
+):
+    cfg = gfpo_cfg(known_modes_traces, ssft_model, "gfpo.trainable=tag_head")
+    run = setup_run(cfg, TrainContext())
+    before = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    q0 = run.questions[0]
+    train_step(run, 0, build_sequence(q0.prompt_ids, run.tag_ids[0], q0.trace_ids[0]))
+    after = run.model.state_dict()
+    changed = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert changed == {"lm_head.weight"}  # untied: the input embeddings stay the SSFT model's
+    rows = (after["lm_head.weight"] != before["lm_head.weight"]).any(dim=1).nonzero().flatten()
+    assert set(rows.tolist()) <= set(run.tag_ids) and len(rows) > 0
+    # The saved model is untied and loads as trained.
+    run.model.save_pretrained(tmp_path / "m")
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert not loaded.config.tie_word_embeddings
+    torch.testing.assert_close(loaded.lm_head.weight, after["lm_head.weight"])
+    torch.testing.assert_close(loaded.get_input_embeddings().weight,
+                               before["model.embed_tokens.weight"])  # fmt: skip

@@ -346,6 +346,7 @@ class TrainConfig(Section):
 GFPOForm = Literal["exact", "sampled"]
 RolloutTags = Literal["every_tag", "policy"]
 GFPOBaseline = Literal["expected", "mean", "none"]
+GFPOTrainable = Literal["tag_head", "all"]
 
 
 @dataclass
@@ -389,6 +390,12 @@ class GFPOConfig(Section):
         "not collapse onto one tag unless the rewards outweigh it. 0 = off.")})
     entropy_coef: float = field(default=0.1, metadata={"help": (
         "Weight of the entropy bonus below gfpo.entropy_floor.")})
+    trainable: GFPOTrainable = field(default="tag_head", metadata={"help": (
+        "What the policy gradient may change: 'tag_head' = only the N tags' rows of the "
+        "output projection (untied from the input embeddings first), so every continuation "
+        "stays exactly the SSFT model's and GFPO only re-weights the tags; 'all' = every "
+        "weight (the tag logits depend on the whole prompt's representation, which the "
+        "continuations share: measured to cost accuracy, README \"GFPO\").")})
     steps: int = field(default=20, metadata={"help": (
         "Policy-gradient steps (each rolls out afresh: on-policy). The GFPO run's "
         "train.max_steps; train.lr, warmup and schedule come from gfpo.lr.")})

@@ -112,6 +112,10 @@ class TrainingMethod(ABC):
         self.method = method
         self.cfg = cfg
 
+    def restrict_training(self, model: Any, tag_ids: Sequence[int]) -> None:
+        """Before the optimizer is built: freeze what this method must not change (none)."""
+        return None
+
     def supervised_tokens(self, q: TokenizedQuestion) -> int:
         """This question's share of the loss denominator: its traces' supervised tokens."""
         return supervised_tokens(q, self.cfg.forking.tag_loss)

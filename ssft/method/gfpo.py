@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ssft.method.base import MethodContext, RolloutRequest, StepSequences, TrainingMethod
 from ssft.method.sequences import TokenizedQuestion, build_sequence
@@ -40,12 +41,33 @@ from ssft.method.tag_policy import (
 class GFPO(TrainingMethod):
     """RL on the forking-token choice (the ``gfpo`` config section)."""
 
-    console_metrics = ("gfpo/reward", "gfpo/tag_entropy")
+    console_metrics = ("gfpo/reward", "gfpo/policy_reward", "gfpo/tag_entropy")
     needs_policy = True
 
     def __init__(self, method: Method, cfg: Any) -> None:
         super().__init__(method, cfg)
         self.g = cfg.gfpo
+
+    def restrict_training(self, model: Any, tag_ids: Sequence[int]) -> None:
+        """``gfpo.trainable=tag_head``: only the tags' rows of the output projection learn.
+
+        Tied embeddings are untied first (the output matrix becomes a copy), so the tags'
+        input embeddings, and with them every continuation, stay exactly the SSFT model's:
+        GFPO then only re-weights which tag the model picks. The saved model is untied."""
+        if self.g.trainable == "all":
+            return
+        head = model.get_output_embeddings()
+        if head.weight is model.get_input_embeddings().weight:
+            head.weight = torch.nn.Parameter(head.weight.detach().clone())
+            model.config.tie_word_embeddings = False
+            if getattr(model.config, "get_text_config", None):  # multimodal configs nest it
+                model.config.get_text_config().tie_word_embeddings = False
+        for param in model.parameters():
+            param.requires_grad_(param is head.weight)
+        mask = torch.zeros(head.weight.shape[0], 1, dtype=head.weight.dtype,
+                           device=head.weight.device)  # fmt: skip
+        mask[list(tag_ids)] = 1
+        head.weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
 
     def supervised_tokens(self, q: TokenizedQuestion) -> int:
         return 1  # one tag choice per question: the loss is the mean over questions
@@ -117,6 +139,10 @@ class GFPO(TrainingMethod):
                 add(f"gfpo/reward/{names[r.tag_index]}", sum(rs), len(rs))
             for j in range(n_tags):
                 add(f"gfpo/p/{names[j]}", float(p[b][j]))
+            if g.rollout_tags == "every_tag":  # what a self-selected tag would score
+                value = sum(float(p[b][r.tag_index]) * sum(rs) / len(rs)
+                            for r, rs in zip(plan, rewards, strict=True))  # fmt: skip
+                add("gfpo/policy_reward", value)
             add("gfpo/tag_entropy", entropy(p[b]))
             if ref is not None:
                 add("gfpo/kl", kl_divergence(p[b], ref[b]))

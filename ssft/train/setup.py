@@ -246,6 +246,7 @@ def build_run(
     shared = method.method.shared_tag
     tag_ids = tags.ids_for(shared)
     tc = cfg.train
+    method.restrict_training(model, tag_ids)  # before wrapping and the optimizer
     speed_up(model, activation_checkpointing=tc.activation_checkpointing, compile=tc.compile)
     net = SequenceNLL(model)
     wrapped = ctx.wrap_model(net) if ctx.wrap_model else net
