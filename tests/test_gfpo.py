@@ -261,7 +261,7 @@ def test_a_gfpo_run_rolls_out_grades_and_logs(known_modes_traces, ssft_model, tm
 
     result = train(cfg, TrainContext(tracker=Recording(), final_dir=tmp_path / "final"))
     assert result.steps == 4 and len(logged) == 4
-    tags = [f"<think{i}>" for i in range(1, 5)]
+    tags = [f"think{i}" for i in range(1, 5)]
     for m in logged:
         assert 0.0 <= m["gfpo/reward"] <= 1.0
         assert sum(m[f"gfpo/p/{t}"] for t in tags) == pytest.approx(1.0)

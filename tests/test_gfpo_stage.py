@@ -55,13 +55,14 @@ def test_the_pipeline_runs_gfpo_after_ssft_and_evaluates_both(
     experiment = client.get_experiment_by_name("tiny-cpu")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.info.run_name.startswith("pipeline-")]
-    (stage,) = [r for r in runs if r.data.tags.get("method") == "gfpo"]
+    (stage,) = [r for r in runs if r.data.tags.get("method") == "gfpo"
+                and r.data.tags.get("stage") == "train"]  # fmt: skip
     assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert stage.info.run_name == "ssft-n4-s0-gfpo"
     assert stage.data.tags["gfpo.init_from"] == str(finals[ssft_name].resolve())
     history = client.get_metric_history(stage.info.run_id, "gfpo/reward")
     assert [m.step for m in history] == [1, 2]
-    assert {"gfpo/tag_entropy", "gfpo/p/_think1_", "gfpo/advantage_abs"} <= set(stage.data.metrics)
+    assert {"gfpo/tag_entropy", "gfpo/p/think1", "gfpo/advantage_abs"} <= set(stage.data.metrics)
     (evaluation,) = [r for r in runs if r.info.run_name == "eval-ssft-n4-s0-gfpo"]
     assert "self/pass1" in evaluation.data.metrics
     capsys.readouterr()

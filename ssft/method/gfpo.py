@@ -120,7 +120,8 @@ class GFPO(TrainingMethod):
             s, c = metrics.setdefault(name, [0.0, 0.0])
             metrics[name] = [s + total, c + count]
 
-        names = ctx.tags or tuple(str(j) for j in range(n_tags))
+        # Metric names as MLflow takes them: <think1> -> think1.
+        names = tuple(t.strip("<>") for t in ctx.tags) or tuple(str(j) for j in range(n_tags))
         seqs, weights, at = [], [], 0
         for b, (q, plan) in enumerate(zip(questions, plans, strict=True)):
             rewards = flat_rewards[at : at + len(plan)]
