@@ -107,6 +107,8 @@ class TrainingMethod(ABC):
     console_metrics: tuple[str, ...] = ()
     # Asks for MethodContext's policy hooks (tag log-probs, reference, rollouts): RL methods.
     needs_policy: bool = False
+    # Its logged sequences make a meaningful NLL (the console's loss and tokens/s).
+    logs_nll: bool = True
 
     def __init__(self, method: Method, cfg: Any) -> None:
         self.method = method

@@ -43,6 +43,7 @@ class GFPO(TrainingMethod):
 
     console_metrics = ("gfpo/reward", "gfpo/policy_reward", "gfpo/tag_entropy")
     needs_policy = True
+    logs_nll = False  # its loss is weights on the tag tokens: it shows rewards instead
 
     def __init__(self, method: Method, cfg: Any) -> None:
         super().__init__(method, cfg)

@@ -354,10 +354,13 @@ def train(cfg: ExperimentConfig, ctx: TrainContext | None = None) -> TrainResult
             eta = (time.perf_counter() - began) / done * (run.total_steps - step - 1)
             extra = "".join(f" | {name.rsplit('/', 1)[-1]} {metrics[name]:.4f}"
                             for name in run.method.console_metrics if name in metrics)  # fmt: skip
+            # A method whose loss is no NLL (GFPO: all its rows are weights) shows its own.
+            nll = f" | loss {metrics['loss']:.4f}" if run.method.logs_nll else ""
+            speed = f" | {metrics['tokens_per_s']:,.0f} tok/s" if run.method.logs_nll else ""
             print(
                 f"[train {cfg.name}] step {step + 1}/{run.total_steps} | "
-                f"epoch {metrics['epoch']} | loss {metrics['loss']:.4f}{extra} | "
-                f"lr {metrics['lr']:.2e} | {metrics['tokens_per_s']:,.0f} tok/s | ETA {eta:.0f}s",
+                f"epoch {metrics['epoch']}{nll}{extra} | lr {metrics['lr']:.2e}{speed} | "
+                f"ETA {eta:.0f}s",
                 flush=True,
             )
         if checkpoint:
