@@ -27,7 +27,7 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from ssft.errors import InputError
-from ssft.method.table import uses_shared_tag
+from ssft.method.table import METHODS, uses_shared_tag
 
 # (metric key, column title); "{k}" is filled with the common sample count.
 ACCURACY_COLUMNS = (
@@ -86,6 +86,8 @@ def load_eval(path: str | Path, label: str | None = None) -> dict[str, Any]:
     # Pass@1 under each rule's tag (``pass1_<rule>``), so the paper's coverage heuristic gets
     # its own column; a shared-tag model has one tag, which every rule picks.
     candidates = (model.get("tag_selection") or {}).get("candidates", {})
+    if method in METHODS and METHODS[method].after_ssft:  # no matching: no coverage to rank by
+        candidates = {r: t for r, t in candidates.items() if not r.startswith("coverage")}
     for rule, tag in candidates.items():
         if f"pass1/{tag}" in metrics:
             metrics[f"pass1_{rule}"] = metrics[f"pass1/{tag}"]
