@@ -113,6 +113,17 @@ class _TagPrompt(HFTeacher):
         return [*ids, self.tag_id]
 
 
+def _tag_sampler(
+    cfg: _SamplerSettings, model, tokenizer, tag: str, use_chat_template: bool,
+    prompt_template: str,
+) -> _TagPrompt:  # fmt: skip
+    """The sampler that continues after ``tag``; a tag that is not one token is refused."""
+    tag_id = tokenizer.convert_tokens_to_ids(tag)
+    if tokenizer.encode(tag, add_special_tokens=False) != [tag_id]:
+        raise ValueError(f"{tag!r} is not a single token of this tokenizer: not an SSFT model?")
+    return _TagPrompt(cfg, model, tokenizer, tag_id, use_chat_template, prompt_template)
+
+
 def sample_with_tags(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -138,13 +149,8 @@ def sample_with_tags(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         batch_size=batch_size, use_chat_template=use_chat_template,
     )  # fmt: skip
-    samplers = {}
-    for tag in tags:
-        tag_id = tokenizer.convert_tokens_to_ids(tag)
-        if tokenizer.encode(tag, add_special_tokens=False) != [tag_id]:
-            raise ValueError(f"{tag!r} is not a single token of this tokenizer: not an SSFT model?")
-        samplers[tag] = _TagPrompt(cfg, model, tokenizer, tag_id, use_chat_template,
-                                   prompt_template)  # fmt: skip
+    samplers = {tag: _tag_sampler(cfg, model, tokenizer, tag, use_chat_template,
+                                  prompt_template) for tag in tags}  # fmt: skip
     by_key: dict[tuple[str, str], list] = {}
     meter = Progress(progress, len(questions) * len(tags))
     # One batch of questions under every tag, then the next batch: the very batches
@@ -210,11 +216,8 @@ def sample_requests(
     groups: dict[tuple[str, int], list[int]] = {}
     for i, r in enumerate(requests):
         if r.tag not in samplers:
-            tag_id = tokenizer.convert_tokens_to_ids(r.tag)
-            if tokenizer.encode(r.tag, add_special_tokens=False) != [tag_id]:
-                raise ValueError(f"{r.tag!r} is not a single token of this tokenizer")
-            samplers[r.tag] = _TagPrompt(cfg, model, tokenizer, tag_id, use_chat_template,
-                                         prompt_template)  # fmt: skip
+            samplers[r.tag] = _tag_sampler(cfg, model, tokenizer, r.tag, use_chat_template,
+                                           prompt_template)  # fmt: skip
         groups.setdefault((r.tag, r.n), []).append(i)
     out: list[list[dict[str, Any]]] = [[] for _ in requests]
     for (tag, n), idx in groups.items():
