@@ -250,7 +250,7 @@ def test_resume_follows_the_uninterrupted_trajectory(
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
 
 
-def test_a_gfpo_run_rolls_out_grades_and_logs(known_modes_traces, ssft_model, tmp_path):
+def test_a_gfpo_run_rolls_out_grades_and_logs(known_modes_traces, ssft_model, tmp_path, capsys):
     cfg = gfpo_cfg(known_modes_traces, ssft_model, "gfpo.kl_coef=0.05")
     assert build_method(cfg).__class__ is GFPO
     logged: list[dict] = []
@@ -268,6 +268,9 @@ def test_a_gfpo_run_rolls_out_grades_and_logs(known_modes_traces, ssft_model, tm
         assert all(0.0 <= m[f"gfpo/reward/{t}"] <= 1.0 for t in tags)  # every tag rolled out
         assert 0.0 <= m["gfpo/tag_entropy"] <= math.log(4) + 1e-9 and m["gfpo/kl"] >= 0
     assert (tmp_path / "final" / "ssft_tags.json").exists()
+    # The step line shows the rewards, not an NLL of zero rows.
+    steps = [line for line in capsys.readouterr().out.splitlines() if "] step " in line]
+    assert len(steps) == 4 and all("| reward " in s and "| loss " not in s for s in steps)
 
 
 # --- the per-tag coefficients, by hand ---------------------------------------------------
