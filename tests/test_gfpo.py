@@ -347,3 +347,39 @@ def test_the_tag_head_changes_nothing_but_the_tags_output_rows(
     torch.testing.assert_close(loaded.lm_head.weight, after["lm_head.weight"])
     torch.testing.assert_close(loaded.get_input_embeddings().weight,
                                before["model.embed_tokens.weight"])  # fmt: skip
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_masked_continuations_of_a_tag_head_model_are_the_ssft_models(
+    known_modes_traces, ssft_model, temperature
+):
+    """Training the tags' output rows (gfpo.trainable=tag_head) raises the tags' logits at
+    every position; with the forking tokens masked (eval.mask_forking_tokens, the default)
+    the model's continuations are exactly its SSFT model's, however large those rows grow.
+    Unmasked, the grown rows leak tags into the answers."""
+    from transformers import AutoModelForCausalLM
+
+    from ssft.eval.sampling import sample_with_tags
+
+    cfg = gfpo_cfg(known_modes_traces, ssft_model, "gfpo.trainable=tag_head")
+    run = setup_run(cfg, TrainContext())  # untied: the tag rows are the output's own
+    ssft = AutoModelForCausalLM.from_pretrained(ssft_model).eval()
+    head = run.model.get_output_embeddings().weight
+    questions = list(run.sources.values())[:4]
+    q0 = run.questions[0]
+    with torch.no_grad():  # each tag row: 3 x the row of the token an answer starts with
+        first = ssft(input_ids=torch.tensor([[*q0.prompt_ids, run.tag_ids[0]]])).logits[0, -1]
+        common = first.argmax()
+        for t in run.tag_ids:
+            head[t] = 3.0 * head[common]
+    blocked = run.blocked_tokens
+    assert set(run.tag_names) < set(blocked) and cfg.forking.shared_tag in blocked
+
+    def sample(model, blocked_tokens):
+        return [(r["tag"], r["text"], r["num_tokens"]) for r in sample_with_tags(
+            model.eval(), run.tokenizer, questions, list(run.tag_names), samples_per_tag=2,
+            temperature=temperature, max_new_tokens=12, seed=3, blocked_tokens=blocked_tokens,
+        )]  # fmt: skip
+
+    assert sample(run.model, blocked) == sample(ssft, blocked)
+    assert sample(run.model, ()) != sample(ssft, ())

@@ -88,6 +88,9 @@ def train_config(cfg: ExperimentConfig, label: str, seed: int, traces: Path, dig
     for section in sections:
         section.pop("output_dir", None)
         section.pop("train_path", None)
+    # eval.mask_forking_tokens (in validation sampling too) is left out of the key: a forking
+    # token almost never appears in an SSFT model's answer, and the trainings named before
+    # the setting existed stay reusable.
     decoding = {k: getattr(cfg.eval, k) for k in ("temperature", "top_p", "max_new_tokens")}
     key = _key(cfg.method, seed, digest, sections, decoding)
     run.name = f"{cfg.name}-{label}-s{seed}-{key}"
@@ -164,8 +167,10 @@ def _gfpo_arm(arm: _Arm) -> _Arm:
     decides the stage's result (the gfpo section, the rollouts' decoding)."""
     cfg = arm.train_cfg
     section = {k: v for k, v in dataclasses.asdict(cfg.gfpo).items() if k != "init_from"}
+    rollouts = {k: getattr(cfg.eval, k) for k in ("top_p", "max_new_tokens", "mask_forking_tokens",
+                                                  "answer_extraction")}  # fmt: skip
     run_cfg = dataclasses.replace(
-        gfpo.stage_config(cfg, arm.final), name=f"{cfg.name}-gfpo-{_key(section)}"
+        gfpo.stage_config(cfg, arm.final), name=f"{cfg.name}-gfpo-{_key(section, rollouts)}"
     )
     eval_cfg = dataclasses.replace(
         arm.eval_cfg, name=f"{run_cfg.name}-{_key(dataclasses.asdict(arm.eval_cfg.eval))}",

@@ -23,11 +23,13 @@ from ssft.train.policy_hooks import graded_rollouts, sample_requests_of
 
 
 @ray.remote(max_retries=2)  # a lost task is sampled again: same seeds, same rewards
-def _rollout_share(model: torch.nn.Module, tokenizer: Any, asked: list, cfg: Any) -> list:
+def _rollout_share(
+    model: torch.nn.Module, tokenizer: Any, asked: list, cfg: Any, blocked: tuple[str, ...]
+) -> list:
     torch.set_num_threads(1)  # share the CPUs the waiting trainer lends
     if torch.cuda.is_available() and cfg.gfpo.rollout_task_gpus > 0:
         model = model.to("cuda")
-    return graded_rollouts(model, tokenizer, asked, cfg)
+    return graded_rollouts(model, tokenizer, asked, cfg, blocked)
 
 
 def ray_task_rollouts(run: Any) -> Callable[[Sequence[RolloutRequest]], list[list[float]]]:
@@ -43,8 +45,8 @@ def ray_task_rollouts(run: Any) -> Callable[[Sequence[RolloutRequest]], list[lis
         model_ref = ray.put(model)  # one copy of the weights per call, shared by its tasks
         k = max(1, min(g.rollout_tasks, len(asked)))
         shares = [asked[i::k] for i in range(k)]  # round-robin: similar work per task
-        results = ray.get([remote.remote(model_ref, run.tokenizer, share, run.cfg)
-                           for share in shares])  # fmt: skip
+        results = ray.get([remote.remote(model_ref, run.tokenizer, share, run.cfg,
+                                         run.blocked_tokens) for share in shares])  # fmt: skip
         out: list[list[float]] = [[] for _ in asked]
         for i, share_rewards in enumerate(results):
             for j, rewards in enumerate(share_rewards):

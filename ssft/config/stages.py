@@ -347,6 +347,12 @@ class EvalConfig(Section):
         "Nucleus sampling mass (the paper's 0.95).")})
     max_new_tokens: int = field(default=256, metadata={"help": (
         "Longest answer sampled, in tokens; longer answers are cut and count as unfinished.")})
+    mask_forking_tokens: bool = field(default=True, metadata={"help": (
+        "Never sample a forking token (the N tags, the shared tag) inside an answer: they "
+        "belong at the tag position only (training traces never hold one later), and gfpo's "
+        "tag-row training raises their logits at every position. Applies to evaluation, "
+        "tag_selection's validation samples and gfpo's rollouts. false = sample the full "
+        "vocabulary (figures measured before 2026-12-02 did).")})
     batch_size: int = field(default=32, metadata={"help": (
         "Questions per generate call (each expands to samples_per_tag rows).")})
     answer_extraction: AnswerExtraction = field(default="boxed", metadata={"help": (

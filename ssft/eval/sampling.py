@@ -9,6 +9,11 @@ sample index) only, not on batch composition.
 Shared-tag methods (SFT-mixed, single-trace SFT) get the same number of samples as the
 forking-token methods, all under their one tag: ``num_tags x samples_per_tag``.
 
+``blocked_tokens``: tokens never sampled inside a continuation (``forking_tokens_of``: the
+model's N tags and its shared tag, when ``eval.mask_forking_tokens`` is on). Training traces
+never hold a forking token after the first position, so a sampled one is an error of the
+sampler, and GFPO's tag-row training raises those tokens' logits at every position.
+
 ``tag_probabilities`` reports p(tag | prompt) at the position where the tag goes: the full
 softmax probability of each tag token, and the distribution renormalised over the tags
 (what a model trained with ``forking.tag_loss`` would pick from).
@@ -102,9 +107,11 @@ class _TagPrompt(HFTeacher):
         tag_id: int,
         use_chat_template: bool,
         prompt_template: str,
+        blocked_ids: tuple[int, ...] = (),
     ) -> None:
         super().__init__(cfg, model=model, tokenizer=tokenizer)
         self.tag_id, self.use_chat, self.template = tag_id, use_chat_template, prompt_template
+        self.blocked_ids = blocked_ids
 
     def prompt_ids(self, prompt: str) -> list[int]:
         ids = format_prompt(
@@ -113,15 +120,28 @@ class _TagPrompt(HFTeacher):
         return [*ids, self.tag_id]
 
 
+def forking_tokens_of(model_tags: dict[str, Any]) -> tuple[str, ...]:
+    """Every forking token of a model (its ``ssft_tags.json``: the N tags, the shared tag)."""
+    return (*model_tags["tags"], model_tags["shared_tag"])
+
+
+def _token_id(tokenizer, token: str) -> int:
+    """The id of ``token``, which must be one token of ``tokenizer`` (a forking token)."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if tokenizer.encode(token, add_special_tokens=False) != [token_id]:
+        raise ValueError(f"{token!r} is not a single token of this tokenizer: not an SSFT model?")
+    return token_id
+
+
 def _tag_sampler(
     cfg: _SamplerSettings, model, tokenizer, tag: str, use_chat_template: bool,
-    prompt_template: str,
+    prompt_template: str, blocked_tokens: Sequence[str] = (),
 ) -> _TagPrompt:  # fmt: skip
-    """The sampler that continues after ``tag``; a tag that is not one token is refused."""
-    tag_id = tokenizer.convert_tokens_to_ids(tag)
-    if tokenizer.encode(tag, add_special_tokens=False) != [tag_id]:
-        raise ValueError(f"{tag!r} is not a single token of this tokenizer: not an SSFT model?")
-    return _TagPrompt(cfg, model, tokenizer, tag_id, use_chat_template, prompt_template)
+    """The sampler that continues after ``tag`` and never writes ``blocked_tokens``; a tag or
+    blocked token that is not one token is refused."""
+    blocked = tuple(sorted({_token_id(tokenizer, t) for t in blocked_tokens}))
+    return _TagPrompt(cfg, model, tokenizer, _token_id(tokenizer, tag), use_chat_template,
+                      prompt_template, blocked)  # fmt: skip
 
 
 def sample_with_tags(
@@ -138,19 +158,21 @@ def sample_with_tags(
     seed: int = 0,
     use_chat_template: bool = True,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    blocked_tokens: Sequence[str] = (),
     progress: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (question, tag, sample): question_id, tag, sample_index, text, num_tokens.
 
     Rows are ordered by question, then tag (in ``tags`` order), then sample index.
-    ``progress``: the label of a ``Progress`` line (e.g. ``"[eval] my-ssft"``); None = silent.
+    ``blocked_tokens``: never sampled (module docstring). ``progress``: the label of a
+    ``Progress`` line (e.g. ``"[eval] my-ssft"``); None = silent.
     """
     cfg = _SamplerSettings(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         batch_size=batch_size, use_chat_template=use_chat_template,
     )  # fmt: skip
     samplers = {tag: _tag_sampler(cfg, model, tokenizer, tag, use_chat_template,
-                                  prompt_template) for tag in tags}  # fmt: skip
+                                  prompt_template, blocked_tokens) for tag in tags}  # fmt: skip
     by_key: dict[tuple[str, str], list] = {}
     meter = Progress(progress, len(questions) * len(tags))
     # One batch of questions under every tag, then the next batch: the very batches
@@ -201,13 +223,14 @@ def sample_requests(
     seed: int = 0,
     use_chat_template: bool = True,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    blocked_tokens: Sequence[str] = (),
 ) -> list[list[dict[str, Any]]]:
     """For each request, its ``n`` samples as ``{"text", "num_tokens"}``, in request order.
 
     Requests are batched by (tag, n): each sample is seeded from its identity alone (the
     ``hf`` teacher's per-row streams), so what a request gets does not depend on the other
     requests. A request with ``key=""`` draws what ``sample_with_tags`` draws for that
-    question and tag."""
+    question and tag (given the same ``blocked_tokens``)."""
     cfg = _SamplerSettings(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         batch_size=batch_size, use_chat_template=use_chat_template,
@@ -217,7 +240,7 @@ def sample_requests(
     for i, r in enumerate(requests):
         if r.tag not in samplers:
             samplers[r.tag] = _tag_sampler(cfg, model, tokenizer, r.tag, use_chat_template,
-                                           prompt_template)  # fmt: skip
+                                           prompt_template, blocked_tokens)  # fmt: skip
         groups.setdefault((r.tag, r.n), []).append(i)
     out: list[list[dict[str, Any]]] = [[] for _ in requests]
     for (tag, n), idx in groups.items():
@@ -254,6 +277,7 @@ def sample_self_selected(
     seed: int = 0,
     use_chat_template: bool = True,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    blocked_tokens: Sequence[str] = (),
     progress: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The model picks its tag: ``(sample rows, tag-probability rows)``.
@@ -265,7 +289,8 @@ def sample_self_selected(
     per tag), text, num_tokens, p_tag (the drawn tag's renormalised probability). The
     tag-probability rows are ``tag_probabilities``' for ``questions`` and ``tags``. One tag
     (a shared-tag method's) is drawn every time. ``batch_size``: samples per generate call
-    (each request is one sample). ``progress``: as in ``sample_with_tags``.
+    (each request is one sample). ``blocked_tokens``, ``progress``: as in
+    ``sample_with_tags``.
     """
     fmt = dict(use_chat_template=use_chat_template, prompt_template=prompt_template)
     prob_rows = tag_probabilities(model, tokenizer, questions, tags, **fmt)
@@ -273,7 +298,8 @@ def sample_self_selected(
     drawn = {q.question_id: draw_tags([p[(q.question_id, t)] for t in tags], samples, seed,
                                       q.question_id) for q in questions}  # fmt: skip
     settings = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, seed=seed, **fmt)  # fmt: skip
+                    batch_size=batch_size, seed=seed, blocked_tokens=blocked_tokens,
+                    **fmt)  # fmt: skip
     # Chunks of about ``batch_size`` samples per tag, for the progress line; each sample is
     # seeded from its identity, so chunking changes nothing but the batches.
     per_chunk = max(1, batch_size * len(tags) // max(1, samples))
@@ -306,11 +332,13 @@ def sample_with_tags_vllm(
     seed: int = 0,
     use_chat_template: bool = True,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    blocked_tokens: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """``sample_with_tags`` on vLLM: the same prompts (token ids, tag appended), same rows.
 
     One request per (question, tag) with ``n=samples_per_tag`` and a seed from (seed,
-    question, tag), so results do not depend on batching. vLLM is an optional GPU dependency.
+    question, tag), so results do not depend on batching; ``blocked_tokens`` get a logit
+    bias of -100 (vLLM's ban). vLLM is an optional GPU dependency.
     """
     try:
         from vllm import LLM, SamplingParams
@@ -323,6 +351,7 @@ def sample_with_tags_vllm(
         ) from err
 
     llm = LLM(model=str(model_dir), seed=seed, trust_remote_code=False)  # never run repo code
+    ban = {_token_id(tokenizer, t): -100.0 for t in blocked_tokens} or None
     prompts, params, keys = [], [], []
     for q in questions:
         base = format_prompt(
@@ -339,6 +368,7 @@ def sample_with_tags_vllm(
             params.append(SamplingParams(
                 n=samples_per_tag, temperature=temperature, top_p=top_p,
                 max_tokens=max_new_tokens, seed=int.from_bytes(digest[:4], "little") & 0x7FFFFFFF,
+                logit_bias=ban,
             ))  # fmt: skip
             keys.append((q.question_id, tag))
     rows = []

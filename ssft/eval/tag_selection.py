@@ -76,12 +76,14 @@ def validation_accuracy(
     *,
     samples_per_tag: int,
     seed: int,
+    blocked_tokens: Sequence[str] = (),
     label: str = "[train] validation",
 ) -> dict[str, float]:
     """Per tag, the mean over held-out questions of the share of correct samples.
 
     Samples are drawn as evaluation draws them (``eval.temperature``, ``eval.top_p``,
-    ``eval.max_new_tokens``, the training prompt format, the tag appended) and graded
+    ``eval.max_new_tokens``, the training prompt format, the tag appended, never writing
+    ``blocked_tokens``) and graded
     against each question's gold answer (math-verify, gold first). While it samples, a
     ``<label>: 96/256 (question, tag) pairs | ... ETA ...`` line every
     ``sampling.PROGRESS_EVERY_S`` seconds says how far it is.
@@ -92,7 +94,7 @@ def validation_accuracy(
         temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
         max_new_tokens=eval_cfg.max_new_tokens, batch_size=eval_cfg.batch_size, seed=seed,
         use_chat_template=data_cfg.use_chat_template, prompt_template=data_cfg.prompt_template,
-        progress=label,
+        blocked_tokens=blocked_tokens, progress=label,
     )  # fmt: skip
     gold = {q.question_id: q.gold_answer for q in questions}
     for row in rows:

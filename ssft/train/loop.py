@@ -403,7 +403,7 @@ def select_final_tags(run: Run, final_dir: Path | None) -> TagSelection:
             model = run.model.eval()
         accuracy = validation_accuracy(
             model, run.tokenizer, run.validation, tags, cfg.eval, cfg.data,
-            samples_per_tag=ts.samples_per_tag, seed=cfg.seed,
+            samples_per_tag=ts.samples_per_tag, seed=cfg.seed, blocked_tokens=run.blocked_tokens,
             label=f"[train {cfg.name}] validation",
         )  # fmt: skip
         shown = " ".join(f"{t} {a:.3f}" for t, a in accuracy.items())

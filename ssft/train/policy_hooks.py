@@ -116,10 +116,12 @@ def sample_requests_of(run: Run, requests: Sequence[RolloutRequest]) -> list[Sam
 
 
 def graded_rollouts(
-    model: torch.nn.Module, tokenizer, asked: Sequence[SampleRequest], cfg
-) -> list[list[float]]:
+    model: torch.nn.Module, tokenizer, asked: Sequence[SampleRequest], cfg,
+    blocked_tokens: Sequence[str] = (),
+) -> list[list[float]]:  # fmt: skip
     """Sample ``asked`` on ``model`` (eval mode) and grade each sample: 1.0 correct, else 0.0.
-    ``cfg``: the run's ``ExperimentConfig`` (gfpo's decoding, eval's grading, data's prompt)."""
+    ``cfg``: the run's ``ExperimentConfig`` (gfpo's decoding, eval's grading, data's prompt);
+    ``blocked_tokens``: never sampled (``Run.blocked_tokens``)."""
     g, ev, data = cfg.gfpo, cfg.eval, cfg.data
     on_gpu = next(model.parameters()).device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
@@ -129,6 +131,7 @@ def graded_rollouts(
             max_new_tokens=g.max_new_tokens or ev.max_new_tokens,
             batch_size=g.rollout_batch_size, seed=cfg.seed,
             use_chat_template=data.use_chat_template, prompt_template=data.prompt_template,
+            blocked_tokens=blocked_tokens,
         )  # fmt: skip
     return [
         [float(grade(a.question.gold_answer, s["text"], ev.answer_extraction)[1]) for s in ss]
@@ -139,5 +142,5 @@ def graded_rollouts(
 def rollouts(run: Run) -> Callable[[Sequence[RolloutRequest]], list[list[float]]]:
     """Graded rollouts in this process, on the run's current model."""
     return lambda requests: graded_rollouts(
-        run.model, run.tokenizer, sample_requests_of(run, requests), run.cfg
+        run.model, run.tokenizer, sample_requests_of(run, requests), run.cfg, run.blocked_tokens
     )

@@ -177,6 +177,12 @@ class Run:
         return (self.tags.shared_tag,) if self.shared else tuple(self.tags.tags)
 
     @property
+    def blocked_tokens(self) -> tuple[str, ...]:
+        """Tokens this run's samples (tag selection, rollouts) never write: every forking
+        token, when ``eval.mask_forking_tokens`` is on (``ssft.eval.sampling``)."""
+        return (*self.tags.tags, self.tags.shared_tag) if self.cfg.eval.mask_forking_tokens else ()
+
+    @property
     def pass1_tag(self) -> str:
         return self.tags.shared_tag if self.shared else self.tags.tags[self.stats.coverage_tag()]
 

@@ -20,6 +20,10 @@ sampler left. Temperature and top-p are applied here; ``top_k`` is not used, whi
 processors of the model's own ``generation_config`` (e.g. ``repetition_penalty``) still run
 before the sampler. ``temperature == 0`` is greedy decoding: one row per question, its text
 repeated ``num_samples`` times.
+
+``blocked_ids`` (empty for teachers): token ids never generated, masked to ``-inf`` before
+temperature, top-p and the draw (greedy decoding too). A student sampler blocks its forking
+tokens: they belong at the tag position only, never inside an answer.
 """
 
 from __future__ import annotations
@@ -71,8 +75,22 @@ class _RowSampler:
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
+class _BlockTokens:
+    """Logits processor: ``-inf`` for ``ids`` in every row (not transformers'
+    ``SuppressTokensLogitsProcessor``, which would replace one the model's own
+    ``generation_config.suppress_tokens`` asks for)."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.ids = torch.tensor(list(ids), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.index_fill(1, self.ids.to(scores.device), float("-inf"))
+
+
 class HFTeacher(Teacher):
     """Samples answers with ``model.generate``; see the module docstring for the layout."""
+
+    blocked_ids: tuple[int, ...] = ()
 
     def __init__(self, cfg: Any, model=None, tokenizer=None) -> None:
         super().__init__(cfg)
@@ -141,12 +159,14 @@ class HFTeacher(Teacher):
             for r in range(i * copies, (i + 1) * copies):
                 input_ids[r, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention_mask[r, width - len(ids) :] = 1
+        from transformers import LogitsProcessorList
+
         processors = []
+        if self.blocked_ids:  # first: the sampler then never sees them
+            processors.append(_BlockTokens(self.blocked_ids))
         if not greedy:
             seeds = [row_seed(seed, q.question_id, j) for q in questions for j in range(copies)]
             processors.append(_RowSampler(self.cfg.temperature, self.cfg.top_p, seeds))
-        from transformers import LogitsProcessorList
-
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
