@@ -252,3 +252,35 @@ def test_the_per_tag_plot_shows_the_logged_figures():
     assert [b.get_height() for b in acc.patches] == [stats[t].accuracy for t in TAGS]
     assert [b.get_height() for b in length.patches] == [stats[t].mean_tokens for t in TAGS]
     assert [x.get_text() for x in acc.get_xticklabels()] == TAGS
+
+
+def test_evaluation_never_samples_a_forking_token_unless_told(trained, tmp_path):
+    """``eval.mask_forking_tokens`` (default on) keeps every forking token, the shared tag
+    included, out of the answers: a copy of the model whose ``<think>`` output row dominates
+    the first answer token answers as the original does; with the mask off it does not."""
+    import shutil
+
+    import torch
+
+    cfg, final = trained["ssft"]
+    copy = tmp_path / "final"
+    shutil.copytree(final, copy)
+    model = AutoModelForCausalLM.from_pretrained(copy)
+    tokenizer = AutoTokenizer.from_pretrained(copy)
+    q = _questions(cfg)[0]
+    prompt = tokenizer.encode(f"Question: {q.prompt}\nAnswer: ", add_special_tokens=True)
+    shared = tokenizer.convert_tokens_to_ids("<think>")
+    with torch.no_grad():  # untied or tied alike: <think> is never an input of SSFT's samples
+        first = model(input_ids=torch.tensor([[*prompt, tokenizer.convert_tokens_to_ids(
+            "<think1>")]])).logits[0, -1].argmax()  # fmt: skip
+        head = model.get_output_embeddings().weight
+        head[shared] = 3.0 * head[first]
+    model.save_pretrained(copy)
+
+    def texts(model_dir, mask):
+        ev = dataclasses.replace(cfg.eval, mask_forking_tokens=mask)
+        return [r["text"] for r in evaluate_questions(model_dir, _questions(cfg), ev, cfg.data,
+                                                      seed=0)]  # fmt: skip
+
+    assert texts(copy, True) == texts(final, True)
+    assert texts(copy, False) != texts(final, False)

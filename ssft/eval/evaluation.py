@@ -44,7 +44,7 @@ from ssft.data.teachers.base import Question
 from ssft.eval import metrics as eval_metrics
 from ssft.eval.modes import mode_classifier
 from ssft.eval.sampling import (
-    forking_tokens_of,
+    blocked_forking_tokens,
     sample_self_selected,
     sample_with_tags,
     sample_with_tags_vllm,
@@ -135,7 +135,8 @@ def evaluate_questions(
         samples_per_tag=per_tag, temperature=0.0 if greedy else eval_cfg.temperature,
         top_p=eval_cfg.top_p, max_new_tokens=eval_cfg.max_new_tokens, seed=seed,
         use_chat_template=data_cfg.use_chat_template, prompt_template=data_cfg.prompt_template,
-        blocked_tokens=forking_tokens_of(info) if eval_cfg.mask_forking_tokens else (),
+        blocked_tokens=blocked_forking_tokens(eval_cfg.mask_forking_tokens, info["tags"],
+                                              info["shared_tag"]),
     )  # fmt: skip
     decoding = "greedy" if greedy else "self_selected" if self_selected else "sampled"
     if self_selected:

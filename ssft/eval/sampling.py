@@ -9,8 +9,8 @@ sample index) only, not on batch composition.
 Shared-tag methods (SFT-mixed, single-trace SFT) get the same number of samples as the
 forking-token methods, all under their one tag: ``num_tags x samples_per_tag``.
 
-``blocked_tokens``: tokens never sampled inside a continuation (``forking_tokens_of``: the
-model's N tags and its shared tag, when ``eval.mask_forking_tokens`` is on). Training traces
+``blocked_tokens``: tokens never sampled inside a continuation (``blocked_forking_tokens``:
+the model's N tags and its shared tag, when ``eval.mask_forking_tokens`` is on). Training traces
 never hold a forking token after the first position, so a sampled one is an error of the
 sampler, and GFPO's tag-row training raises those tokens' logits at every position.
 
@@ -120,9 +120,12 @@ class _TagPrompt(HFTeacher):
         return [*ids, self.tag_id]
 
 
-def forking_tokens_of(model_tags: dict[str, Any]) -> tuple[str, ...]:
-    """Every forking token of a model (its ``ssft_tags.json``: the N tags, the shared tag)."""
-    return (*model_tags["tags"], model_tags["shared_tag"])
+def blocked_forking_tokens(
+    mask_forking_tokens: bool, tags: Sequence[str], shared_tag: str
+) -> tuple[str, ...]:
+    """What a model's samples never write: all its forking tokens (the N ``tags`` and the
+    ``shared_tag``) when ``eval.mask_forking_tokens`` is on, else nothing."""
+    return (*tags, shared_tag) if mask_forking_tokens else ()
 
 
 def _token_id(tokenizer, token: str) -> int:
@@ -133,15 +136,19 @@ def _token_id(tokenizer, token: str) -> int:
     return token_id
 
 
+def _token_ids(tokenizer, tokens: Sequence[str]) -> tuple[int, ...]:
+    """The ids of ``tokens`` (each one token, ``_token_id``), sorted, once each."""
+    return tuple(sorted({_token_id(tokenizer, t) for t in tokens}))
+
+
 def _tag_sampler(
     cfg: _SamplerSettings, model, tokenizer, tag: str, use_chat_template: bool,
-    prompt_template: str, blocked_tokens: Sequence[str] = (),
+    prompt_template: str, blocked_ids: tuple[int, ...] = (),
 ) -> _TagPrompt:  # fmt: skip
-    """The sampler that continues after ``tag`` and never writes ``blocked_tokens``; a tag or
-    blocked token that is not one token is refused."""
-    blocked = tuple(sorted({_token_id(tokenizer, t) for t in blocked_tokens}))
+    """The sampler that continues after ``tag`` and never writes ``blocked_ids``; a tag that
+    is not one token is refused."""
     return _TagPrompt(cfg, model, tokenizer, _token_id(tokenizer, tag), use_chat_template,
-                      prompt_template, blocked)  # fmt: skip
+                      prompt_template, blocked_ids)  # fmt: skip
 
 
 def sample_with_tags(
@@ -171,8 +178,9 @@ def sample_with_tags(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         batch_size=batch_size, use_chat_template=use_chat_template,
     )  # fmt: skip
+    blocked = _token_ids(tokenizer, blocked_tokens)
     samplers = {tag: _tag_sampler(cfg, model, tokenizer, tag, use_chat_template,
-                                  prompt_template, blocked_tokens) for tag in tags}  # fmt: skip
+                                  prompt_template, blocked) for tag in tags}  # fmt: skip
     by_key: dict[tuple[str, str], list] = {}
     meter = Progress(progress, len(questions) * len(tags))
     # One batch of questions under every tag, then the next batch: the very batches
@@ -235,12 +243,13 @@ def sample_requests(
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         batch_size=batch_size, use_chat_template=use_chat_template,
     )  # fmt: skip
+    blocked = _token_ids(tokenizer, blocked_tokens)
     samplers: dict[str, _TagPrompt] = {}
     groups: dict[tuple[str, int], list[int]] = {}
     for i, r in enumerate(requests):
         if r.tag not in samplers:
             samplers[r.tag] = _tag_sampler(cfg, model, tokenizer, r.tag, use_chat_template,
-                                           prompt_template, blocked_tokens)  # fmt: skip
+                                           prompt_template, blocked)  # fmt: skip
         groups.setdefault((r.tag, r.n), []).append(i)
     out: list[list[dict[str, Any]]] = [[] for _ in requests]
     for (tag, n), idx in groups.items():
@@ -351,7 +360,7 @@ def sample_with_tags_vllm(
         ) from err
 
     llm = LLM(model=str(model_dir), seed=seed, trust_remote_code=False)  # never run repo code
-    ban = {_token_id(tokenizer, t): -100.0 for t in blocked_tokens} or None
+    ban = {i: -100.0 for i in _token_ids(tokenizer, blocked_tokens)} or None
     prompts, params, keys = [], [], []
     for q in questions:
         base = format_prompt(

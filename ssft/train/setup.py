@@ -24,6 +24,7 @@ from ssft.data.teachers.base import Question
 from ssft.data.tokenize import tokenize_trace_sets
 from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.errors import ConfigError, InputError
+from ssft.eval.sampling import blocked_forking_tokens
 from ssft.eval.tag_selection import held_out_count, validation_split
 from ssft.method.base import TrainingMethod
 from ssft.method.forking_tokens import ForkingTokens, add_forking_tokens
@@ -180,7 +181,8 @@ class Run:
     def blocked_tokens(self) -> tuple[str, ...]:
         """Tokens this run's samples (tag selection, rollouts) never write: every forking
         token, when ``eval.mask_forking_tokens`` is on (``ssft.eval.sampling``)."""
-        return (*self.tags.tags, self.tags.shared_tag) if self.cfg.eval.mask_forking_tokens else ()
+        return blocked_forking_tokens(self.cfg.eval.mask_forking_tokens, self.tags.tags,
+                                      self.tags.shared_tag)  # fmt: skip
 
     @property
     def pass1_tag(self) -> str:
