@@ -89,6 +89,36 @@ def test_the_gfpo_experiment_reuses_the_spare_tag_experiments_ssft_runs(tmp_path
         assert ours.name == theirs.name
 
 
+def test_a_gfpo_stage_is_named_after_its_section_and_its_rollouts_decoding(
+    tmp_path, known_modes_traces
+):
+    """A rerun reuses a GFPO stage by name: what changes its model (the gfpo section, how its
+    rollouts sample and are graded) must change the name; the evaluation's size must not."""
+    import dataclasses
+
+    from ssft.train.loop import TrainContext, train
+    from workflows.pipeline import _Arm, _gfpo_arm
+
+    def arm(*overrides: str) -> _Arm:
+        cfg = load_config(CONFIG, [f"train.output_dir={tmp_path}", "train.epochs=1", *overrides])
+        run_cfg = train_config(cfg, "ssft", 0, known_modes_traces, "sha256:x")
+        eval_cfg = dataclasses.replace(run_cfg, name=f"eval-{run_cfg.name}")
+        return _Arm("ssft", "ssft", run_cfg, eval_cfg)
+
+    base = arm()
+    train(base.train_cfg, TrainContext(final_dir=base.final))  # a final model to start from
+    name = _gfpo_arm(base).train_cfg.name
+    assert name.startswith(f"{base.train_cfg.name}-gfpo-")
+    same = ["eval.num_questions=3", "eval.samples_per_tag=5"]
+    # (eval.top_p and eval.max_new_tokens name the SSFT training too: its tag validation)
+    changed = ["eval.mask_forking_tokens=false", "eval.answer_extraction=last_expression",
+               "gfpo.lr=0.5", "gfpo.steps=3", "gfpo.temperature=0.5"]  # fmt: skip
+    for override in same + changed:
+        other = arm(override)
+        assert other.train_cfg.name == base.train_cfg.name, override  # the same SSFT model
+        assert (_gfpo_arm(other).train_cfg.name == name) == (override in same), override
+
+
 @pytest.mark.slow
 def test_rollouts_on_ray_tasks_score_what_the_worker_would(ray_local, known_modes_traces, tmp_path):
     """The same requests, in process and spread over Ray tasks: the same rewards, in order.
