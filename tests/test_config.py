@@ -407,9 +407,10 @@ def test_flatten_has_one_dotted_key_per_field():
     # 4 tag_selection fields, matching.spare_tags, eval.greedy, pipeline.max_concurrent;
     # build.min_coverage, eval.answer_extraction, .questions_path, .mode_classifier,
     # train.max_steps; sweep.evaluate, .rank_by; per teacher answer_extraction, replay_source;
-    # the gfpo section (20), pipeline.gfpo, eval.self_selected, eval.mask_forking_tokens
+    # the gfpo section (20), pipeline.gfpo, eval.self_selected, eval.mask_forking_tokens,
+    # pipeline.require_pass1_above
     assert set(flat) == expected
-    assert len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 5 + 2 + 4 * 21 + 20 + 3
+    assert len(flat) == 53 + 13 + 14 + 3 + 7 + 7 + 5 + 2 + 4 * 21 + 20 + 4
     assert flat["train.lr"] == 3e-3 and flat["model.tokenizer"] == "char"
     assert flat["matching.prefix_tokens"] is None
     assert all(v is None or isinstance(v, str | int | float | bool) for v in flat.values())

@@ -11,7 +11,7 @@ from ssft.config import parse_cli
 from ssft.tracking import read_run_record
 from tests.conftest import last_wins
 from workflows import evaluate
-from workflows.pipeline import run
+from workflows.pipeline import main, run
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +20,13 @@ CONFIG = Path(__file__).resolve().parents[1] / "tests" / "configs" / "tiny_test.
 
 
 def small(tmp_path, *extra):
+    return parse_cli(small_args(*extra))
+
+
+def small_args(*extra) -> list[str]:
     # RELATIVE output folders, as a user's defaults are: Ray Train workers run in another
     # directory, so the drivers must resolve them (the test runs from inside tmp_path).
-    return parse_cli([
+    return [
         "--config", str(CONFIG), *last_wins(
             "build.output_dir=traces", "train.output_dir=train",
             "eval.output_dir=eval", "pipeline.output_dir=cmp",
@@ -30,7 +34,7 @@ def small(tmp_path, *extra):
             "eval.num_questions=4", "eval.samples_per_tag=1", "pipeline.methods=ssft,sft_mixed",
             *extra,
         ),
-    ])  # fmt: skip
+    ]  # fmt: skip
 
 
 def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, monkeypatch, capsys):
@@ -84,6 +88,22 @@ def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, monkeyp
     assert "mlflow.parentRunId" not in alone.data.tags
     trained = client.get_run(alone.data.tags["ssft.train_run_id"])
     assert trained.info.run_id in trains and trained.info.run_name.startswith("ssft-n")
+
+    # Models that did not learn their task: every result is written, and the job exits 1
+    # saying so (the tiny test models are not meant to learn; tiny_test sets the floor null).
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(small_args("pipeline.require_pass1_above=0.99"))
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: no model learned its task: the best Pass@1 is" in err
+    assert "pipeline.require_pass1_above=0.99" in err and "(seed 0)" in err
+    failed = client.search_runs(
+        [experiment.experiment_id], "tags.stage = 'pipeline' and attributes.status = 'FAILED'"
+    )
+    assert failed[0].data.tags["ssft.nothing_learned"].startswith("no model learned its task")
+    assert len(failed) == 1 and "comparison/comparison.md" in {
+        f.path for f in client.list_artifacts(failed[0].info.run_id, "comparison")}  # fmt: skip
 
 
 def check_tree(client, experiment_id: str, tmp_path, log: str):

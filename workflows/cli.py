@@ -39,6 +39,11 @@ class OutputNotWritable(RuntimeError):
     """An output folder refuses writes; raised before any compute, naming the folder."""
 
 
+class NothingLearned(RuntimeError):
+    """A job ran to the end, but its results show nothing (no model learned its task); every
+    output is written. Exit status 1: the command worked, the experiment did not."""
+
+
 def check_output_dir(path: str | os.PathLike, setting: str) -> Path:
     """Create ``path`` if needed and prove a file can be written there; returns it resolved.
 
@@ -77,9 +82,13 @@ def _disk_message(err: OSError) -> str:
 
 
 def run_main(fn: Callable[[], T]) -> T:
-    """``fn()``; user-fixable errors become ``error: <message>`` on stderr and exit status 2."""
+    """``fn()``; user-fixable errors become ``error: <message>`` on stderr and exit status 2,
+    a job whose results show nothing (``NothingLearned``) exit status 1."""
     try:
         return fn()
+    except NothingLearned as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     except (InputError, TrackingUnavailable, OutputNotWritable) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -55,7 +55,7 @@ from ssft.tracking import (
     start_run,
 )
 from workflows import build_traces, compare, evaluate, gfpo, train
-from workflows.cli import preflight, run_main
+from workflows.cli import NothingLearned, preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id, trainings_that_fit
 
 T = TypeVar("T")
@@ -251,12 +251,40 @@ def run(cfg: ExperimentConfig) -> str:
     with open_pipeline_run(cfg, uri, out) as parent:
         arms, table = _run_stages(cfg, variants, parent, out)
         parent.set_tags({"mlflow.note.content": describe(parent, cfg, arms, table)})
-    print(
-        f"[pipeline] done. Comparison: {out / 'comparison.md'}\n"
-        f"[pipeline] browse every run: {browse_hint(uri, cfg.experiment)}",
-        flush=True,
-    )
+        print(
+            f"[pipeline] done. Comparison: {out / 'comparison.md'}\n"
+            f"[pipeline] browse every run: {browse_hint(uri, cfg.experiment)}",
+            flush=True,
+        )
+        problem = nothing_learned(cfg, arms, out)
+        if problem:  # raised inside: the parent run ends FAILED, and its tag says why
+            parent.set_tags({"ssft.nothing_learned": problem})
+            raise NothingLearned(problem)
     return table
+
+
+def nothing_learned(cfg: ExperimentConfig, arms: list[_Arm], out: Path) -> str | None:
+    """Why the job's results show nothing, or None: no arm's Pass@1 is above
+    ``pipeline.require_pass1_above`` (null: never). A table of models that did not learn
+    their task says nothing about the method and must not look like a result."""
+    floor = cfg.pipeline.require_pass1_above
+    if floor is None:
+        return None
+    pass1 = {}
+    for arm in arms:
+        metrics = json.loads((arm.eval_dir / "metrics.json").read_text(encoding="utf-8"))
+        pass1[f"{arm.display} (seed {arm.train_cfg.seed})"] = metrics["metrics"]["pass1"]
+    best = max(pass1, key=pass1.get)
+    if pass1[best] > floor:
+        return None
+    return (
+        f"no model learned its task: the best Pass@1 is {pass1[best]:.3f} ({best}), not above "
+        f"pipeline.require_pass1_above={floor}. Every result is kept ({out / 'comparison.md'}, "
+        "and MLflow). Look at the trainings' loss curves; train longer (train.epochs, "
+        "train.max_steps), change train.lr or the model, or check eval.answer_extraction "
+        "and eval.max_new_tokens against the held-out answers. For a wiring check, set "
+        "pipeline.require_pass1_above=null."
+    )
 
 
 def _run_stages(

@@ -60,6 +60,7 @@ def tiny_test() -> ExperimentConfig:
     # Known-modes traces are at most ~45 characters; 64 new tokens leave room to finish.
     cfg.eval.max_new_tokens = 64
     cfg.eval.num_questions = 64
+    cfg.pipeline.require_pass1_above = None  # its models are not meant to learn
     return cfg.validate()
 
 
@@ -88,6 +89,8 @@ def tiny_cpu() -> ExperimentConfig:
     cfg.tag_selection.validation_questions = 32
     cfg.tag_selection.pass1_rule = "validation"
     cfg.eval.batch_size = 64
+    # Its models answer 0.25-0.7 of the held-out questions (README); below 0.1 the recipe broke.
+    cfg.pipeline.require_pass1_above = 0.1
     return cfg.validate()
 
 

@@ -464,6 +464,11 @@ class PipelineConfig(Section):
         "eval.self_selected=true to compare the tags the models pick themselves.")})
     output_dir: str = field(default="runs/pipeline", metadata={"help": (
         "The comparison table and chart go to <output_dir>/<name>/.")})
+    require_pass1_above: float | None = field(default=0.0, metadata={"help": (
+        "The job exits 1, after writing every result, unless some evaluated model's Pass@1 "
+        "is above this: models that did not learn their task show nothing about the method. "
+        "0.0 = fail when no model answers a single held-out question; set the task's chance "
+        "level to fail near it; null = never fail on results (a wiring check).")})
     # fmt: on
 
     def variant_list(self) -> list[VariantConfig]:
@@ -478,6 +483,10 @@ class PipelineConfig(Section):
         if self.max_concurrent is not None and self.max_concurrent < 1:
             fix = "Set pipeline.max_concurrent=1, or null to derive it."
             raise invalid("pipeline.max_concurrent", self.max_concurrent, "must be >= 1", fix)
+        floor = self.require_pass1_above
+        if floor is not None and not 0.0 <= floor < 1.0:
+            fix = "Set e.g. pipeline.require_pass1_above=0.0, or null to never fail on results."
+            raise invalid("pipeline.require_pass1_above", floor, "must be in [0, 1)", fix)
         seen: dict[str, int] = {}
         for i, variant in enumerate(self.variants):
             with item_errors("pipeline.variants", i):
