@@ -216,6 +216,28 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+# The packages whose versions decide a run's numbers (the same commit trained to other figures
+# after a set-up resolved newer releases), recorded on every run beside the commit.
+RESULT_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "numpy", "scipy",
+                   "ray", "mlflow", "math-verify", "vllm")  # fmt: skip
+
+
+def provenance_tags() -> dict[str, str | None]:
+    """``git_commit`` and ``version.<package>`` of Python and each installed
+    ``RESULT_PACKAGES`` entry: what a run's figures were computed with."""
+    import importlib.metadata
+    import platform
+
+    tags: dict[str, str | None] = {"git_commit": git_commit(),
+                                   "version.python": platform.python_version()}  # fmt: skip
+    for name in RESULT_PACKAGES:
+        try:
+            tags[f"version.{name}"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed (vllm on a CPU machine): no tag
+    return tags
+
+
 # Matplotlib is not thread-safe: its mathtext parser (log-scale tick labels) fails when two
 # threads draw at once, e.g. the pipeline's evaluations logging their plots side by side.
 _RENDER_LOCK = threading.Lock()

@@ -1,5 +1,6 @@
 """The main job end to end on an embedded Ray: stages run once, then are reused."""
 
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -128,6 +129,9 @@ def check_tree(client, experiment_id: str, tmp_path, log: str):
     assert sorted(r.data.tags["stage"] for r in children) == [
         "build_traces", "eval", "eval", "train", "train"]  # fmt: skip
     assert all("ray_job_id" not in r.data.tags for r in runs)  # not under `ray job submit`
+    # Every run names the versions of the packages that computed it (and the git commit).
+    versions = {f"version.{p}": importlib.metadata.version(p) for p in ("torch", "transformers")}
+    assert all(versions.items() <= r.data.tags.items() for r in runs)
 
     trains = {r.info.run_id: r for r in by_stage["train"]}
     assert sorted(r.info.run_name for r in trains.values()) == ["sft_mixed-n4-s0", "ssft-n4-s0"]

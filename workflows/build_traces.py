@@ -42,7 +42,7 @@ from ssft.data.trace_building import (
 )
 from ssft.errors import InputError
 from ssft.report.build import EmptyBuild, log_build_config, log_build_report, yield_report
-from ssft.tracking import git_commit, start_run
+from ssft.tracking import provenance_tags, start_run
 from workflows import faults
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import absolute_paths, init_ray, ray_job_id
@@ -88,7 +88,7 @@ def run(cfg: ExperimentConfig, *, parent_run_id: str | None = None) -> Path:
     #     shard progress as it happens, then dataset digest and counts, per-teacher
     #     accuracy/yield, artifacts. The trace sets are on disk: an MLflow that dies
     #     meanwhile must not fail the stage.
-    tags = {"stage": "build_traces", "git_commit": git_commit(), "seed": cfg.seed,
+    tags = {"stage": "build_traces", **provenance_tags(), "seed": cfg.seed,
             "ray_job_id": ray_job_id()}  # fmt: skip
     with start_run(cfg.experiment, f"build-traces-{build_dir.name}", tracking_uri=uri,
                    tags=tags, parent_run_id=parent_run_id, local_dir=build_dir,

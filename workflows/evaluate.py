@@ -50,7 +50,7 @@ from ssft.eval.evaluation import (
 )
 from ssft.final_model import read_model_tags
 from ssft.report.eval import log_eval, self_selected_line, write_eval_outputs
-from ssft.tracking import git_commit, read_run_record, run_link, start_run, write_run_record
+from ssft.tracking import provenance_tags, read_run_record, run_link, start_run, write_run_record
 from workflows.cli import preflight, run_main
 from workflows.ray_runtime import init_ray, ray_job_id
 
@@ -113,7 +113,7 @@ def run(
     out_dir = Path(cfg.eval.output_dir) / cfg.name
     tags = {"stage": "eval", "method": info["method"], "model_dir": str(model_dir),
             "pass1_tag": cfg.eval.pass1_tag or info["pass1_tag"], "seed": cfg.seed,
-            "ssft.name": cfg.name, "git_commit": git_commit(),
+            "ssft.name": cfg.name, **provenance_tags(),
             "ray_job_id": ray_job_id()}  # fmt: skip
     # [3] MLflow, open for the whole evaluation: config, link to the training run, then
     #     metrics, the sample table, plots. The results are on disk: an MLflow that is down

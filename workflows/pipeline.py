@@ -49,7 +49,7 @@ from ssft.models import check_model_exists
 from ssft.tracking import (
     NullTracker,
     browse_hint,
-    git_commit,
+    provenance_tags,
     read_run_record,
     run_link,
     start_run,
@@ -203,7 +203,7 @@ def open_pipeline_run(cfg: ExperimentConfig, uri: str, out: Path) -> NullTracker
                        tags={"stage": "pipeline", "ssft.name": cfg.name}, resume_key=key,
                        reopen_finished=True, local_dir=out)  # fmt: skip
     parent.resumed = False  # whole-pipeline figures, no replayed steps: a rerun's values replace
-    parent.set_tags({"git_commit": git_commit(), "ray_job_id": ray_job_id()})
+    parent.set_tags({**provenance_tags(), "ray_job_id": ray_job_id()})
     if not parent.reopened:
         parent.log_params(flatten_config(cfg))
         parent.log_text(config_to_yaml(cfg), "config.yaml")

@@ -62,7 +62,7 @@ from ssft.report.sweep import (
     summary_rows,
 )
 from ssft.report.train import method_tags
-from ssft.tracking import git_commit, start_run
+from ssft.tracking import provenance_tags, start_run
 from ssft.train.batching import planned_steps
 from ssft.train.setup import check_training_data
 from workflows import build_traces, evaluate
@@ -256,7 +256,7 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     if uri.startswith("sqlite") and concurrent > 1:
         print("[sweep] MLflow is one SQLite file and trials write at once: on 'database is "
               "locked', use ops/local_services.sh start and its MLFLOW_TRACKING_URI")  # fmt: skip
-    tags = {"dataset_digest": trace_set_digest(sets), "git_commit": git_commit(),
+    tags = {"dataset_digest": trace_set_digest(sets), **provenance_tags(),
             "seed": cfg.seed, "ray_job_id": ray_job_id(), "sweep": cfg.name}  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     parent, reopened = open_parent_run(cfg, uri, {**tags, "stage": "sweep"}, local_dir=root)

@@ -34,7 +34,7 @@ from ssft.config import (
 from ssft.data.trace_set import TraceSet
 from ssft.report.train import log_tag_selection, log_training_artifacts, method_tags
 from ssft.run_lock import run_lock, wait_until_free
-from ssft.tracking import NullTracker, git_commit, start_run, write_run_record
+from ssft.tracking import NullTracker, provenance_tags, start_run, write_run_record
 from ssft.train.loop import TrainContext, train
 from ssft.train.parallel import wrap_fsdp
 from ssft.train.setup import check_training_data
@@ -159,7 +159,7 @@ def run(
     wait_until_free(final_dir.parent)  # a live earlier attempt (a killed driver's worker)
     init_ray()
     tags = {"stage": "train", **method_tags(cfg), "dataset_digest": digest,
-            "git_commit": git_commit(), "seed": cfg.seed, "parallelism": cfg.train.parallelism,
+            **provenance_tags(), "seed": cfg.seed, "parallelism": cfg.train.parallelism,
             "ssft.name": cfg.name, "ray_job_id": ray_job_id()}  # fmt: skip
     # [3] The driver: a stable run name (cfg.name), so rebuilding the same trainer resumes.
     trainer = torch_trainer(cfg, cfg.name, storage, tags, uri, parent_run_id=parent_run_id,
