@@ -94,16 +94,12 @@ def test_a_gfpo_stage_is_named_after_its_section_and_its_rollouts_decoding(
 ):
     """A rerun reuses a GFPO stage by name: what changes its model (the gfpo section, how its
     rollouts sample and are graded) must change the name; the evaluation's size must not."""
-    import dataclasses
-
     from ssft.train.loop import TrainContext, train
-    from workflows.pipeline import _Arm, _gfpo_arm
+    from workflows.pipeline import _gfpo_arm, make_arm
 
-    def arm(*overrides: str) -> _Arm:
+    def arm(*overrides: str):
         cfg = load_config(CONFIG, [f"train.output_dir={tmp_path}", "train.epochs=1", *overrides])
-        run_cfg = train_config(cfg, "ssft", 0, known_modes_traces, "sha256:x")
-        eval_cfg = dataclasses.replace(run_cfg, name=f"eval-{run_cfg.name}")
-        return _Arm("ssft", "ssft", run_cfg, eval_cfg)
+        return make_arm("ssft", cfg, 0, known_modes_traces, "sha256:x")
 
     base = arm()
     train(base.train_cfg, TrainContext(final_dir=base.final))  # a final model to start from

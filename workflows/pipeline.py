@@ -46,6 +46,7 @@ from ssft.data.trace_set import TraceSet, read_trace_sets, trace_set_digest
 from ssft.final_model import is_finished_model
 from ssft.method.table import get_method
 from ssft.models import check_model_exists
+from ssft.report.comparison import load_eval
 from ssft.tracking import (
     NullTracker,
     browse_hint,
@@ -162,6 +163,19 @@ def _trains_tags(method: str) -> bool:
     return not (entry.shared_tag or entry.after_ssft)
 
 
+def make_arm(label: str, cfg: ExperimentConfig, seed: int, traces: Path, digest: str) -> _Arm:
+    """The (variant, seed) arm of variant ``label`` (config ``cfg``): its training config
+    (``train_config``) and the evaluation of its final model."""
+    run_cfg = train_config(cfg, label, seed, traces, digest)
+    final = Path(run_cfg.train.output_dir) / run_cfg.name / "final_model"
+    eval_cfg = dataclasses.replace(
+        run_cfg,
+        name=f"{run_cfg.name}-{_key(dataclasses.asdict(cfg.eval))}",
+        eval=dataclasses.replace(run_cfg.eval, model_dir=str(final)),
+    )
+    return _Arm(label, display_name(label, run_cfg), run_cfg, eval_cfg)
+
+
 def _gfpo_arm(arm: _Arm) -> _Arm:
     """The GFPO stage after ``arm``: from its final model, named after that model and what
     decides the stage's result (the gfpo section, the rollouts' decoding)."""
@@ -270,10 +284,10 @@ def nothing_learned(cfg: ExperimentConfig, arms: list[_Arm], out: Path) -> str |
     floor = cfg.pipeline.require_pass1_above
     if floor is None:
         return None
-    pass1 = {}
+    pass1 = {}  # read by the comparison's parser, which names a broken file
     for arm in arms:
-        metrics = json.loads((arm.eval_dir / "metrics.json").read_text(encoding="utf-8"))
-        pass1[f"{arm.display} (seed {arm.train_cfg.seed})"] = metrics["metrics"]["pass1"]
+        metrics = load_eval(arm.eval_dir)["metrics"]
+        pass1[f"{arm.display} (seed {arm.train_cfg.seed})"] = metrics["pass1"]
     best = max(pass1, key=pass1.get)
     if pass1[best] > floor:
         return None
@@ -296,17 +310,8 @@ def _run_stages(
     traces = build_traces.run(cfg, parent_run_id=parent.run_id)
     sets = read_trace_sets(traces)  # read once here: the digest and every training's check
     digest = trace_set_digest(sets)
-    arms = []  # training and evaluation configs per (variant, seed)
-    for variant, variant_cfg in variants:
-        for seed in cfg.pipeline.seeds:
-            run_cfg = train_config(variant_cfg, variant.name, seed, traces, digest)
-            final = Path(run_cfg.train.output_dir) / run_cfg.name / "final_model"
-            eval_cfg = dataclasses.replace(
-                run_cfg,
-                name=f"{run_cfg.name}-{_key(dataclasses.asdict(variant_cfg.eval))}",
-                eval=dataclasses.replace(run_cfg.eval, model_dir=str(final)),
-            )
-            arms.append(_Arm(variant.name, display_name(variant.name, run_cfg), run_cfg, eval_cfg))
+    arms = [make_arm(variant.name, variant_cfg, seed, traces, digest)
+            for variant, variant_cfg in variants for seed in cfg.pipeline.seeds]  # fmt: skip
     # All trainings, then all evaluations: trainings never wait for CPUs that evaluation
     # tasks hold (a Ray Train worker group that waits too long to start fails).
     limit = cfg.pipeline.max_concurrent or trainings_that_fit(cfg.train)
