@@ -127,3 +127,25 @@ def test_mlflow_server_starts_answers_and_stops_with_its_whole_group(tmp_path):
     assert _group(pgid) == []
     assert not (run_dir / "mlflow.pgid").exists()
     assert (run_dir / "mlflow.db").exists()
+
+
+def test_setup_pins_every_package_that_decides_results():
+    """Package versions move results (README "The main job"): ops/setup.sh installs under
+    ops/constraints-cpu.txt by default, which pins each result package once, exactly; torch
+    is TORCH_SPEC's to pin (a GPU machine keeps its CUDA build)."""
+    from packaging.requirements import Requirement
+
+    from ssft.tracking import RESULT_PACKAGES
+
+    setup = (OPS / "setup.sh").read_text()
+    (default,) = re.findall(r'^CONSTRAINTS="\$\{CONSTRAINTS-(\S+)\}"$', setup, re.M)
+    assert Path(default) == OPS / "constraints-cpu.txt"
+    assert '${CONSTRAINTS:+-c "$CONSTRAINTS"}' in setup
+    lines = [line for line in Path(default).read_text().splitlines()
+             if line.strip() and not line.startswith("#")]  # fmt: skip
+    pins = [Requirement(line) for line in lines]
+    names = [r.name.lower().replace("_", "-") for r in pins]
+    assert len(names) == len(set(names))
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in pins)
+    assert "torch" not in names
+    assert set(RESULT_PACKAGES) - {"torch", "vllm"} <= set(names)
